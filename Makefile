@@ -1,0 +1,49 @@
+# digit-pipeline: `make run` (full competition job), `make quick` (2-core CPU, ~15 min), `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install data run quick test test-fast lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install the pinned dependencies
+
+data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
+	$(BIN)/python -m pipeline.getdata
+
+run: data ## the full competition job: dvc repro with profile full -> submissions/latest.csv
+	$(BIN)/python -m pipeline.params --profile full
+	$(BIN)/dvc repro
+
+quick: data ## the quick profile (2-core CPU, about 15 minutes) through the same dvc.yaml
+	$(BIN)/python -m pipeline.params --profile quick
+	$(BIN)/dvc repro
+
+test: $(STAMP) ## run every test (the slow end-to-end test needs DIGIT_ZIP=/path/to/digit-recognizer.zip)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## run the unit tests only
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff autofix and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove generated data, models, reports and submissions (keeps data/raw and the study)
+	rm -rf data/processed/*.npz data/processed/best_params.json models reports submissions

@@ -1,0 +1,80 @@
+"""Makes sure the competition data is in data/raw/: keeps what is there, else downloads the zip
+with the kaggle CLI when credentials are configured, else exits 2 naming both ways to get it.
+`--zip PATH` copies a zip you already have into place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.dataio import locate_raw, missing_data_message
+from pipeline.files import write_with
+
+COMPETITION = "digit-recognizer"
+
+
+def kaggle_config_dir() -> Path:
+    """Return the folder the kaggle CLI reads kaggle.json from."""
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+
+
+def has_kaggle_credentials() -> bool:
+    """Return True when the kaggle CLI would find credentials (environment or token files)."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return True
+    folder = kaggle_config_dir()
+    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
+
+
+def have_data(raw_dir: Path = paths.RAW_DIR) -> bool:
+    """Return True when `raw_dir` holds the competition zip or both CSVs."""
+    try:
+        locate_raw(raw_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def copy_zip(source: Path) -> None:
+    """Copy the competition zip at `source` to data/raw/ atomically."""
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file")
+    write_with(paths.RAW_ZIP, lambda tmp: shutil.copyfile(source, tmp), suffix=".zip")
+
+
+def download() -> int:
+    """Download the competition zip into data/raw/ with the kaggle CLI; return its exit code."""
+    paths.RAW_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "kaggle.cli", "competitions", "download", "-c", COMPETITION, "-p", str(paths.RAW_DIR)]
+    print(f"getdata: {' '.join(['kaggle', *cmd[3:]])}", flush=True)
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Ensure the raw data is present; exit 2 with instructions when it cannot be had."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.getdata", description=__doc__)
+    parser.add_argument("--zip", type=Path, help="copy this competition zip to data/raw/")
+    args = parser.parse_args(argv)
+    if args.zip:
+        copy_zip(args.zip)
+    if have_data():
+        print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
+        return 0
+    if has_kaggle_credentials():
+        code = download()
+        if code == 0 and have_data():
+            return 0
+        print(f"getdata: the kaggle download failed (exit {code}); have you accepted the competition rules?", file=sys.stderr)
+    print(f"getdata: error: {missing_data_message()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Stage `ingest`: reads train.csv and test.csv (data/raw/ or the competition zip there), validates
+them, assigns stratified folds once, and writes data/processed/train.npz (x, y, fold) and
+data/processed/test.npz (x)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from pipeline import params, paths
+from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
+from pipeline.files import OutputError, write_npz
+from pipeline.params import IngestParams
+
+
+def assign_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Return a stratified fold id (0..n_folds-1) for every label, seeded."""
+    if n_folds < 2:
+        raise ValueError(f"train.folds must be at least 2, got {n_folds}")
+    counts = np.bincount(labels, minlength=10)
+    if counts[counts > 0].min() < n_folds:
+        raise ValueError(f"every digit needs at least {n_folds} training rows for {n_folds} folds; counts {counts}")
+    folds = np.empty(len(labels), dtype=np.int8)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        folds[val_idx] = fold
+    return folds
+
+
+def ingest(
+    source: RawSource, cfg: IngestParams, n_folds: int, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Read and validate `source`; return the train arrays (x, y, fold) and test arrays (x)."""
+    x, y = parse_train(read_member(source, "train.csv"), source.describe("train.csv"))
+    x_test = parse_test(read_member(source, "test.csv"), source.describe("test.csv"), cfg.expected_test_rows)
+    if cfg.max_train_rows:
+        x, y = x[: cfg.max_train_rows], y[: cfg.max_train_rows]
+    if cfg.max_test_rows:
+        x_test = x_test[: cfg.max_test_rows]
+    folds = assign_folds(y, n_folds, seed)
+    return {"x": x, "y": y, "fold": folds}, {"x": x_test}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the CLI, ingest the raw data, and write the processed arrays."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__)
+    parser.parse_args(argv)
+    cfg = params.load("ingest")
+    n_folds = params.load("train").folds
+    try:
+        train, test = ingest(locate_raw(), cfg, n_folds, params.seed())
+        write_npz(paths.TRAIN_NPZ, **train)
+        write_npz(paths.TEST_NPZ, **test)
+    except (FileNotFoundError, InputError, OutputError, ValueError) as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return 2
+    counts = np.bincount(train["y"], minlength=10)
+    print(
+        f"ingest: {len(train['y'])} training rows ({n_folds} stratified folds), {len(test['x'])} test rows; "
+        f"class counts {counts.tolist()} -> {paths.TRAIN_NPZ}, {paths.TEST_NPZ}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

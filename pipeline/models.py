@@ -1,0 +1,112 @@
+"""The model zoo: every digit recognizer takes 28x28x1 raw pixels (0-255), scales them once in its
+first layer, and returns class probabilities for the 10 digits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+INPUT_SHAPE = (28, 28, 1)
+N_CLASSES = 10
+
+
+def inputs_scaled() -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Return the model input and its pixels scaled to [0, 1] (the one place pixels are scaled)."""
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    return inputs, layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+
+
+def head(x: keras.KerasTensor) -> keras.KerasTensor:
+    """Return float32 class probabilities from features `x` (float32 even under mixed precision)."""
+    return layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
+
+
+def mlp(dropout_conv: float, dropout_dense: float) -> keras.Model:
+    """Return Flatten, Dense 128, Dense 32, softmax 10 (dropouts unused)."""
+    inputs, x = inputs_scaled()
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(32, activation="relu")(x)
+    return keras.Model(inputs, head(x), name="mlp")
+
+
+def cnn_basic(dropout_conv: float, dropout_dense: float) -> keras.Model:
+    """Return conv 32 3x3, pool, conv 64 3x3, pool, dense 512, softmax 10 (dropouts unused)."""
+    inputs, x = inputs_scaled()
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    return keras.Model(inputs, head(x), name="cnn_basic")
+
+
+def cnn_small2x2(dropout_conv: float, dropout_dense: float) -> keras.Model:
+    """Return conv 32 2x2, pool, conv 64 2x2, pool, dense 1024, dropout, softmax 10."""
+    inputs, x = inputs_scaled()
+    x = layers.Conv2D(32, 2, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(64, 2, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(1024, activation="relu")(x)
+    x = layers.Dropout(dropout_dense)(x)
+    return keras.Model(inputs, head(x), name="cnn_small2x2")
+
+
+def dropout_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
+    """Return the competition classic: conv5x5x32 x2, pool, dropout, conv3x3x64 x2, pool, dropout, dense 256."""
+    inputs, x = inputs_scaled()
+    for filters, kernel in ((32, 5), (64, 3)):
+        x = layers.Conv2D(filters, kernel, padding="same", activation="relu")(x)
+        x = layers.Conv2D(filters, kernel, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(dropout_conv)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(dropout_dense)(x)
+    return keras.Model(inputs, head(x), name="dropout_cnn")
+
+
+def conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1, padding: str = "valid") -> keras.KerasTensor:
+    """Return conv (relu) followed by batch normalisation."""
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, activation="relu")(x)
+    return layers.BatchNormalization()(x)
+
+
+def bn_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
+    """Return the BN CNN of the strongest public ensembles: stacked 3x3 convs, strided 5x5 instead of pooling."""
+    inputs, x = inputs_scaled()
+    for filters in (32, 64):
+        x = conv_bn(x, filters, 3)
+        x = conv_bn(x, filters, 3)
+        x = conv_bn(x, filters, 5, strides=2, padding="same")
+        x = layers.Dropout(dropout_conv)(x)
+    x = conv_bn(x, 128, 4)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout_dense)(x)
+    return keras.Model(inputs, head(x), name="bn_cnn")
+
+
+MODELS: dict[str, Callable[[float, float], keras.Model]] = {
+    "mlp": mlp,
+    "cnn_basic": cnn_basic,
+    "cnn_small2x2": cnn_small2x2,
+    "dropout_cnn": dropout_cnn,
+    "bn_cnn": bn_cnn,
+}
+
+
+def build_model(name: str, dropout_conv: float = 0.25, dropout_dense: float = 0.5) -> keras.Model:
+    """Return a new, uncompiled model `name` from the zoo with the given dropout rates."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](dropout_conv, dropout_dense)
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a trained `.keras` model with safe_mode on (no arbitrary code from the file)."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

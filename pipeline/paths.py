@@ -1,0 +1,60 @@
+"""Every file and folder the pipeline reads or writes, relative to the project root (the cwd)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+RAW_DIR = Path("data/raw")
+RAW_ZIP = RAW_DIR / "digit-recognizer.zip"
+RAW_TRAIN_CSV = RAW_DIR / "train.csv"
+RAW_TEST_CSV = RAW_DIR / "test.csv"
+
+PROCESSED_DIR = Path("data/processed")
+TRAIN_NPZ = PROCESSED_DIR / "train.npz"
+TEST_NPZ = PROCESSED_DIR / "test.npz"
+AUGMENTED_NPZ = PROCESSED_DIR / "augmented.npz"
+BEST_PARAMS = PROCESSED_DIR / "best_params.json"
+OPTUNA_DB = PROCESSED_DIR / "optuna.db"
+
+MODELS_DIR = Path("models")
+FOLDS_DIR = MODELS_DIR / "folds"
+CHECKPOINT_DIR = MODELS_DIR / "checkpoints"
+OOF_NPZ = MODELS_DIR / "oof.npz"
+TEST_PROBS_NPZ = MODELS_DIR / "test_probs.npz"
+
+REPORTS_DIR = Path("reports")
+AUGMENTATIONS_PNG = REPORTS_DIR / "augmentations.png"
+METRICS_JSON = REPORTS_DIR / "metrics.json"
+PREDICT_JSON = REPORTS_DIR / "predict.json"
+TUNE_JSON = REPORTS_DIR / "tune.json"
+HISTORY_DIR = REPORTS_DIR / "history"
+TUNING_DIR = REPORTS_DIR / "tuning"
+TRIALS_CSV = TUNING_DIR / "trials.csv"
+
+SUBMISSIONS_DIR = Path("submissions")
+LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
+
+
+def fold_model(fold: int) -> Path:
+    """Return the path of fold `fold`'s trained model file."""
+    return FOLDS_DIR / f"fold{fold}.keras"
+
+
+def fold_meta(fold: int) -> Path:
+    """Return the path of fold `fold`'s metadata (fingerprint, history, OOF metrics) JSON."""
+    return FOLDS_DIR / f"fold{fold}.json"
+
+
+def fold_oof(fold: int) -> Path:
+    """Return the path of fold `fold`'s out-of-fold probabilities (.npz)."""
+    return FOLDS_DIR / f"fold{fold}_oof.npz"
+
+
+def fold_history(fold: int) -> Path:
+    """Return the path of fold `fold`'s per-epoch history CSV (a DVC plot)."""
+    return HISTORY_DIR / f"fold{fold}.csv"
+
+
+def fold_checkpoint_dir(fold: int) -> Path:
+    """Return the folder holding fold `fold`'s last-epoch checkpoint while it trains."""
+    return CHECKPOINT_DIR / f"fold{fold}"
