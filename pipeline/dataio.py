@@ -4,8 +4,10 @@ strictly, and converts them to compact uint8 image arrays."""
 from __future__ import annotations
 
 import io
+import re
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ SIDE = 28
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(N_PIXELS)]
 TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
 KAGGLE_TEST_ROWS = 28000
+INTEGER_TEXT = re.compile(r"[+-]?\d+")
+CHECK_CHUNK_ROWS = 2048
 
 
 class InputError(ValueError):
@@ -77,14 +81,17 @@ def read_member(source: RawSource, name: str) -> bytes:
     """Return the raw bytes of `name` (train.csv or test.csv) from `source`."""
     if source.zip_path is None:
         path = source.train_csv if name == "train.csv" else source.test_csv
-        return Path(path).read_bytes()
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(str(path), f"cannot be read: {exc.strerror or exc}") from exc
     try:
         with zipfile.ZipFile(source.zip_path) as zf:
             members = {Path(m).name: m for m in zf.namelist()}
             if name not in members:
                 raise InputError(str(source.zip_path), f"no {name} in the zip (it holds {sorted(members)})")
             return zf.read(members[name])
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, zipfile.LargeZipFile, OSError) as exc:
         raise InputError(str(source.zip_path), f"not a readable zip archive ({exc}); download it again") from exc
     except ValueError as exc:  # CRC mismatch in a damaged member
         raise InputError(str(source.zip_path), f"corrupt member {name}: {exc}; download it again") from exc
@@ -94,9 +101,9 @@ def check_header(columns: list[str], expected: list[str], name: str) -> None:
     """Raise InputError unless the CSV header `columns` equals `expected` exactly."""
     if columns == expected:
         return
-    if name == "train.csv" and columns == PIXEL_COLUMNS:
+    if expected == TRAIN_COLUMNS and columns == PIXEL_COLUMNS:
         raise InputError(name, "has no 'label' column: this looks like test.csv (are train and test swapped?)", line=1)
-    if name == "test.csv" and columns == TRAIN_COLUMNS:
+    if expected == PIXEL_COLUMNS and columns == TRAIN_COLUMNS:
         raise InputError(name, "has a 'label' column: this looks like train.csv (are train and test swapped?)", line=1)
     if not any(c.startswith("pixel") for c in columns):
         raise InputError(
@@ -113,28 +120,21 @@ def check_header(columns: list[str], expected: list[str], name: str) -> None:
     )
 
 
-def first_bad_cell(frame: pd.DataFrame) -> tuple[int, str, object]:
-    """Return (row index, column, value) of the first cell of `frame` that is not an integer."""
-    for column in frame.columns:
-        values = frame[column]
-        if pd.api.types.is_integer_dtype(values):
-            continue
-        numeric = pd.to_numeric(values, errors="coerce")
-        bad = numeric.isna() | (numeric != np.floor(numeric))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            return row, column, values.iloc[row]
-    raise AssertionError("no bad cell found")
-
-
 def parse_csv(data: bytes, name: str, expected: list[str]) -> pd.DataFrame:
     """Parse CSV bytes into a frame, checking the header; `name` is used in error messages."""
     if not data.strip():
         raise InputError(name, "is empty (0 bytes or only whitespace)")
     try:
-        frame = pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", skip_blank_lines=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", skip_blank_lines=True, index_col=False)
+    except pd.errors.ParserWarning as exc:  # every data row has more fields than the header
+        raise InputError(name, f"data rows have more fields than the header columns ({exc})", line=2) from exc
     except pd.errors.ParserError as exc:
-        raise InputError(name, f"is not a well-formed CSV: {exc}") from exc
+        line = re.search(r"line (\d+)", str(exc))
+        raise InputError(
+            name, f"is not a well-formed CSV: {str(exc).strip()}", line=int(line.group(1)) if line else None
+        ) from exc
     except UnicodeDecodeError as exc:
         raise InputError(name, f"is not UTF-8 text: {exc}") from exc
     check_header([str(c).strip() for c in frame.columns], expected, name)
@@ -143,35 +143,101 @@ def parse_csv(data: bytes, name: str, expected: list[str]) -> pd.DataFrame:
     return frame
 
 
-def to_uint8(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """Return `frame` as a uint8 matrix after checking every cell is an integer in 0..255."""
-    if not all(pd.api.types.is_integer_dtype(t) for t in frame.dtypes):
-        row, column, value = first_bad_cell(frame)
-        kind = "an empty cell" if pd.isna(value) else f"non-integer value {value!r}"
-        if str(value).strip() == column:
-            kind = f"a repeated header line ({value!r})"
-        raise InputError(name, f"{kind}; every pixel must be an integer 0-255", line=row + 2, column=column)
-    values = frame.to_numpy()
-    bad = (values < 0) | (values > 255)
-    if bad.any():
-        row, col = (int(i[0]) for i in np.nonzero(bad))
-        raise InputError(
-            name, f"value {values[row, col]} out of range 0-255", line=row + 2, column=str(frame.columns[col])
-        )
-    return values.astype(np.uint8)
+def line_number(data: bytes, row: int) -> int:
+    """Return the 1-based line in CSV `data` of data row `row` (0-based), skipping blank lines as the parser does."""
+    seen = -1
+    for number, line in enumerate(data.splitlines(), start=1):
+        if line.strip():
+            seen += 1
+            if seen == row + 1:
+                return number
+    return row + 2
+
+
+def cell_problem(text: str, column: str) -> str | None:
+    """Return what is wrong with cell `text` of `column` (a label 0-9 or a pixel 0-255), or None when it is valid."""
+    value = text.strip()
+    if not value:
+        return "an empty cell; every cell must hold an integer"
+    if value == column:
+        return f"a repeated header line ({value!r}) among the data rows"
+    if not INTEGER_TEXT.fullmatch(value):
+        return f"non-integer value {value!r}; every cell must hold an integer"
+    if column == "label" and not 0 <= int(value) <= 9:
+        return f"label {value} is not a digit 0-9"
+    if not 0 <= int(value) <= 255:
+        return f"value {value} out of range 0-255"
+    return None
+
+
+def out_of_range(values: np.ndarray, columns: list[str]) -> np.ndarray:
+    """Return a mask of the integer `values` outside 0-9 (label column) or 0-255 (pixel columns)."""
+    high = np.array([9 if c == "label" else 255 for c in columns])
+    return (values < 0) | (values > high)
+
+
+def text_mask(chunk: pd.DataFrame) -> np.ndarray:
+    """Return a mask of the cells of text `chunk` that are not integers in range for their column."""
+    stripped = chunk.apply(lambda col: col.str.strip())
+    is_int = stripped.apply(lambda col: col.str.fullmatch(INTEGER_TEXT.pattern)).to_numpy(dtype=bool)
+    numbers = stripped.where(is_int, "0").apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return ~is_int | out_of_range(numbers, list(chunk.columns))
+
+
+def first_bad_cell(frame: pd.DataFrame, data: bytes, name: str) -> InputError | None:
+    """Return an InputError for the first bad cell (in reading order) of `frame`, re-reading from CSV `data`
+    as text the columns pandas could not type as integers; None when every cell is valid."""
+    columns = list(frame.columns)
+    text_pos = [i for i, t in enumerate(frame.dtypes) if not pd.api.types.is_integer_dtype(t)]
+    int_pos = [i for i in range(len(columns)) if i not in set(text_pos)]
+    reader = pd.read_csv(
+        io.BytesIO(data),
+        encoding="utf-8-sig",
+        dtype=str,
+        keep_default_na=False,
+        index_col=False,
+        usecols=text_pos,
+        chunksize=CHECK_CHUNK_ROWS,
+    )
+    start = 0
+    for chunk in reader:
+        chunk.columns = [columns[i] for i in text_pos]
+        ints = frame.iloc[start : start + len(chunk), int_pos]
+        mask = np.zeros((len(chunk), len(columns)), dtype=bool)
+        mask[:, text_pos] = text_mask(chunk)
+        mask[:, int_pos] = out_of_range(ints.to_numpy(), list(ints.columns))
+        bad = np.argwhere(mask)
+        if len(bad):
+            row, col = (int(i) for i in bad[0])
+            text = chunk[columns[col]].iat[row] if col in text_pos else str(frame.iat[start + row, col])
+            problem = cell_problem(str(text), columns[col]) or "invalid value"
+            return InputError(name, problem, line=line_number(data, start + row), column=columns[col])
+        start += len(chunk)
+    return None
+
+
+def to_uint8(frame: pd.DataFrame, name: str, data: bytes) -> np.ndarray:
+    """Return `frame` (parsed from CSV `data`) as a uint8 matrix after checking every cell is a valid label or pixel."""
+    columns = list(frame.columns)
+    if all(pd.api.types.is_integer_dtype(t) for t in frame.dtypes):
+        values = frame.to_numpy()
+        bad = np.argwhere(out_of_range(values, columns))
+        if not len(bad):
+            return values.astype(np.uint8)
+        row, col = (int(i) for i in bad[0])
+        problem = cell_problem(str(values[row, col]), columns[col]) or "invalid value"
+        raise InputError(name, problem, line=line_number(data, row), column=columns[col])
+    error = first_bad_cell(frame, data, name)
+    if error is None:
+        raise InputError(name, "holds values that cannot be read as integers")
+    raise error
 
 
 def parse_train(data: bytes, name: str = "train.csv") -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate train.csv bytes; return images (N, 28, 28) uint8 and labels (N,) uint8."""
     frame = parse_csv(data, name, TRAIN_COLUMNS)
     frame.columns = TRAIN_COLUMNS
-    labels = frame["label"]
-    if pd.api.types.is_integer_dtype(labels):
-        bad = (labels < 0) | (labels > 9)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(name, f"label {labels.iloc[row]} is not a digit 0-9", line=row + 2, column="label")
-    matrix = to_uint8(frame, name)
+    matrix = to_uint8(frame, name, data)
     return matrix[:, 1:].reshape(-1, SIDE, SIDE), matrix[:, 0]
 
 
@@ -179,7 +245,7 @@ def parse_test(data: bytes, name: str = "test.csv", expected_rows: int = KAGGLE_
     """Parse and validate test.csv bytes; return images (N, 28, 28) uint8, warning on an unexpected count."""
     frame = parse_csv(data, name, PIXEL_COLUMNS)
     frame.columns = PIXEL_COLUMNS
-    images = to_uint8(frame, name).reshape(-1, SIDE, SIDE)
+    images = to_uint8(frame, name, data).reshape(-1, SIDE, SIDE)
     if len(images) != expected_rows:
         warnings.warn(
             f"{name}: {len(images)} rows, but Kaggle scores exactly {expected_rows}; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,11 @@ class AugmentParams:
 @dataclass(frozen=True)
 class ModelParams:
     name: str
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def overrides_for(self, name: str) -> dict[str, Any]:
+        """Return the train settings model `name` overrides (params.yaml model.overrides.<name>), if any."""
+        return dict(self.overrides.get(name) or {})
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,32 @@ class TuneParams:
     max_train_rows: int | None
     pruner: str
     pruner_warmup_epochs: int
+    heartbeat_seconds: int
+    grace_seconds: int
+    max_retries: int
     space: dict[str, Any]
+    model_space: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class PredictParams:
     tta_views: int
     batch_size: int
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    wrong_images: int
+    test_images: int
+    confusion_pairs: int
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    models: list[str]
+    folds: list[int]
+    epochs: int
+    max_train_rows: int | None
 
 
 SECTIONS: dict[str, type] = {
@@ -85,6 +109,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "tune": TuneParams,
     "predict": PredictParams,
+    "report": ReportParams,
+    "compare": CompareParams,
 }
 
 

@@ -30,6 +30,14 @@ TUNE_JSON = REPORTS_DIR / "tune.json"
 HISTORY_DIR = REPORTS_DIR / "history"
 TUNING_DIR = REPORTS_DIR / "tuning"
 TRIALS_CSV = TUNING_DIR / "trials.csv"
+MODELS_MD = REPORTS_DIR / "models.md"
+MODELS_JSON = REPORTS_DIR / "models.json"
+BENCH_JSON = REPORTS_DIR / "bench.json"
+TIMINGS_DIR = REPORTS_DIR / "timings"
+SUMMARY_MD = REPORTS_DIR / "summary.md"
+CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
+WRONG_PNG = REPORTS_DIR / "wrong.png"
+TEST_GRID_PNG = REPORTS_DIR / "test_grid.png"
 
 SUBMISSIONS_DIR = Path("submissions")
 LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
@@ -58,3 +66,8 @@ def fold_history(fold: int) -> Path:
 def fold_checkpoint_dir(fold: int) -> Path:
     """Return the folder holding fold `fold`'s last-epoch checkpoint while it trains."""
     return CHECKPOINT_DIR / f"fold{fold}"
+
+
+def stage_timing(stage: str) -> Path:
+    """Return the path of the JSON where stage `stage` records its last wall time."""
+    return TIMINGS_DIR / f"{stage}.json"

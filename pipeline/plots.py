@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pipeline.files import write_with  # noqa: E402
+from pipeline.files import write_with
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -34,3 +34,50 @@ def augmentation_grid(originals: np.ndarray, augmented: dict[str, np.ndarray], r
                 ax.set_title("original" if c == 0 else f"copy {c}", fontsize=8)
     fig.suptitle("Training images (left) and their augmented copies", fontsize=10)
     save_figure(fig, path)
+
+
+def image_grid(
+    images: np.ndarray, captions: list[str], path: Path, title: str, cols: int = 8, color: str = "black"
+) -> None:
+    """Draw uint8 `images` (n, 28, 28) in a grid of `cols` columns, each with its caption, and save to `path`."""
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.65 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(captions[i], fontsize=8, color=color)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=12)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def wrong_grid(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
+) -> None:
+    """Save the grid of misclassified `images` captioned `true T / pred P (confidence)` to `path`."""
+    captions = [
+        f"true {int(t)} / pred {int(p)}\n({c:.0%})" for t, p, c in zip(labels, predicted, confidence, strict=True)
+    ]
+    title = f"The {len(images)} most confidently wrong out-of-fold predictions"
+    image_grid(images, captions, path, title, color="firebrick")
+
+
+def prediction_grid(
+    images: np.ndarray, ids: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
+) -> None:
+    """Save the grid of test `images` captioned `#id: P (confidence)` to `path`."""
+    captions = [f"#{int(i)}: {int(p)}\n({c:.0%})" for i, p, c in zip(ids, predicted, confidence, strict=True)]
+    image_grid(
+        images,
+        captions,
+        path,
+        f"Test images {int(ids[0]) if len(ids) else 0}-{int(ids[-1]) if len(ids) else 0} and their predicted labels",
+    )

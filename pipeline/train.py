@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import params, paths
+from pipeline import params, paths, progress
 from pipeline.device import Device, configure
 from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text, write_with
 from pipeline.params import TrainParams
@@ -31,9 +31,15 @@ TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_
 def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSettings:
     """Return the fit settings from train params, overridden by `tuned` parameters when given."""
     base = FitSettings(
-        model=model, epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-        warmup_epochs=cfg.warmup_epochs, dropout_conv=cfg.dropout_conv, dropout_dense=cfg.dropout_dense,
-        aug_prob=cfg.aug_prob, label_smoothing=cfg.label_smoothing,
+        model=model,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_epochs=cfg.warmup_epochs,
+        dropout_conv=cfg.dropout_conv,
+        dropout_dense=cfg.dropout_dense,
+        aug_prob=cfg.aug_prob,
+        label_smoothing=cfg.label_smoothing,
     )
     if not (cfg.use_tuned and tuned):
         return base
@@ -84,22 +90,38 @@ def train_fold(
     sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed + 1000 * fold)
     start = time.perf_counter()
 
+    bar = progress.progress(cfg.epochs, f"fold {fold}", unit="epoch", lines=False, leave=False)
+
     def report(epoch: int, row: dict) -> None:
-        print(
+        bar.update(epoch + 1 - bar.n)
+        bar.set_postfix_str(f"val_acc {row['val_accuracy']:.4f}")
+        progress.note(
             f"  fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-            f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)",
-            flush=True,
+            f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
 
-    model, history = fit(
-        cfg, sampler, (data["x"][val_rows], data["y"][val_rows]), device.jit_compile, report,
-        paths.fold_checkpoint_dir(fold), fingerprint, verbose,
-    )
+    with bar:
+        model, history = fit(
+            cfg,
+            sampler,
+            (data["x"][val_rows], data["y"][val_rows]),
+            device.jit_compile,
+            report,
+            paths.fold_checkpoint_dir(fold),
+            fingerprint,
+            verbose,
+        )
     probs = predict_probs(model, data["x"][val_rows])
     meta = {
-        "fold": fold, "fingerprint": fingerprint, "accuracy": accuracy(probs, data["y"][val_rows]),
-        "loss": log_loss(probs, data["y"][val_rows]), "epochs": len(history), "settings": asdict(cfg),
-        "device": device.describe(), "seconds": time.perf_counter() - start, "train_rows": len(train_rows),
+        "fold": fold,
+        "fingerprint": fingerprint,
+        "accuracy": accuracy(probs, data["y"][val_rows]),
+        "loss": log_loss(probs, data["y"][val_rows]),
+        "epochs": len(history),
+        "settings": asdict(cfg),
+        "device": device.describe(),
+        "seconds": time.perf_counter() - start,
+        "train_rows": len(train_rows),
     }
     write_with(paths.fold_model(fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(fold), rows=val_rows, probs=probs)
@@ -127,15 +149,22 @@ def train_all(cfg: FitSettings, n_folds: int, seed: int, device: Device, verbose
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
     data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ)]
     folds = {}
-    for fold in range(n_folds):
-        fingerprint = fingerprint_of(cfg, seed, fold, data_id)
-        if fold_is_done(fold, fingerprint):
-            folds[fold] = read_json(paths.fold_meta(fold))
-            print(f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})")
-            continue
-        print(f"train: fold {fold + 1}/{n_folds} on {device.describe()}", flush=True)
-        folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose)
-        print(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
+    with progress.progress(n_folds, "train", unit="fold", lines=False) as fold_bar:
+        for fold in range(n_folds):
+            fingerprint = fingerprint_of(cfg, seed, fold, data_id)
+            if fold_is_done(fold, fingerprint):
+                folds[fold] = read_json(paths.fold_meta(fold))
+                progress.note(
+                    f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
+                )
+                fold_bar.update(1)
+                continue
+            progress.note(f"train: fold {fold + 1}/{n_folds} on {device.describe()}")
+            folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose)
+            progress.note(
+                f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s"
+            )
+            fold_bar.update(1)
     probs = collect_oof(len(data["y"]), n_folds)
     write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
     metrics = {
@@ -156,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = replace(fit_settings(cfg, params.load("model").name, read_tuned()), epochs=args.epochs)
     device = configure()
+    start = time.perf_counter()
     print(f"train: {settings.model}, {cfg.folds} folds x {settings.epochs} epochs on {device.describe()}")
     print(f"train: settings {asdict(settings)}")
     try:
@@ -163,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputError, ValueError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
-    print(f"train: OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} -> {paths.METRICS_JSON}")
+    progress.finish(
+        "train",
+        start,
+        device.describe(),
+        f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} -> {paths.METRICS_JSON}",
+    )
     return 0
 
 

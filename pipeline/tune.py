@@ -1,12 +1,18 @@
 """Stage `tune`: an Optuna study (seeded TPE, pruning on per-epoch validation accuracy) over the
-learning rate, batch size, dropout rates and augmentation mix, scored on one held-out fold.
+search space declared in params.yaml (`tune.space`, adjusted per model by `tune.model_space`),
+scored on one held-out fold.
 
-Reads data/processed/{train,augmented}.npz. The study persists in data/processed/optuna.db (or
---storage URL), so reruns continue it. Writes data/processed/best_params.json (read by train),
-reports/tune.json (a DVC metric) and reports/tuning/trials.csv.
+Reads data/processed/{train,augmented}.npz. The study lives in Optuna's storage: by default the
+SQLite file data/processed/optuna.db (no server), or any RDB URL given by --storage or the
+DIGIT_TUNE_STORAGE environment variable (e.g. PostgreSQL, so several machines work on one study).
+Reruns continue the same study. Without --trials the study is topped up to `tune.trials` finished
+(completed or pruned) trials, which is what `dvc repro` runs; `--trials N` adds N more finished
+trials. `--workers N` runs N worker processes on the same study until that target is reached.
 
-Without --trials the study is topped up to `tune.trials` finished trials (what `dvc repro` runs);
-`--trials N` adds N more finished trials."""
+Running trials write heartbeats; a trial whose worker died (even by kill -9) is failed once its
+heartbeat is `tune.grace_seconds` old, and re-queued with the same parameters, by any live worker
+or the next run. Writes data/processed/best_params.json (read by train), reports/tune.json (a DVC
+metric) and reports/tuning/ (trials.csv, history.png, importances.png, parallel.png)."""
 
 from __future__ import annotations
 
@@ -14,40 +20,114 @@ import argparse
 import gc
 import hashlib
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
+from pathlib import Path
+from urllib.parse import quote
 
 import keras
 import numpy as np
 import optuna
+import sqlalchemy.exc
+from matplotlib.figure import Figure
+from optuna.trial import TrialState
+from optuna_integration.keras import KerasPruningCallback
 from sklearn.model_selection import train_test_split
+from sqlalchemy.engine import make_url
 
 from pipeline import params, paths
-from pipeline.device import Device, configure
+from pipeline.device import configure
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
-from pipeline.train import fit_settings
+from pipeline.plots import save_figure
+from pipeline.train import TUNABLE, fit_settings
 from pipeline.training import EpochSampler, FitSettings, fit
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+STORAGE_ENV = "DIGIT_TUNE_STORAGE"
+CLEAR_ERRORS = (
+    ValueError,
+    OutputError,
+    FileNotFoundError,
+    sqlalchemy.exc.SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+)
+INT_SETTINGS = frozenset(f.name for f in fields(FitSettings) if f.type in ("int", int))
+PLOTS = {"history": "history.png", "importances": "importances.png", "parallel": "parallel.png"}
+
+
+class SurplusTrial(Exception):
+    """A worker started a trial after other workers had already claimed the study's target."""
+
+
+# ---------------------------------------------------------------- search space
+
+
+def resolve_space(cfg: TuneParams, model: str) -> dict:
+    """Return `cfg.space` with `cfg.model_space[model]` applied (null drops a parameter), validated."""
+    space = dict(cfg.space)
+    for name, spec in (cfg.model_space.get(model) or {}).items():
+        if spec is None:
+            space.pop(name, None)
+        else:
+            space[name] = spec
+    for name, spec in space.items():
+        check_spec(name, spec)
+    return space
+
+
+def check_spec(name: str, spec: object) -> None:
+    """Raise ValueError unless `name` is a tunable setting and `spec` a valid range or choice list."""
+    where = f"params.yaml tune.space.{name}"
+    if name not in TUNABLE:
+        raise ValueError(f"{where}: not a tunable setting; choose from {', '.join(TUNABLE)}")
+    if isinstance(spec, dict):
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ValueError(f"{where}: a choice must be written {{choices: [a, b, ...]}}, got {spec!r}")
+        return
+    numbers = isinstance(spec, list) and len(spec) in (2, 3) and all(isinstance(v, int | float) for v in spec[:2])
+    if not numbers or spec[0] >= spec[1] or (len(spec) == 3 and spec[2] != "log"):
+        raise ValueError(f"{where}: expected [low, high] or [low, high, log] with low < high, got {spec!r}")
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
-    """Return one value per parameter of `space` drawn through `trial`."""
+    """Return one value per parameter of `space` drawn through `trial` (integers for integer settings)."""
     values = {}
     for name, spec in space.items():
         if isinstance(spec, dict):
             values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif isinstance(spec[0], int) and isinstance(spec[1], int) and len(spec) == 2:
-            values[name] = trial.suggest_int(name, spec[0], spec[1])
+        elif name in INT_SETTINGS:
+            values[name] = trial.suggest_int(name, int(spec[0]), int(spec[1]), log=len(spec) == 3)
         else:
-            values[name] = trial.suggest_float(name, float(spec[0]), float(spec[1]), log=len(spec) > 2 and spec[2] == "log")
+            values[name] = trial.suggest_float(name, float(spec[0]), float(spec[1]), log=len(spec) == 3)
     return values
 
 
+def in_space(value: object, spec: list | dict) -> bool:
+    """Return True when `value` is one of the choices or lies inside the range `spec`."""
+    if isinstance(spec, dict):
+        return value in spec["choices"]
+    return spec[0] <= value <= spec[1]
+
+
+def tunable_defaults(train: TrainParams, space: dict) -> dict:
+    """Return the train-section values of the parameters in `space` that lie inside it (the baseline trial)."""
+    return {name: getattr(train, name) for name, spec in space.items() if in_space(getattr(train, name), spec)}
+
+
+# ---------------------------------------------------------------- objective
+
+
 def tuning_rows(folds: np.ndarray, labels: np.ndarray, cfg: TuneParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train rows, validation rows): validation is fold `cfg.fold`, training a stratified subsample of the rest."""
+    """Return (train rows, validation rows): fold `cfg.fold`, and a stratified subsample of the other folds."""
     val = np.flatnonzero(folds == cfg.fold)
     train = np.flatnonzero(folds != cfg.fold)
     if cfg.max_train_rows and cfg.max_train_rows < len(train):
@@ -56,29 +136,92 @@ def tuning_rows(folds: np.ndarray, labels: np.ndarray, cfg: TuneParams, seed: in
     return train, val
 
 
-def make_objective(data: dict, aug: dict, base: FitSettings, cfg: TuneParams, seed: int, device: Device) -> Callable:
-    """Return the Optuna objective: train on the tuning rows, report val accuracy each epoch, prune."""
+def check_claim(trial: optuna.Trial, target: int) -> None:
+    """Raise SurplusTrial when `target` trials numbered below `trial` are already finished or running."""
+    ahead = [t for t in trial.study.get_trials(deepcopy=False, states=CLAIMED) if t.number < trial.number]
+    if len(ahead) >= target:
+        trial.set_user_attr("surplus", True)
+        raise SurplusTrial(f"trial {trial.number} not needed: the study's {target} trials are already claimed")
+
+
+def make_objective(
+    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, jit_compile: bool, target: int
+) -> Callable[[optuna.Trial], float]:
+    """Return the objective: train on the tuning rows with the trial's settings, report val accuracy each epoch."""
     train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
     sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed)
     val = (data["x"][val_rows], data["y"][val_rows])
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
-        settings = replace(base, epochs=cfg.epochs, **suggest(trial, cfg.space))
-
-        def report(epoch: int, row: dict) -> None:
-            trial.report(row["val_accuracy"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} (val accuracy {row['val_accuracy']:.4f})")
-
+        check_claim(trial, target)
+        trial.set_user_attr("worker", worker)
+        settings = replace(base, epochs=cfg.epochs, **suggest(trial, space))
+        pruning = KerasPruningCallback(trial, "val_accuracy")
         keras.utils.set_random_seed(seed)
         try:
-            _, history = fit(settings, sampler, val, device.jit_compile, report)
+            _, history = fit(settings, sampler, val, jit_compile, pruning.on_epoch_end)
         finally:
             keras.backend.clear_session()
             gc.collect()
         return history[-1]["val_accuracy"]
 
     return objective
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def storage_url(url: str | None) -> str:
+    """Return `url`, or the embedded SQLite file data/processed/optuna.db when it is empty."""
+    return url or f"sqlite:///{paths.OPTUNA_DB}"
+
+
+def masked(url: str) -> str:
+    """Return `url` with any password replaced by *** (safe to print)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is still never echoed with its secret
+        return "<unparsable storage URL>"
+
+
+def scrub(text: str, url: str) -> str:
+    """Return `text` with the password of `url` (plain or URL-encoded) replaced by ***."""
+    try:
+        password = make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        return text if "@" not in url else "<message withheld: it may hold the storage password>"
+    for secret in {password, quote(password or "", safe="")} if password else ():
+        text = text.replace(secret, "***")
+    return text
+
+
+def storage_for(url: str, cfg: TuneParams) -> optuna.storages.RDBStorage:
+    """Return the RDB storage at `url` with heartbeats and re-queueing of trials whose worker died."""
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
+            heartbeat_interval=cfg.heartbeat_seconds,
+            grace_period=cfg.grace_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries),
+        )
+
+
+def study_name_for(cfg: TuneParams, model: str, space: dict, data_id: str) -> str:
+    """Return `cfg.study_name` suffixed with a hash of everything that makes trials comparable."""
+    key = json.dumps([model, cfg.fold, cfg.epochs, cfg.max_train_rows, space, data_id], sort_keys=True)
+    return f"{cfg.study_name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def data_id_of(data: dict) -> str:
+    """Return a hash of the training images and fold assignment."""
+    return hashlib.sha256(data["x"].tobytes() + data["fold"].tobytes()).hexdigest()
 
 
 def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
@@ -92,57 +235,96 @@ def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
     raise ValueError(f"tune.pruner must be median, hyperband or none, got {cfg.pruner!r}")
 
 
-def storage_for(url: str | None) -> optuna.storages.BaseStorage:
-    """Return the study storage: `url` (any RDB URL) or the embedded SQLite file, with heartbeats and retries."""
-    url = url or f"sqlite:///{paths.OPTUNA_DB}"
-    if url.startswith("sqlite:///"):
-        paths.OPTUNA_DB.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        heartbeat_interval=10,
-        grace_period=30,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+def sampler_seed(seed: int, worker: int, n_trials: int) -> int:
+    """Return the TPE seed of `worker` joining a study of `n_trials` trials (distinct per worker and rerun)."""
+    return int(np.random.SeedSequence([seed, worker, n_trials]).generate_state(1)[0])
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and so re-queue) the running trials of `study` whose heartbeat is older than the grace period."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def open_study(
+    name: str, storage: optuna.storages.BaseStorage, cfg: TuneParams, seed: int, worker: int
+) -> optuna.Study:
+    """Create or continue study `name` (seeded TPE, configured pruner), failing trials left by dead workers."""
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", pruner=make_pruner(cfg), load_if_exists=True
     )
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, len(study.trials)), constant_liar=True)
+    fail_stale(study)
+    return study
 
 
-def study_name_for(cfg: TuneParams, model: str, data_id: str) -> str:
-    """Return `cfg.study_name` suffixed with a hash of everything that makes trials comparable."""
-    key = json.dumps([model, cfg.fold, cfg.epochs, cfg.max_train_rows, cfg.space, data_id], sort_keys=True)
-    return f"{cfg.study_name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+def prepare_study(study: optuna.Study, defaults: dict, model: str, space: dict) -> None:
+    """Record the model and space on `study`; queue the baseline trial `defaults` when it has no trials yet."""
+    if not study.trials:
+        study.set_user_attr("model", model)
+        study.set_user_attr("space", space)
+        study.enqueue_trial(defaults, skip_if_exists=True)
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneParams, seed: int) -> optuna.Study:
-    """Create or continue study `name` (seeded TPE sampler, configured pruner)."""
-    return optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=make_pruner(cfg),
-        load_if_exists=True,
-    )
+def state_counts(study: optuna.Study) -> Counter:
+    """Return the number of trials of `study` in each state."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
 def finished_count(study: optuna.Study) -> int:
     """Return the number of completed or pruned trials in `study`."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    counts = state_counts(study)
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
 
-def run_trials(study: optuna.Study, objective: Callable, target: int, defaults: dict) -> None:
-    """Run trials until `study` has `target` finished trials; the first trial of a new study tries `defaults`."""
-    if not study.trials:
-        study.enqueue_trial(defaults, skip_if_exists=True)
-    remaining = target - finished_count(study)
-    if remaining <= 0:
-        return
-    stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-    study.optimize(objective, n_trials=remaining, callbacks=[stop], catch=(), gc_after_trial=True)
+def run_trials(study: optuna.Study, objective: Callable, target: int, poll_seconds: float) -> None:
+    """Run trials one at a time until `study` has `target` finished trials, whichever worker finishes them.
+
+    While the remaining trials are all running elsewhere this worker waits; if one of those workers
+    dies, its trial goes stale, is failed and re-queued, and this worker picks it up."""
+    while True:
+        fail_stale(study)
+        counts = state_counts(study)
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished >= target:
+            return
+        if finished + counts[TrialState.RUNNING] >= target:
+            time.sleep(poll_seconds)
+            continue
+        study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True)
+
+
+# ---------------------------------------------------------------- workers
+
+
+def worker_command(index: int, name: str, target: int) -> list[str]:
+    """Return the command line of worker `index` running study `name` until it has `target` finished trials."""
+    return [sys.executable, "-m", "pipeline.tune", "--study-name", name, "--until", str(target), "--worker", str(index)]
+
+
+def run_workers(n: int, name: str, url: str, target: int) -> list[int]:
+    """Run `n` workers on study `name` at `url` (passed in the environment, never argv); return their exit codes."""
+    env = {**os.environ, STORAGE_ENV: url}
+    procs = [subprocess.Popen(worker_command(i + 1, name, target), env=env) for i in range(n)]
+    try:
+        return [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+
+# ---------------------------------------------------------------- outputs
 
 
 def best_summary(study: optuna.Study) -> dict:
     """Return the best trial's parameters and value with the study's counts."""
-    best = study.best_trial
+    try:
+        best = study.best_trial
+    except ValueError as exc:
+        raise OutputError(f"study {study.study_name} has no completed trial yet: nothing to write") from exc
     return {
         "study": study.study_name,
         "params": best.params,
@@ -152,47 +334,128 @@ def best_summary(study: optuna.Study) -> dict:
     }
 
 
-def write_outputs(study: optuna.Study) -> dict:
-    """Write best_params.json, reports/tune.json and reports/tuning/trials.csv; return the summary."""
+def plot_study(study: optuna.Study, kind: str, seed: int) -> Figure:
+    """Return the matplotlib figure `kind` (history, importances or parallel) of `study`."""
+    import optuna.visualization.matplotlib as ovm  # after pipeline.plots chose the headless backend
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "history":
+            ax = ovm.plot_optimization_history(study)
+        elif kind == "importances":
+            ax = ovm.plot_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+        else:
+            ax = ovm.plot_parallel_coordinate(study)
+    return ax.figure
+
+
+def notice_figure(title: str, reason: str) -> Figure:
+    """Return a figure that says why plot `title` could not be drawn."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}: not available yet\n({reason})", ha="center", va="center", wrap=True)
+    return fig
+
+
+def write_plots(study: optuna.Study, seed: int) -> None:
+    """Write the optimisation history, parameter importances and parallel-coordinate PNGs to reports/tuning/."""
+    for kind, filename in PLOTS.items():
+        try:
+            fig = plot_study(study, kind, seed)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            fig = notice_figure(kind, str(exc) or type(exc).__name__)
+        save_figure(fig, paths.TUNING_DIR / filename)
+
+
+def write_outputs(study: optuna.Study, seed: int) -> dict:
+    """Write best_params.json, reports/tune.json and reports/tuning/ (CSV and PNGs); return the summary."""
     summary = best_summary(study)
     write_json(paths.BEST_PARAMS, summary)
     write_json(paths.TUNE_JSON, {"best_value": summary["value"], "finished_trials": summary["finished_trials"]})
     write_text(paths.TRIALS_CSV, study.trials_dataframe().to_csv(index=False))
+    write_plots(study, seed)
     return summary
 
 
-def tunable_defaults(train: TrainParams, space: dict) -> dict:
-    """Return the train-section values of the parameters in `space` (the baseline trial)."""
-    return {name: getattr(train, name) for name in space if hasattr(train, name)}
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help=f"finished trials to add to the study (default: top it up to {cfg.trials})",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENV) or cfg.storage,
+        help=f"Optuna RDB storage URL, e.g. postgresql://user:pw@host/db (default: ${STORAGE_ENV}, "
+        "then tune.storage, then sqlite:///data/processed/optuna.db)",
+    )
+    parser.add_argument("--study-name", default=None, help=f"study name (default: {cfg.study_name}-<settings hash>)")
+    parser.add_argument("--until", type=int, default=None, help=argparse.SUPPRESS)  # worker: target finished count
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # worker index (sampler seed)
+    args = parser.parse_args(argv)
+    if args.workers < 1 or (args.trials is not None and args.trials < 0):
+        parser.error("--workers must be at least 1 and --trials at least 0")
+    return args
+
+
+def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Callable[[optuna.Trial], float]:
+    """Load the data once for this process, pick the device, and return the objective."""
+    data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
+    device = configure()
+    base = fit_settings(params.load("train"), params.load("model").name, None)
+    print(f"tune: worker {os.getpid()} on {device.describe()}", flush=True)
+    return make_objective(data, aug, base, cfg, space, seed, device.jit_compile, target)
+
+
+def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
+    """Open the study, run its trials here or in worker processes, and write the outputs; return the exit code."""
+    model, seed = params.load("model").name, params.seed()
+    space = resolve_space(cfg, model)
+    name = args.study_name or study_name_for(cfg, model, space, data_id_of(read_npz(paths.TRAIN_NPZ)))
+    url = storage_url(args.storage)
+    study = open_study(name, storage_for(url, cfg), cfg, seed, args.worker)
+    if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
+        run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg.heartbeat_seconds)
+        return 0
+    prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
+    target = cfg.trials if args.trials is None else finished_count(study) + args.trials
+    print(f"tune: study {name} in {masked(url)}: {finished_count(study)} finished trials, target {target}", flush=True)
+    codes = [0]
+    if args.workers == 1:
+        run_trials(study, load_objective(cfg, space, seed, target), target, cfg.heartbeat_seconds)
+    elif finished_count(study) < target:
+        codes = run_workers(args.workers, name, url, target)
+    summary = write_outputs(study, seed)
+    print(f"tune: best val accuracy {summary['value']:.5f} (trial {summary['trial']}) with {summary['params']}")
+    print(f"tune: {summary['finished_trials']} finished trials -> {paths.BEST_PARAMS}, {paths.TUNING_DIR}/")
+    if any(codes):
+        print(f"tune: error: worker exit codes {codes}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the CLI, run the study's trials, and write the best parameters."""
+    """Parse the CLI and tune; print a clear error (exit code 2) for bad settings, data or storage."""
     cfg = params.load("tune")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tune", description=__doc__)
-    parser.add_argument("--trials", type=int, default=None, help=f"finished trials to add (default: top up to {cfg.trials})")
-    parser.add_argument("--storage", default=cfg.storage, help="Optuna storage URL (default: SQLite data/processed/optuna.db)")
-    parser.add_argument("--study-name", default=None, help=f"study name (default: {cfg.study_name}-<settings hash>)")
-    args = parser.parse_args(argv)
-    train_cfg, model = params.load("train"), params.load("model").name
-    seed = params.seed()
-    data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
-    device = configure()
-    base = fit_settings(train_cfg, model, None)
-    data_id = hashlib.sha256(data["x"].tobytes() + data["fold"].tobytes()).hexdigest()
-    name = args.study_name or study_name_for(cfg, model, data_id)
-    study = open_study(name, storage_for(args.storage), cfg, seed)
-    target = cfg.trials if args.trials is None else finished_count(study) + args.trials
-    print(f"tune: study {name}: {finished_count(study)} finished trials, target {target}, on {device.describe()}")
-    run_trials(study, make_objective(data, aug, base, cfg, seed, device), target, tunable_defaults(train_cfg, cfg.space))
+    args = parse_args(argv, cfg)
     try:
-        summary = write_outputs(study)
-    except OutputError as exc:
-        print(f"tune: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"tune: best val accuracy {summary['value']:.5f} (trial {summary['trial']}) with {summary['params']}")
-    print(f"tune: {summary['finished_trials']} finished trials -> {paths.BEST_PARAMS}; settings base {asdict(base)}")
-    return 0
+        return run_study(args, cfg)
+    except ImportError as exc:
+        print(f"tune: error: {exc} (PostgreSQL storage needs `pip install psycopg2-binary`)", file=sys.stderr)
+    except CLEAR_ERRORS as exc:
+        print(f"tune: error: {scrub(str(exc), storage_url(args.storage))}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

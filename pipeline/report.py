@@ -1,0 +1,323 @@
+"""Stage `report`: what a Kaggler reads after every `dvc repro`.
+
+Reads data/processed/{train,test}.npz and best_params.json, models/oof.npz, models/test_probs.npz,
+models/folds/fold{k}.json, reports/metrics.json, reports/predict.json and reports/timings/*.json.
+Writes reports/summary.md (class counts, chosen parameters, fold table, OOF accuracy with and without
+TTA, the most frequent confusions, wall time per stage, the submission), reports/confusion.csv (one
+`actual,predicted` row per OOF prediction, for DVC's confusion template), reports/wrong.png (the most
+confidently wrong OOF images) and reports/test_grid.png (test images with their predicted labels)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import params, paths, plots
+from pipeline.files import OutputError, read_json, read_npz, write_text
+from pipeline.params import ReportParams
+
+STAGES = ("ingest", "augment", "tune", "train", "predict")
+N_CLASSES = 10
+
+
+class MissingInput(FileNotFoundError):
+    """An input of the report is missing; the message says which stage makes it."""
+
+
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Return the 10x10 count matrix, rows = actual class, columns = predicted class."""
+    matrix = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+    np.add.at(matrix, (np.asarray(actual, np.int64), np.asarray(predicted, np.int64)), 1)
+    return matrix
+
+
+def confusion_pairs(matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
+    """Return the `k` most frequent mistakes as (actual, predicted, count), most frequent first."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    pairs = [(int(i // N_CLASSES), int(i % N_CLASSES), int(off.flat[i])) for i in order]
+    return [p for p in pairs if p[2] > 0]
+
+
+def confusion_csv(actual: np.ndarray, predicted: np.ndarray) -> str:
+    """Return `actual,predicted` CSV text with one row per prediction (DVC's confusion template)."""
+    body = "\n".join(f"{int(a)},{int(p)}" for a, p in zip(actual, predicted, strict=True))
+    return "actual,predicted\n" + body + ("\n" if body else "")
+
+
+def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Return the row indices of the `k` wrong predictions with the highest predicted probability."""
+    predicted = np.argmax(probs, axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probs[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+def read_timings(folder: Path = paths.TIMINGS_DIR) -> dict[str, dict]:
+    """Return every stage timing recorded in `folder`, pipeline stages first, keyed by stage."""
+    found = {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))} if Path(folder).is_dir() else {}
+    order = [s for s in STAGES if s in found] + sorted(s for s in found if s not in STAGES)
+    return {s: found[s] for s in order}
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """Return a Markdown table of `rows` under `header`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """Return `seconds` as `1h02m`, `3m05s` or `42.0s` (or `-` when unknown)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    seconds = round(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def counts_section(train_labels: np.ndarray, test_rows: int) -> str:
+    """Return the data section: training rows per class and the test row count."""
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=N_CLASSES)
+    table = md_table(["", *map(str, range(N_CLASSES)), "total"], [["train rows", *counts.tolist(), int(counts.sum())]])
+    return f"## Data\n\n{table}\n\nTest rows: {test_rows}."
+
+
+def params_section(settings: dict | None, tuned: dict | None, tta_views: int | None) -> str:
+    """Return the parameters section: what train used, and where tune's values came from."""
+    lines = ["## Chosen parameters", ""]
+    if settings:
+        lines += [md_table(["parameter", "value"], [[k, f"`{v}`"] for k, v in settings.items()]), ""]
+    else:
+        lines += ["Training settings not found (models/folds/fold0.json).", ""]
+    if tuned and tuned.get("params"):
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["params"].items())
+        lines.append(
+            f"Tuned by Optuna study `{tuned.get('study')}`: best trial {tuned.get('trial')} of "
+            f"{tuned.get('finished_trials')} finished, validation accuracy {tuned.get('value', float('nan')):.5f}; "
+            f"tuned: {values}."
+        )
+    else:
+        lines.append("No tuned parameters (best_params.json missing or empty): train used params.yaml.")
+    if tta_views is not None:
+        lines.append(f"Test-time augmentation: the original plus {tta_views} views.")
+    return "\n".join(lines)
+
+
+def fold_rows(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> list[list[Any]]:
+    """Return one table row per fold: validation rows, accuracy, loss, epochs and training time."""
+    rows = []
+    for name, m in sorted(metrics.get("folds", {}).items(), key=lambda kv: int(kv[0].removeprefix("fold"))):
+        k = int(name.removeprefix("fold"))
+        meta = metas.get(k, {})
+        rows.append(
+            [
+                k,
+                int(np.sum(folds == k)),
+                f"{m['accuracy']:.5f}",
+                f"{m['loss']:.4f}",
+                meta.get("epochs", "-"),
+                duration(meta.get("seconds")),
+            ]
+        )
+    return rows
+
+
+def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> str:
+    """Return the fold table with the overall out-of-fold line."""
+    rows = fold_rows(metrics, metas, folds)
+    oof = metrics.get("oof", {})
+    if oof:
+        rows.append(["**all (OOF)**", len(folds), f"**{oof['accuracy']:.5f}**", f"{oof['loss']:.4f}", "", ""])
+    header = ["fold", "validation rows", "accuracy", "loss", "epochs", "training time"]
+    return "## Folds\n\n" + md_table(header, rows)
+
+
+def accuracy_section(predict: dict) -> str:
+    """Return OOF accuracy and loss without and with test-time augmentation."""
+    if not predict:
+        return "## Out-of-fold accuracy\n\nreports/predict.json not found: run the predict stage."
+    rows = [
+        ["without TTA", f"{predict['oof_accuracy']:.5f}", f"{predict['oof_loss']:.4f}"],
+        [
+            f"with TTA ({predict.get('tta_views', '?')} views)",
+            f"{predict['oof_tta_accuracy']:.5f}",
+            f"{predict['oof_tta_loss']:.4f}",
+        ],
+    ]
+    return (
+        "## Out-of-fold accuracy\n\n"
+        + md_table(["", "accuracy", "loss"], rows)
+        + f"\n\nTTA gain: {predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
+    )
+
+
+def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int) -> str:
+    """Return the most frequent (actual, predicted) confusions of the OOF predictions."""
+    head = f"## Confusions\n\n{wrong} of {total} out-of-fold predictions are wrong"
+    if not pairs:
+        return head + "."
+    table = md_table(["actual", "predicted as", "count"], [list(p) for p in pairs])
+    return (
+        f"{head}; the most frequent mistakes (full matrix: `dvc plots show reports/confusion.csv`, "
+        f"the worst images: reports/wrong.png):\n\n{table}"
+    )
+
+
+def timings_section(timings: dict[str, dict]) -> str:
+    """Return the wall time of every stage that recorded one, with the device it ran on."""
+    if not timings:
+        return "## Wall time per stage\n\nNo timings recorded in reports/timings/."
+    rows = [
+        [s, duration(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")] for s, t in timings.items()
+    ]
+    missing = [s for s in STAGES if s not in timings]
+    total = sum(float(t.get("seconds") or 0) for t in timings.values())
+    rows.append(["**total**", f"**{duration(total)}**", "", ""])
+    note = f"\n\nNo timing recorded for: {', '.join(missing)}." if missing else ""
+    return "## Wall time per stage\n\n" + md_table(["stage", "wall time", "device", "finished (UTC)"], rows) + note
+
+
+def submission_section(path: Path, rows: int | None) -> str:
+    """Return where the submission is and how to send it."""
+    if rows is None:
+        return f"## Submission\n\n{path} not found: run the predict stage."
+    return (
+        f"## Submission\n\n`{path}` ({rows} rows). Send it with\n\n"
+        f'    python -m pipeline.submit -m "your message"\n\n'
+        f'(the same as `kaggle competitions submit -c digit-recognizer -f {path} -m "your message"`).'
+    )
+
+
+def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
+    """Return reports/summary.md for the gathered `facts` (see gather)."""
+    oof_probs, labels = facts["oof"]["probs"], facts["oof"]["y"]
+    predicted = np.argmax(oof_probs, axis=1)
+    matrix = confusion_matrix(labels, predicted)
+    predict = facts["predict"]
+    headline = predict.get("oof_tta_accuracy", facts["metrics"].get("oof", {}).get("accuracy", float("nan")))
+    sections = [
+        f"# Digit Recognizer: run summary\n\nOut-of-fold accuracy **{headline:.5f}** "
+        f"({len(labels)} training rows, {len(facts['metrics'].get('folds', {}))} folds).",
+        counts_section(facts["train"]["y"], facts["test_rows"]),
+        params_section(facts["settings"], facts["tuned"], predict.get("tta_views")),
+        folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
+        accuracy_section(predict),
+        confusion_section(confusion_pairs(matrix, cfg.confusion_pairs), int((predicted != labels).sum()), len(labels)),
+        timings_section(facts["timings"]),
+        submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"]),
+        "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); "
+        "images: reports/wrong.png, reports/test_grid.png, reports/augmentations.png, reports/tuning/.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def require(path: Path, stage: str) -> Path:
+    """Return `path`, or raise MissingInput naming the stage that writes it."""
+    if not Path(path).exists():
+        raise MissingInput(f"{path} not found: run `dvc repro {stage}` (or `dvc repro`) first")
+    return Path(path)
+
+
+def optional_json(path: Path) -> dict:
+    """Return the JSON document at `path`, or {} when it does not exist."""
+    return read_json(path) if Path(path).is_file() else {}
+
+
+def submission_rows(path: Path = paths.LATEST_SUBMISSION) -> int | None:
+    """Return the number of data rows of the submission at `path`, or None when there is none."""
+    if not Path(path).is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return max(0, sum(1 for line in fh if line.strip()) - 1)
+
+
+def gather() -> dict[str, Any]:
+    """Read every input of the report from the project folder and return them as one dict."""
+    train = read_npz(require(paths.TRAIN_NPZ, "ingest"))
+    folds = sorted(int(k) for k in np.unique(train["fold"]))
+    metas = {k: read_json(paths.fold_meta(k)) for k in folds if paths.fold_meta(k).is_file()}
+    test_x = read_npz(require(paths.TEST_NPZ, "ingest"))["x"]
+    return {
+        "train": train,
+        "test_x": test_x,
+        "test_rows": len(test_x),
+        "oof": read_npz(require(paths.OOF_NPZ, "train")),
+        "metrics": read_json(require(paths.METRICS_JSON, "train")),
+        "predict": optional_json(paths.PREDICT_JSON),
+        "test_probs": read_npz(require(paths.TEST_PROBS_NPZ, "predict"))["probs"],
+        "tuned": optional_json(paths.BEST_PARAMS),
+        "settings": metas[min(metas)].get("settings") if metas else None,
+        "metas": metas,
+        "timings": read_timings(),
+        "submission_rows": submission_rows(),
+    }
+
+
+def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
+    """Write summary.md, confusion.csv, wrong.png and test_grid.png from `facts`; return their paths."""
+    probs, labels = facts["oof"]["probs"], facts["oof"]["y"]
+    predicted = np.argmax(probs, axis=1)
+    write_text(paths.CONFUSION_CSV, confusion_csv(labels, predicted))
+    rows = most_confident_wrong(probs, labels, cfg.wrong_images)
+    images = facts["train"]["x"][rows]
+    plots.wrong_grid(images, labels[rows], predicted[rows], probs[rows, predicted[rows]], paths.WRONG_PNG)
+    test_probs = facts["test_probs"][: cfg.test_images]
+    test_pred = np.argmax(test_probs, axis=1)
+    ids = np.arange(1, len(test_probs) + 1)
+    conf = test_probs[np.arange(len(test_pred)), test_pred]
+    plots.prediction_grid(facts["test_x"][: len(test_probs)], ids, test_pred, conf, paths.TEST_GRID_PNG)
+    write_text(paths.SUMMARY_MD, summary_markdown(facts, cfg))
+    return [paths.SUMMARY_MD, paths.CONFUSION_CSV, paths.WRONG_PNG, paths.TEST_GRID_PNG]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the CLI, gather the pipeline's outputs, and write the summary and report images."""
+    cfg = params.load("report")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--wrong-images", type=int, default=cfg.wrong_images, help="images in reports/wrong.png (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=cfg.test_images,
+        help="images in reports/test_grid.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--confusion-pairs",
+        type=int,
+        default=cfg.confusion_pairs,
+        help="mistakes listed in summary.md (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    cfg = ReportParams(
+        wrong_images=args.wrong_images, test_images=args.test_images, confusion_pairs=args.confusion_pairs
+    )
+    try:
+        written = write_reports(gather(), cfg)
+    except (MissingInput, OutputError, ValueError) as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(
+            f"report: error: an input lacks the entry {exc}: it is from an older version, rerun `dvc repro`",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"report: wrote {', '.join(map(str, written))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

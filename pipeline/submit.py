@@ -1,0 +1,146 @@
+"""Submit submissions/latest.csv to Kaggle's Digit Recognizer.
+
+Validates the file first (header ImageId,Label, ids 1..N once each, labels 0-9, N rows), then
+uploads it with the kaggle package's Python API (the same as `kaggle competitions submit`).
+Exit status: 0 submitted, 1 the file is invalid, 2 no Kaggle credentials, 3 Kaggle refused or
+could not be reached."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline import params, paths
+from pipeline.dataio import InputError
+from pipeline.submission import validate_submission_file
+
+COMPETITION = "digit-recognizer"
+UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
+
+
+class SubmitError(RuntimeError):
+    """Kaggle did not accept the submission; the message says why."""
+
+
+def shell_quote(text: str) -> str:
+    """Return `text` in double quotes, escaped for a POSIX shell."""
+    return '"' + "".join("\\" + c if c in '\\"$`' else c for c in text) + '"'
+
+
+def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str:
+    """Return the kaggle CLI command that submits `path` with `message`."""
+    return f"kaggle competitions submit -c {competition} -f {path} -m {shell_quote(message)}"
+
+
+def config_dirs(env: Mapping[str, str], home: Path) -> list[Path]:
+    """Return the folders the kaggle package searches for kaggle.json, in its order."""
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return [Path(env["KAGGLE_CONFIG_DIR"])]
+    xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    return [home / ".kaggle", xdg / "kaggle"]
+
+
+def find_credentials(env: Mapping[str, str], home: Path) -> str | None:
+    """Return where Kaggle credentials are configured (never their values), or None when nowhere."""
+    if env.get("KAGGLE_API_TOKEN"):
+        return "the KAGGLE_API_TOKEN environment variable"
+    for name in ("access_token", "access_token.txt"):
+        token = home / ".kaggle" / name
+        if token.is_file() and token.read_text(encoding="utf-8", errors="replace").strip():
+            return str(token)
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "the KAGGLE_USERNAME and KAGGLE_KEY environment variables"
+    for folder in config_dirs(env, home):
+        if (folder / "kaggle.json").is_file():
+            return str(folder / "kaggle.json")
+    if (home / ".kaggle" / "credentials.json").is_file():
+        return f"{home / '.kaggle' / 'credentials.json'} (kaggle auth login)"
+    return None
+
+
+def setup_help(home: Path) -> str:
+    """Return the instructions for configuring Kaggle credentials."""
+    folder = home / ".kaggle"
+    return (
+        "no Kaggle credentials found. Set them up one of these ways, then run this command again:\n"
+        "  1. on https://www.kaggle.com/settings open 'API' and click 'Create New Token'; it downloads\n"
+        "     kaggle.json. Install it readable only by you:\n"
+        f"       mkdir -p {folder} && mv ~/Downloads/kaggle.json {folder}/ && chmod 600 {folder}/kaggle.json\n"
+        "  2. or export the two values from that file (e.g. in CI secrets):\n"
+        "       export KAGGLE_USERNAME=your-kaggle-username KAGGLE_KEY=your-api-key\n"
+        "  3. or, with a new-style API token, export KAGGLE_API_TOKEN=... (or save it to ~/.kaggle/access_token)\n"
+        "Also accept the competition rules once at https://www.kaggle.com/c/digit-recognizer/rules."
+    )
+
+
+def make_api() -> Any:
+    """Return an authenticated kaggle KaggleApi (imported here: importing kaggle reads credentials)."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except SystemExit as exc:  # the kaggle package exits when no credentials work
+        raise SubmitError("Kaggle rejected the configured credentials: check them (see --help)") from exc
+    return api
+
+
+def submit_file(api: Any, path: Path, message: str, competition: str = COMPETITION) -> str:
+    """Submit `path` with `message` through the kaggle `api`; return Kaggle's reply or raise SubmitError."""
+    try:
+        response = api.competition_submit(str(path), message, competition, quiet=False)
+    except Exception as exc:  # the kaggle package raises requests' HTTPError, ValueError, ...
+        raise SubmitError(f"Kaggle refused the submission: {exc}") from exc
+    reply = str(getattr(response, "message", "") or "")
+    if reply == UPLOAD_FAILED:
+        raise SubmitError(f"the upload of {path} failed ({reply}): check your connection and try again")
+    return reply or "submitted"
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, home: Path | None = None) -> int:
+    """Parse the CLI, validate the submission, and submit it to Kaggle."""
+    rows = params.load("ingest").expected_test_rows
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
+    parser.add_argument(
+        "-f", "--file", type=Path, default=paths.LATEST_SUBMISSION, help="submission CSV (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=rows, help="expected rows (default: ingest.expected_test_rows = %(default)s)"
+    )
+    parser.add_argument("-c", "--competition", default=COMPETITION, help="competition (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the command, do not submit")
+    args = parser.parse_args(argv)
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    try:
+        frame = validate_submission_file(args.file, args.rows)
+    except InputError as exc:
+        print(f"submit: error: {exc}\nsubmit: fix the file (or rerun `dvc repro predict`) and try again", file=sys.stderr)
+        return 1
+    print(f"submit: {args.file} is valid ({len(frame)} rows)")
+    print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}")
+    if args.dry_run:
+        return 0
+    source = find_credentials(env, home)
+    if source is None:
+        print(f"submit: error: {setup_help(home)}", file=sys.stderr)
+        return 2
+    print(f"submit: using Kaggle credentials from {source}")
+    try:
+        reply = submit_file(make_api(), args.file, args.message, args.competition)
+    except SubmitError as exc:
+        print(f"submit: error: {exc}", file=sys.stderr)
+        return 3
+    print(f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

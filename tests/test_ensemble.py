@@ -1,0 +1,104 @@
+"""Ensemble weights: chosen on OOF probabilities, non-negative, summing to 1, applied to test probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.ensemble import blend, blend_log_loss, choose_weights, ensemble_report, simplex_grid, stack_probs
+
+
+def noisy_probs(labels: np.ndarray, right: np.ndarray, confidence: float, seed: int) -> np.ndarray:
+    """Return probabilities putting `confidence` on the label where `right`, else on a wrong class."""
+    rng = np.random.default_rng(seed)
+    target = np.where(right, labels, (labels + rng.integers(1, 10, len(labels))) % 10)
+    probs = np.full((len(labels), 10), (1 - confidence) / 9)
+    probs[np.arange(len(labels)), target] = confidence
+    return probs
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    """Two hundred labels 0-9."""
+    return np.random.default_rng(0).integers(0, 10, 200)
+
+
+@pytest.mark.parametrize("objective", ["log_loss", "accuracy", "equal"])
+def test_weights_are_non_negative_and_sum_to_one(labels, objective):
+    rng = np.random.default_rng(1)
+    oof = [noisy_probs(labels, rng.random(200) < p, 0.7, seed) for seed, p in enumerate((0.9, 0.8, 0.6))]
+    w = choose_weights(oof, labels, objective, steps=10)
+    assert w.shape == (3,)
+    assert (w >= 0).all()
+    assert w.sum() == pytest.approx(1.0)
+
+
+def test_log_loss_weights_favour_the_better_model(labels):
+    good = noisy_probs(labels, np.ones(200, bool), 0.9, seed=1)
+    bad = noisy_probs(labels, np.random.default_rng(2).random(200) < 0.3, 0.9, seed=3)
+    w = choose_weights([bad, good], labels, "log_loss")
+    assert w[1] > 0.9
+
+
+def test_log_loss_weights_beat_every_grid_point(labels):
+    rng = np.random.default_rng(4)
+    oof = [
+        noisy_probs(labels, rng.random(200) < p, c, s) for s, (p, c) in enumerate(((0.85, 0.6), (0.8, 0.9), (0.7, 0.5)))
+    ]
+    stacked = stack_probs(oof)
+    best = blend_log_loss(stacked, labels, choose_weights(oof, labels, "log_loss"))
+    grid_losses = [blend_log_loss(stacked, labels, w) for w in simplex_grid(3, 20)]
+    assert best <= min(grid_losses) + 1e-9
+
+
+def test_complementary_models_blend_better_than_either(labels):
+    first_half = np.arange(200) < 100
+    a = noisy_probs(labels, first_half, 0.9, seed=5)  # confidently right on rows 0-99 only
+    b = noisy_probs(labels, ~first_half, 0.9, seed=6)  # confidently right on rows 100-199 only
+    a[~first_half] = 0.1  # and undecided elsewhere
+    b[first_half] = 0.1
+    for objective in ("log_loss", "accuracy"):
+        w = choose_weights([a, b], labels, objective, steps=10)
+        report = ensemble_report([a, b], labels, w)
+        assert report["blend"]["accuracy"] == 1.0
+        assert all(m["accuracy"] < 0.7 for m in report["models"])
+        assert w == pytest.approx([0.5, 0.5], abs=0.05)
+
+
+def test_accuracy_ties_go_to_the_lower_log_loss(labels):
+    sure = noisy_probs(labels, np.ones(200, bool), 0.95, seed=7)
+    unsure = noisy_probs(labels, np.ones(200, bool), 0.3, seed=8)  # same argmax, worse loss
+    assert choose_weights([unsure, sure], labels, "accuracy", steps=4) == pytest.approx([0.0, 1.0])
+
+
+def test_blend_applies_the_weights_to_test_probabilities():
+    p1 = np.eye(10)[[1, 2, 3]]
+    p2 = np.eye(10)[[4, 5, 6]]
+    assert blend([p1, p2], np.array([1.0, 0.0])) == pytest.approx(p1)
+    mixed = blend([p1, p2], np.array([0.25, 0.75]))
+    assert mixed.dtype == np.float32
+    assert mixed[0, 1] == pytest.approx(0.25)
+    assert mixed[0, 4] == pytest.approx(0.75)
+
+
+def test_simplex_grid_counts_every_split():
+    grid = simplex_grid(3, 4)
+    assert len(grid) == 15  # C(4 + 2, 2)
+    assert len({tuple(w) for w in grid}) == 15
+    assert np.allclose(grid.sum(axis=1), 1.0)
+
+
+def test_clear_errors(labels):
+    p = noisy_probs(labels, np.ones(200, bool), 0.9, seed=9)
+    with pytest.raises(ValueError, match="shape"):
+        choose_weights([p, p[:10]], labels)
+    with pytest.raises(ValueError, match="NaN"):
+        choose_weights([p, np.full_like(p, np.nan)], labels)
+    with pytest.raises(ValueError, match="labels"):
+        choose_weights([p, p], labels[:10])
+    with pytest.raises(ValueError, match="objective"):
+        choose_weights([p, p], labels, "auc")
+    with pytest.raises(ValueError, match="non-negative"):
+        blend([p, p], np.array([1.5, -0.5]))
+    with pytest.raises(ValueError, match="grid"):
+        simplex_grid(8, 50)

@@ -1,0 +1,106 @@
+"""The model zoo: every model builds, has the parameter count its layer shapes give, trains a step,
+and survives a .keras save/load round trip with safe_mode on."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.models import DROPOUTS_USED, INPUT_SHAPE, MODELS, PUBLISHED, build_model, load_model, search_space
+
+
+def conv(k: int, c_in: int, c_out: int) -> int:
+    """Parameters of a k x k convolution with bias."""
+    return k * k * c_in * c_out + c_out
+
+
+def dense(n_in: int, n_out: int) -> int:
+    """Parameters of a dense layer with bias."""
+    return n_in * n_out + n_out
+
+
+def bn(channels: int) -> int:
+    """Parameters of batch normalisation (gamma, beta, moving mean, moving variance)."""
+    return 4 * channels
+
+
+EXPECTED_PARAMS = {
+    # 784 pixels -> 128 -> 32 -> 10
+    "mlp": dense(784, 128) + dense(128, 32) + dense(32, 10),
+    # valid 3x3: 28 -> 26, pool 13; 3x3: 13 -> 11, pool 5; flatten 5*5*64
+    "cnn_basic": conv(3, 1, 32) + conv(3, 32, 64) + dense(5 * 5 * 64, 512) + dense(512, 10),
+    # same 2x2: 28, pool 14; same 2x2: 14, pool 7; flatten 7*7*64
+    "cnn_small2x2": conv(2, 1, 32) + conv(2, 32, 64) + dense(7 * 7 * 64, 1024) + dense(1024, 10),
+    # same 5x5 x2: 28, pool 14; same 3x3 x2: 14, pool 7; flatten 7*7*64
+    "dropout_cnn": conv(5, 1, 32) + conv(5, 32, 32) + conv(3, 32, 64) + conv(3, 64, 64) + dense(7 * 7 * 64, 256)
+    + dense(256, 10),
+    # valid 3x3 x2: 28 -> 24, strided 5x5 same: 12; valid 3x3 x2: 12 -> 8, strided 5x5: 4; valid 4x4: 1x1x128
+    "bn_cnn": conv(3, 1, 32) + conv(3, 32, 32) + conv(5, 32, 32) + 3 * bn(32)
+    + conv(3, 32, 64) + conv(3, 64, 64) + conv(5, 64, 64) + 3 * bn(64)
+    + conv(4, 64, 128) + bn(128) + dense(128, 10),
+}  # fmt: skip
+
+
+def test_every_model_has_an_expected_count_and_a_published_figure():
+    assert set(EXPECTED_PARAMS) == set(MODELS) == set(PUBLISHED) == set(DROPOUTS_USED)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_builds_with_the_expected_parameter_count(name):
+    model = build_model(name, 0.3, 0.4)
+    assert model.input_shape == (None, *INPUT_SHAPE)
+    assert model.output_shape == (None, 10)
+    assert model.count_params() == EXPECTED_PARAMS[name]
+
+
+def test_hand_counts_match_the_published_architectures():
+    assert EXPECTED_PARAMS["dropout_cnn"] == 887_530
+    assert EXPECTED_PARAMS["bn_cnn"] == 327_242
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_returns_probabilities_of_raw_pixels_and_trains_one_step(name, digits):
+    images, labels = digits
+    x = images[:16].astype(np.float32)[..., None]  # raw 0-255: the model scales them itself
+    y = np.eye(10, dtype=np.float32)[labels[:16]]
+    keras.utils.set_random_seed(0)
+    model = build_model(name)
+    probs = keras.ops.convert_to_numpy(model(x, training=False))
+    assert probs.shape == (16, 10)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_survives_a_keras_round_trip_with_safe_mode(name, digits, tmp_path):
+    x = digits[0][:8].astype(np.float32)[..., None]
+    model = build_model(name)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = load_model(str(path))
+    assert loaded.name == name
+    assert loaded.count_params() == model.count_params()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_rates_reach_the_layers():
+    rates = [layer.rate for layer in build_model("bn_cnn", 0.4, 0.3).layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.4, 0.4, 0.3]
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in build_model("mlp", 0.4, 0.3).layers)
+
+
+def test_search_space_drops_the_dropouts_a_model_ignores():
+    space = {"learning_rate": [1e-4, 1e-2, "log"], "dropout_conv": [0.1, 0.4], "dropout_dense": [0.2, 0.6]}
+    assert set(search_space("mlp", space)) == {"learning_rate"}
+    assert set(search_space("cnn_small2x2", space)) == {"learning_rate", "dropout_dense"}
+    assert search_space("bn_cnn", space) == space
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown model\.name 'resnet'.*bn_cnn"):
+        build_model("resnet")

@@ -1,0 +1,62 @@
+"""Predict: deterministic TTA views, the submission format, and the stage's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import augment, ingest, paths, predict, train
+from pipeline.dataio import InputError
+from pipeline.device import configure
+from pipeline.params import load
+from pipeline.submission import submission_csv, validate_submission
+from pipeline.tta import apply_view, views_for
+
+
+def test_identity_and_shift_views_are_exact(digits):
+    images, _ = digits
+    assert np.array_equal(apply_view(images, (0.0, 1.0, 0.0, 0.0))[..., 0], images.astype(np.float32))
+    shifted = apply_view(images, (0.0, 1.0, 1.0, 0.0))[..., 0]
+    assert np.allclose(shifted[:, :, 1:], images[:, :, :-1], atol=1e-3)  # one pixel to the right
+    assert np.allclose(shifted[:, :, 0], 0.0)
+    down = apply_view(images, (0.0, 1.0, 0.0, 1.0))[..., 0]
+    assert np.allclose(down[:, 1:, :], images[:, :-1, :], atol=1e-3)
+
+
+def test_rotation_view_keeps_the_centre_and_moves_the_rest(digits):
+    images, _ = digits
+    rotated = apply_view(images, (8.0, 1.0, 0.0, 0.0))[..., 0]
+    assert not np.allclose(rotated, images)
+    assert np.allclose(rotated[:, 13:15, 13:15], images[:, 13:15, 13:15], atol=40)
+    assert len(views_for(3)) == 4
+    with pytest.raises(ValueError, match="tta_views"):
+        views_for(99)
+
+
+def test_submission_round_trip_and_validation():
+    labels = np.array([3, 1, 4, 1, 5])
+    text = submission_csv(labels)
+    assert text.splitlines()[:2] == ["ImageId,Label", "1,3"]
+    frame = validate_submission(text, 5)
+    assert frame["Label"].astype(int).tolist() == labels.tolist()
+    with pytest.raises(InputError, match="expected 6"):
+        validate_submission(text, 6)
+
+
+def test_predict_main_writes_a_valid_submission_and_tta_report(project):
+    assert ingest.main([]) == 0
+    assert augment.main([]) == 0
+    train.train_all(train.fit_settings(load("train"), "dropout_cnn", None), 3, seed=0, device=configure())
+    assert predict.main([]) == 0
+    text = paths.LATEST_SUBMISSION.read_text()
+    assert len(validate_submission(text, 20)) == 20
+    copies = list(paths.SUBMISSIONS_DIR.glob("submission-*.csv"))
+    assert len(copies) == 1 and copies[0].read_text() == text
+    import json
+
+    report = json.loads(paths.PREDICT_JSON.read_text())
+    assert report["tta_gain"] == pytest.approx(report["oof_tta_accuracy"] - report["oof_accuracy"])
+    from pipeline.files import read_npz
+
+    oof = read_npz(paths.OOF_NPZ)
+    assert report["oof_accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == oof["y"])), abs=1e-6)

@@ -1,0 +1,219 @@
+"""pipeline.submit: validation before upload, credential discovery and set-up help, and a real
+kaggle-package submission against a local fake Kaggle API (never the real service)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import submit
+from pipeline.submission import submission_csv
+
+ROWS = 28000
+KAGGLE_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "KAGGLE_API_ENVIRONMENT")
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No Kaggle credentials anywhere: a fresh HOME and no KAGGLE_* variables; returns HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in KAGGLE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def valid_csv(project: Path) -> Path:
+    """A valid 28,000-row submission at submissions/latest.csv of the test project."""
+    path = project / "submissions" / "latest.csv"
+    path.parent.mkdir()
+    path.write_text(submission_csv(np.arange(ROWS) % 10))
+    return path
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture, home: Path, env: dict | None = None) -> tuple[int, str, str]:
+    """Run submit.main with `argv` and return (exit status, stdout, stderr)."""
+    code = submit.main(argv, env=env or {}, home=home)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_command_quotes_the_message() -> None:
+    cmd = submit.cli_command(Path("submissions/latest.csv"), 'tta "4" $HOME')
+    assert cmd == 'kaggle competitions submit -c digit-recognizer -f submissions/latest.csv -m "tta \\"4\\" \\$HOME"'
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda t: t.replace("ImageId,Label", "Id,Label", 1), "header"),
+        (lambda t: t.rsplit("\n", 2)[0] + "\n", "rows, expected 28000"),
+        (lambda t: t.replace("\n5,4\n", "\n5,12\n", 1), "Label '12'"),
+        (lambda t: t.replace("\n5,4\n", "\n4,4\n", 1), "ImageId 4 appears twice"),
+        (lambda t: t.replace("\n5,4\n", "\n5,x\n", 1), "Label 'x'"),
+        (lambda t: "", "is empty"),
+    ],
+    ids=["header", "too-few-rows", "label-range", "duplicate-id", "label-not-int", "empty"],
+)
+def test_invalid_submissions_are_refused_before_any_upload(
+    valid_csv: Path, clean_env: Path, capsys: pytest.CaptureFixture, mutate, expected: str
+) -> None:
+    valid_csv.write_text(mutate(valid_csv.read_text()))
+    code, out, err = run(["-m", "x", "-f", str(valid_csv), "--rows", str(ROWS)], capsys, clean_env)
+    assert code == 1
+    assert expected in err
+    assert "equivalent command" not in out
+
+
+def test_missing_file_says_how_to_make_it(project: Path, clean_env: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(["-m", "x"], capsys, clean_env)
+    assert code == 1
+    assert "submissions/latest.csv" in err and "dvc repro" in err
+
+
+def test_rows_default_comes_from_params(valid_csv: Path, clean_env: Path, capsys: pytest.CaptureFixture) -> None:
+    # the test project's params.yaml expects 20 test rows
+    code, _, err = run(["-m", "x", "-f", str(valid_csv), "--dry-run"], capsys, clean_env)
+    assert code == 1 and "not an integer 1-20" in err
+    code, out, _ = run(["-m", "x", "-f", str(valid_csv), "--rows", str(ROWS), "--dry-run"], capsys, clean_env)
+    assert code == 0
+    assert f'kaggle competitions submit -c digit-recognizer -f {valid_csv} -m "x"' in out
+
+
+def test_without_credentials_explains_setup_and_exits_2(
+    valid_csv: Path, clean_env: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = run(["-m", "first try", "-f", str(valid_csv), "--rows", str(ROWS)], capsys, clean_env)
+    assert code == 2
+    assert "kaggle competitions submit -c digit-recognizer" in out
+    assert "chmod 600" in err and "kaggle.json" in err and "KAGGLE_USERNAME" in err and "KAGGLE_KEY" in err
+
+
+def test_find_credentials_names_the_source_never_the_secret(tmp_path: Path) -> None:
+    home = tmp_path
+    assert submit.find_credentials({}, home) is None
+    assert submit.find_credentials({"KAGGLE_USERNAME": "u"}, home) is None
+    env = {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "s3cret"}
+    source = submit.find_credentials(env, home)
+    assert source is not None and "KAGGLE_KEY" in source and "s3cret" not in source
+    (home / ".kaggle").mkdir()
+    (home / ".kaggle" / "kaggle.json").write_text('{"username": "someone", "key": "s3cret"}')
+    assert submit.find_credentials({}, home) == str(home / ".kaggle" / "kaggle.json")
+    custom = tmp_path / "cfg"
+    custom.mkdir()
+    assert submit.find_credentials({"KAGGLE_CONFIG_DIR": str(custom)}, home) is None
+    assert "KAGGLE_API_TOKEN" in submit.find_credentials({"KAGGLE_API_TOKEN": "tok"}, home)
+
+
+class FakeApi:
+    """Stands in for KaggleApi: records the call and answers like the kaggle package."""
+
+    def __init__(self, message: str = "Successfully submitted to Digit Recognizer", error: Exception | None = None):
+        self.calls, self.message, self.error = [], message, error
+
+    def competition_submit(self, file_name: str, message: str, competition: str, quiet: bool = False):
+        self.calls.append((file_name, message, competition))
+        if self.error:
+            raise self.error
+        return type("Response", (), {"message": self.message})()
+
+
+def test_submit_file_reports_failures() -> None:
+    api = FakeApi()
+    assert submit.submit_file(api, Path("a.csv"), "m") == "Successfully submitted to Digit Recognizer"
+    assert api.calls == [("a.csv", "m", "digit-recognizer")]
+    with pytest.raises(submit.SubmitError, match="upload of a.csv failed"):
+        submit.submit_file(FakeApi(message=submit.UPLOAD_FAILED), Path("a.csv"), "m")
+    with pytest.raises(submit.SubmitError, match="403 Forbidden"):
+        submit.submit_file(FakeApi(error=RuntimeError("403 Forbidden")), Path("a.csv"), "m")
+
+
+class FakeKaggle(BaseHTTPRequestHandler):
+    """The three requests of a competition submission: start the upload, PUT the file, create it."""
+
+    log: list[dict] = []  # noqa: RUF012 (replaced per test)
+
+    def log_message(self, *args: object) -> None:
+        """Keep the test output quiet."""
+
+    def reply(self, body: dict) -> None:
+        """Answer 200 with the JSON `body`."""
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self) -> bytes:
+        """Return the request body."""
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_POST(self) -> None:
+        entry = {"method": "POST", "path": self.path, "auth": self.headers.get("Authorization"), "json": {}}
+        entry["json"] = json.loads(self.body() or b"{}")
+        self.log.append(entry)
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path.endswith("/StartSubmissionUpload"):
+            self.reply({"token": "blob-token-1", "createUrl": f"{host}/upload/blob-token-1"})
+        elif self.path.endswith("/CreateSubmission"):
+            self.reply({"message": "Successfully submitted to Digit Recognizer", "ref": 7})
+        else:
+            self.send_error(404)
+
+    def do_PUT(self) -> None:
+        self.log.append({"method": "PUT", "path": self.path, "data": self.body()})
+        self.reply({})
+
+
+@pytest.fixture
+def fake_kaggle(clean_env: Path, monkeypatch: pytest.MonkeyPatch):
+    """A local HTTP server standing in for api.kaggle.com, with fake legacy credentials in the env."""
+    from kagglesdk import kaggle_env
+
+    FakeKaggle.log = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKaggle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "fake-user")
+    monkeypatch.setenv("KAGGLE_KEY", "fake-key-123")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    yield FakeKaggle.log
+    server.shutdown()
+    server.server_close()
+
+
+def test_submission_reaches_the_kaggle_api_with_the_file(
+    valid_csv: Path, fake_kaggle: list[dict], clean_env: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import os
+
+    code, out, err = run(["-m", "fold ensemble + TTA", "--rows", str(ROWS)], capsys, clean_env, dict(os.environ))
+    assert code == 0, err
+    assert "Successfully submitted" in out
+    assert "fake-key-123" not in out + err
+    start, upload, create = fake_kaggle
+    assert start["path"] == "/v1/competitions.CompetitionApiService/StartSubmissionUpload"
+    assert start["json"]["competitionName"] == "digit-recognizer"
+    assert start["json"]["fileName"] == "latest.csv"
+    assert int(start["json"]["contentLength"]) == valid_csv.stat().st_size
+    assert start["auth"] == "Basic " + base64.b64encode(b"fake-user:fake-key-123").decode()
+    assert upload["method"] == "PUT" and upload["path"] == "/upload/blob-token-1"
+    assert upload["data"] == valid_csv.read_bytes()
+    assert create["path"] == "/v1/competitions.CompetitionApiService/CreateSubmission"
+    assert create["json"] == {
+        "competitionName": "digit-recognizer",
+        "blobFileTokens": "blob-token-1",
+        "submissionDescription": "fold ensemble + TTA",
+    }

@@ -1,0 +1,75 @@
+"""Train: k-fold training writes every fold's model, OOF probabilities, history and the metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import augment, ingest, paths, train
+from pipeline.device import configure
+from pipeline.files import read_npz
+from pipeline.models import load_model
+from pipeline.params import load
+from pipeline.training import FitSettings, fit, schedule
+
+
+@pytest.fixture
+def prepared(project):
+    """The tiny project after ingest and augment."""
+    assert ingest.main([]) == 0
+    assert augment.main([]) == 0
+    return project
+
+
+def test_train_all_writes_folds_oof_history_and_metrics(prepared):
+    cfg = train.fit_settings(load("train"), "dropout_cnn", None)
+    metrics = train.train_all(cfg, 3, seed=1, device=configure())
+    data = read_npz(paths.TRAIN_NPZ)
+    oof = read_npz(paths.OOF_NPZ)
+    assert oof["probs"].shape == (60, 10)
+    assert np.allclose(oof["probs"].sum(axis=1), 1.0, atol=1e-4)
+    assert metrics["oof"]["accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == data["y"])))
+    assert set(metrics["folds"]) == {"fold0", "fold1", "fold2"}
+    assert json.loads(paths.METRICS_JSON.read_text()) == metrics
+    for fold in range(3):
+        part = read_npz(paths.fold_oof(fold))
+        assert np.array_equal(np.sort(part["rows"]), np.flatnonzero(data["fold"] == fold))
+        rows = list(csv.DictReader(paths.fold_history(fold).open()))
+        assert [r["epoch"] for r in rows] == ["1", "2"]
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(rows[0])
+        model = load_model(str(paths.fold_model(fold)))
+        assert model.output_shape == (None, 10)
+    assert not any(paths.CHECKPOINT_DIR.glob("*/last.keras"))  # checkpoints are removed once a fold is done
+
+
+def test_tuned_parameters_override_train_settings(prepared):
+    base = train.fit_settings(load("train"), "dropout_cnn", None)
+    tuned = train.fit_settings(load("train"), "dropout_cnn", {"learning_rate": 0.01, "batch_size": 32, "other": 1})
+    assert (tuned.learning_rate, tuned.batch_size) == (0.01, 32)
+    assert tuned.dropout_conv == base.dropout_conv
+    assert isinstance(tuned.batch_size, int)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = FitSettings("dropout_cnn", 4, 32, 0.01, 1.0, 0.25, 0.5, 0.5, 0.0)
+    lr = schedule(cfg, steps_per_epoch=10)
+    values = [float(lr(step)) for step in (0, 5, 10, 20, 39)]
+    assert values[0] == pytest.approx(0.001)
+    assert values[0] < values[1] < values[2] == pytest.approx(0.01)
+    assert values[2] > values[3] > values[4]
+
+
+def test_fit_learns_the_synthetic_digits(digits):
+    from pipeline.training import EpochSampler
+
+    images, labels = digits
+    rows = np.arange(60)
+    sampler = EpochSampler(images, labels, rows, images[:0], np.zeros(0, np.int32), seed=0)
+    cfg = FitSettings("cnn_basic", 6, 16, 0.003, 0.5, 0.25, 0.5, 0.0, 0.0)
+    _, history = fit(cfg, sampler, (images, labels))
+    assert len(history) == 6
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_accuracy"] > 0.5  # ten classes: chance is 0.1
