@@ -62,22 +62,20 @@ def image_grid(
 def wrong_grid(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
 ) -> None:
-    """Save the grid of misclassified `images` captioned `true T / pred P (confidence)` to `path`."""
+    """Save the grid of misclassified `images` captioned `true T → pred P (confidence)` to `path`."""
     captions = [
-        f"true {int(t)} / pred {int(p)}\n({c:.0%})" for t, p, c in zip(labels, predicted, confidence, strict=True)
+        f"true {int(t)} → pred {int(p)}\n({c:.0%} sure)" for t, p, c in zip(labels, predicted, confidence, strict=True)
     ]
-    title = f"The {len(images)} most confidently wrong out-of-fold predictions"
+    title = f"The {len(images)} most confidently wrong out-of-fold predictions (true label → predicted label)"
+    if len(images) == 0:
+        title = "No out-of-fold prediction is wrong"
     image_grid(images, captions, path, title, color="firebrick")
 
 
 def prediction_grid(
     images: np.ndarray, ids: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
 ) -> None:
-    """Save the grid of test `images` captioned `#id: P (confidence)` to `path`."""
-    captions = [f"#{int(i)}: {int(p)}\n({c:.0%})" for i, p, c in zip(ids, predicted, confidence, strict=True)]
-    image_grid(
-        images,
-        captions,
-        path,
-        f"Test images {int(ids[0]) if len(ids) else 0}-{int(ids[-1]) if len(ids) else 0} and their predicted labels",
-    )
+    """Save the grid of test `images` captioned `#ImageId → P (confidence)` to `path`."""
+    captions = [f"#{int(i)} → {int(p)}\n({c:.0%} sure)" for i, p, c in zip(ids, predicted, confidence, strict=True)]
+    span = f" {int(ids[0])}-{int(ids[-1])}" if len(ids) else ""
+    image_grid(images, captions, path, f"Test images{span}: ImageId → predicted label")

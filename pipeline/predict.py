@@ -43,7 +43,7 @@ def predict_folds(data: dict, x_test: np.ndarray, n_folds: int, cfg: PredictPara
     views = cfg.tta_views + 1
     oof = np.zeros((views, len(data["y"]), 10), np.float32)
     test = np.zeros((views, len(x_test), 10), np.float32)
-    with progress.progress(n_folds * (len(data["y"]) + len(x_test)), "predict", unit="img") as bar:
+    with progress.progress(len(data["y"]) + n_folds * len(x_test), "predict", unit="img") as bar:
         for fold in range(n_folds):
             model = load_model(str(paths.fold_model(fold)))
             rows = np.flatnonzero(data["fold"] == fold)

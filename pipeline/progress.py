@@ -93,6 +93,11 @@ def progress(
     return LineProgress(total, desc, unit, stream, lines=lines)
 
 
+def silent(total: int = 0) -> LineProgress:
+    """Return a progress counter that prints nothing (for callers that want no progress output)."""
+    return LineProgress(total, "", "it", sys.stdout, lines=False)
+
+
 def note(message: str, stream: TextIO | None = None) -> None:
     """Print `message` as its own line without breaking any progress bar on screen."""
     tqdm.write(message, file=sys.stdout if stream is None else stream)

@@ -95,7 +95,8 @@ def params_section(settings: dict | None, tuned: dict | None, tta_views: int | N
     """Return the parameters section: what train used, and where tune's values came from."""
     lines = ["## Chosen parameters", ""]
     if settings:
-        lines += [md_table(["parameter", "value"], [[k, f"`{v}`"] for k, v in settings.items()]), ""]
+        values = [[k, f"`{v:.4g}`" if isinstance(v, float) else f"`{v}`"] for k, v in settings.items()]
+        lines += [md_table(["parameter", "value"], values), ""]
     else:
         lines += ["Training settings not found (models/folds/fold0.json).", ""]
     if tuned and tuned.get("params"):

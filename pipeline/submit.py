@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     try:
         frame = validate_submission_file(args.file, args.rows)
     except InputError as exc:
-        print(f"submit: error: {exc}\nsubmit: fix the file (or rerun `dvc repro predict`) and try again", file=sys.stderr)
+        print(f"submit: error: {exc}", file=sys.stderr)
+        print("submit: fix the file (or rerun `dvc repro predict`) and try again", file=sys.stderr)
         return 1
     print(f"submit: {args.file} is valid ({len(frame)} rows)")
     print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}")

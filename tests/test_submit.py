@@ -131,7 +131,7 @@ def test_submit_file_reports_failures() -> None:
     api = FakeApi()
     assert submit.submit_file(api, Path("a.csv"), "m") == "Successfully submitted to Digit Recognizer"
     assert api.calls == [("a.csv", "m", "digit-recognizer")]
-    with pytest.raises(submit.SubmitError, match="upload of a.csv failed"):
+    with pytest.raises(submit.SubmitError, match=r"upload of a\.csv failed"):
         submit.submit_file(FakeApi(message=submit.UPLOAD_FAILED), Path("a.csv"), "m")
     with pytest.raises(submit.SubmitError, match="403 Forbidden"):
         submit.submit_file(FakeApi(error=RuntimeError("403 Forbidden")), Path("a.csv"), "m")
@@ -184,7 +184,9 @@ def fake_kaggle(clean_env: Path, monkeypatch: pytest.MonkeyPatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKaggle)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setitem(
+        kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://127.0.0.1:{server.server_port}"
+    )
     monkeypatch.setenv("KAGGLE_USERNAME", "fake-user")
     monkeypatch.setenv("KAGGLE_KEY", "fake-key-123")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
