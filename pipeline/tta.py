@@ -34,14 +34,19 @@ def view_matrix(view: tuple[float, float, float, float], side: int = 28) -> list
     return [cos, -sin, tx, sin, cos, ty, 0.0, 0.0]
 
 
-def apply_view(images: np.ndarray, view: tuple[float, float, float, float]) -> np.ndarray:
-    """Return float32 images (n, 28, 28, 1) transformed by `view` (bilinear, zero fill)."""
+def apply_view(images: np.ndarray, view: tuple[float, float, float, float], chunk: int = 4096) -> np.ndarray:
+    """Return float32 images (n, 28, 28, 1) transformed by `view` (bilinear, zero fill), `chunk` at a time."""
     x = as_input(images)
     if view == (0.0, 1.0, 0.0, 0.0):
         return x
-    transform = keras.ops.convert_to_tensor(np.asarray([view_matrix(view, images.shape[1])], np.float32))
-    out = keras.ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
-    return keras.ops.convert_to_numpy(out)
+    matrix = np.asarray(view_matrix(view, images.shape[1]), np.float32)
+    out = np.empty_like(x)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        transform = keras.ops.convert_to_tensor(np.tile(matrix, (len(part), 1)))  # one per image: JAX needs that
+        moved = keras.ops.image.affine_transform(part, transform, interpolation="bilinear", fill_mode="constant")
+        out[start : start + len(part)] = keras.ops.convert_to_numpy(moved)
+    return out
 
 
 def views_for(count: int) -> list[tuple[float, float, float, float]]:
