@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+PARTIAL = "partial-"  # marks the temporary files of writes in progress (left behind only by a killed process)
+HINTS = {
+    errno.ENOSPC: "the disk is full: free some space and rerun",
+    errno.EDQUOT: "the disk quota is exhausted: free some space and rerun",
+    errno.EFBIG: "the file is larger than this system allows (ulimit -f?)",
+    errno.EACCES: "permission denied: make the folder writable and rerun",
+    errno.EPERM: "operation not permitted: make the folder writable and rerun",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+}
+
 
 class OutputError(RuntimeError):
     """An output could not be written (read-only folder, disk full, ...)."""
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """Return an OutputError naming `path`, the system's reason and what to do about it."""
+    reason = exc.strerror or str(exc)
+    hint = HINTS.get(exc.errno or 0)
+    return OutputError(f"cannot write {path}: {reason}" + (f" ({hint})" if hint else ""))
+
+
+def remove_partials(folder: Path, name: str = "*") -> list[Path]:
+    """Delete the temporary files a killed writer of `name` (a glob) left in `folder`; return them."""
+    stale = sorted(Path(folder).glob(f".{name}.{PARTIAL}*")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager
@@ -24,27 +50,26 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{PARTIAL}", suffix=suffix or ".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise output_error(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise output_error(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (fsynced before the rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text(path: Path, text: str) -> None:
@@ -67,6 +92,23 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     write_bytes(path, buf.getvalue())
+
+
+def write_npz_set(outputs: dict[Path, dict[str, np.ndarray]]) -> None:
+    """Write several .npz files as one change: all are renamed into place only after every one is written,
+    so a failure keeps every previous file."""
+    with ExitStack() as stack:
+        for path, arrays in outputs.items():
+            tmp = stack.enter_context(atomic_path(path, suffix=".npz"))
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(buf.getvalue())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise output_error(path, exc) from exc
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -13,14 +13,25 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.dataio import locate_raw, missing_data_message
-from pipeline.files import write_with
+from pipeline.files import OutputError, write_with
 
 COMPETITION = "digit-recognizer"
 
 
 def kaggle_config_dir() -> Path:
-    """Return the folder the kaggle CLI reads kaggle.json from."""
-    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    """Return the folder the kaggle CLI reads kaggle.json from (KAGGLE_CONFIG_DIR, ~/.kaggle, or the XDG folder)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    legacy = Path.home() / ".kaggle"
+    if legacy.exists():
+        return legacy
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def token_files() -> list[Path]:
+    """Return the credential files the kaggle CLI reads, in its order (whether or not they exist)."""
+    home = Path.home() / ".kaggle"
+    return [kaggle_config_dir() / "kaggle.json", home / "access_token", home / "access_token.txt"]
 
 
 def has_kaggle_credentials() -> bool:
@@ -29,8 +40,16 @@ def has_kaggle_credentials() -> bool:
         return True
     if os.environ.get("KAGGLE_API_TOKEN"):
         return True
-    folder = kaggle_config_dir()
-    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
+    return any(path.is_file() for path in token_files())
+
+
+def exposure_warnings() -> list[str]:
+    """Return a warning for each credential file that users other than its owner can read (never its contents)."""
+    return [
+        f"{path} is readable by other users (mode {path.stat().st_mode & 0o777:03o}); run: chmod 600 {path}"
+        for path in token_files()
+        if path.is_file() and path.stat().st_mode & 0o044
+    ]
 
 
 def have_data(raw_dir: Path = paths.RAW_DIR) -> bool:
@@ -62,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.getdata", description=__doc__)
     parser.add_argument("--zip", type=Path, help="copy this competition zip to data/raw/")
     args = parser.parse_args(argv)
-    if args.zip:
-        copy_zip(args.zip)
+    for warning in exposure_warnings():
+        print(f"getdata: warning: {warning}", file=sys.stderr)
+    try:
+        if args.zip:
+            copy_zip(args.zip)
+    except (FileNotFoundError, OutputError) as exc:
+        print(f"getdata: error: {exc}", file=sys.stderr)
+        return 2
     if have_data():
         print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
         return 0
@@ -71,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         code = download()
         if code == 0 and have_data():
             return 0
-        print(f"getdata: the kaggle download failed (exit {code}); have you accepted the competition rules?", file=sys.stderr)
+        print(
+            f"getdata: the kaggle download failed (exit {code}); have you accepted the competition rules?",
+            file=sys.stderr,
+        )
     print(f"getdata: error: {missing_data_message()}", file=sys.stderr)
     return 2
 

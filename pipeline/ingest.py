@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from pipeline import params, paths
 from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
-from pipeline.files import OutputError, write_npz
+from pipeline.files import OutputError, write_npz_set
 from pipeline.params import IngestParams
 
 
@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, ingest the raw data, and write the processed arrays."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__)
     parser.parse_args(argv)
-    cfg = params.load("ingest")
-    n_folds = params.load("train").folds
     try:
+        cfg, n_folds = params.load("ingest"), params.load("train").folds
         train, test = ingest(locate_raw(), cfg, n_folds, params.seed())
-        write_npz(paths.TRAIN_NPZ, **train)
-        write_npz(paths.TEST_NPZ, **test)
+        write_npz_set({paths.TRAIN_NPZ: train, paths.TEST_NPZ: test})  # both replaced, or neither
     except (FileNotFoundError, InputError, OutputError, ValueError) as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2

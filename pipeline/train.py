@@ -21,7 +21,16 @@ import numpy as np
 
 from pipeline import params, paths, progress
 from pipeline.device import Device, configure
-from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text, write_with
+from pipeline.files import (
+    OutputError,
+    read_json,
+    read_npz,
+    remove_partials,
+    write_json,
+    write_npz,
+    write_text,
+    write_with,
+)
 from pipeline.params import TrainParams
 from pipeline.training import EpochSampler, FitSettings, accuracy, fingerprint_of, fit, log_loss, predict_probs
 
@@ -80,6 +89,25 @@ def fold_is_done(fold: int, fingerprint: str) -> bool:
     )
 
 
+def checkpoint_epochs(fold: int, fingerprint: str) -> int:
+    """Return how many epochs fold `fold`'s checkpoint holds for this `fingerprint` (0 when none matches)."""
+    state = paths.fold_checkpoint_dir(fold) / "state.json"
+    if not state.is_file() or not (paths.fold_checkpoint_dir(fold) / "last.keras").is_file():
+        return 0
+    doc = read_json(state)
+    return len(doc.get("history", [])) if doc.get("fingerprint") == fingerprint else 0
+
+
+def remove_stale_partials(n_folds: int) -> None:
+    """Delete temporary files that a killed run left beside train's outputs."""
+    own = [(paths.FOLDS_DIR, "*"), (paths.HISTORY_DIR, "*"), (paths.OOF_NPZ.parent, paths.OOF_NPZ.name)]
+    own += [(paths.METRICS_JSON.parent, paths.METRICS_JSON.name)]
+    own += [(paths.fold_checkpoint_dir(k), "*") for k in range(n_folds)]
+    for folder, name in own:
+        for path in remove_partials(folder, name):
+            progress.note(f"train: removed {path}, left by an interrupted run")
+
+
 def train_fold(
     fold: int, data: dict, aug: dict, cfg: FitSettings, seed: int, device: Device, fingerprint: str, verbose: int
 ) -> dict:
@@ -100,6 +128,9 @@ def train_fold(
             f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
 
+    done = checkpoint_epochs(fold, fingerprint)
+    if done:
+        progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({paths.fold_checkpoint_dir(fold)})")
     with bar:
         model, history = fit(
             cfg,
@@ -122,6 +153,7 @@ def train_fold(
         "device": device.describe(),
         "seconds": time.perf_counter() - start,
         "train_rows": len(train_rows),
+        "history": history,
     }
     write_with(paths.fold_model(fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(fold), rows=val_rows, probs=probs)
@@ -149,11 +181,16 @@ def train_all(cfg: FitSettings, n_folds: int, seed: int, device: Device, verbose
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
     data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ)]
     folds = {}
+    remove_stale_partials(n_folds)
     with progress.progress(n_folds, "train", unit="fold", lines=False) as fold_bar:
         for fold in range(n_folds):
             fingerprint = fingerprint_of(cfg, seed, fold, data_id)
             if fold_is_done(fold, fingerprint):
                 folds[fold] = read_json(paths.fold_meta(fold))
+                write_text(
+                    paths.fold_history(fold), history_csv(folds[fold].get("history", []))
+                )  # DVC removed reports/history
+                shutil.rmtree(paths.fold_checkpoint_dir(fold), ignore_errors=True)  # left if killed after the fold
                 progress.note(
                     f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
                 )

@@ -101,6 +101,15 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(lr))
 
 
+def reseed(model: keras.Model, seed: int, epoch: int) -> None:
+    """Set the state of every random layer (dropout) of `model` from (`seed`, `epoch`), so an epoch draws
+    the same masks whether the run started at epoch 0 or resumed from a checkpoint."""
+    states = [v for v in model.variables if v.name == "seed_generator_state"]
+    for i, state in enumerate(states):
+        value = int(np.random.SeedSequence([seed, epoch, i]).generate_state(1)[0] >> 1)
+        state.assign(keras.ops.convert_to_tensor([value, 0], dtype=state.dtype))
+
+
 def save_checkpoint(folder: Path, model: keras.Model, history: list[dict], fingerprint: str) -> None:
     """Atomically save the model (with optimizer state) and the history so far to `folder`."""
     with atomic_path(folder / "last.keras", suffix=".keras") as tmp:
@@ -128,6 +137,7 @@ def fingerprint_of(*parts: object) -> str:
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
+EVAL_BATCH = 1024  # inference needs no small batches; large ones are several times faster on CPU
 
 
 def fit(
@@ -148,11 +158,18 @@ def fit(
     x_val, y_val = as_input(val[0]), one_hot(val[1])
     for epoch in range(len(history), cfg.epochs):
         start = time.perf_counter()
+        reseed(model, sampler.seed, epoch)
         x_ep, y_ep = sampler.sample(epoch, cfg.aug_prob)
         lr = current_lr(model)
         logs = model.fit(
-            as_input(x_ep), one_hot(y_ep), batch_size=cfg.batch_size, epochs=1, shuffle=False,
-            validation_data=(x_val, y_val), verbose=verbose,
+            as_input(x_ep),
+            one_hot(y_ep),
+            batch_size=cfg.batch_size,
+            epochs=1,
+            shuffle=False,
+            validation_data=(x_val, y_val),
+            validation_batch_size=EVAL_BATCH,
+            verbose=verbose,
         ).history
         row = {k: float(v[-1]) for k, v in logs.items()}
         row.update(epoch=epoch + 1, lr=lr, seconds=time.perf_counter() - start)

@@ -194,6 +194,12 @@ INGEST_MATRIX: list[tuple[str, Damage, int, str]] = [
         r"data/raw/train\.csv, line 1: header has 784 columns, expected 785",
     ),
     (
+        "train 783 columns",
+        edit_lines(TRAIN, lambda lines: drop_column(783)(drop_column(784)(lines))),
+        2,
+        r"data/raw/train\.csv, line 1: header has 783 columns, expected 785",
+    ),
+    (
         "train 786 columns",
         edit_lines(TRAIN, add_column("pixel784", "0")),
         2,

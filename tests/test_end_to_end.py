@@ -40,7 +40,10 @@ def tiny_real_params() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ZIP and not os.environ.get("DIGIT_REQUIRE_ZIP"), reason="set DIGIT_ZIP=/path/to/digit-recognizer.zip to run the end-to-end test")
+@pytest.mark.skipif(
+    not ZIP and not os.environ.get("DIGIT_REQUIRE_ZIP"),
+    reason="set DIGIT_ZIP=/path/to/digit-recognizer.zip to run the end-to-end test",
+)
 def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
     assert ZIP and Path(ZIP).is_file(), f"DIGIT_ZIP={ZIP!r} is not a file (CI requires it)"
     for name in ("pipeline", "tests"):
