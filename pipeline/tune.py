@@ -29,6 +29,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import fields, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -66,6 +67,10 @@ PLOTS = {"history": "history.png", "importances": "importances.png", "parallel":
 
 class SurplusTrial(Exception):
     """A worker started a trial after other workers had already claimed the study's target."""
+
+
+class TakenOver(Exception):
+    """Another worker failed (and re-queued) this worker's running trial because its heartbeat came too late."""
 
 
 # ---------------------------------------------------------------- search space
@@ -136,12 +141,27 @@ def tuning_rows(folds: np.ndarray, labels: np.ndarray, cfg: TuneParams, seed: in
     return train, val
 
 
+def worker_id() -> str:
+    """Return this process's worker name (host:pid), recorded on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def check_claim(trial: optuna.Trial, target: int) -> None:
     """Raise SurplusTrial when `target` trials numbered below `trial` are already finished or running."""
     ahead = [t for t in trial.study.get_trials(deepcopy=False, states=CLAIMED) if t.number < trial.number]
     if len(ahead) >= target:
         trial.set_user_attr("surplus", True)
         raise SurplusTrial(f"trial {trial.number} not needed: the study's {target} trials are already claimed")
+
+
+def check_running(trial: optuna.Trial) -> None:
+    """Raise TakenOver when `trial` is no longer RUNNING in the storage (failed as stale by another worker)."""
+    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if all(t.number != trial.number for t in running):
+        raise TakenOver(
+            f"trial {trial.number} was failed and re-queued by another worker while it ran here: its heartbeat "
+            "came more than tune.grace_seconds late (raise tune.grace_seconds)"
+        )
 
 
 def make_objective(
@@ -151,19 +171,25 @@ def make_objective(
     train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
     sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed)
     val = (data["x"][val_rows], data["y"][val_rows])
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)  # first: a RUNNING trial without it never started (see fail_orphans)
         check_claim(trial, target)
-        trial.set_user_attr("worker", worker)
         settings = replace(base, epochs=cfg.epochs, **suggest(trial, space))
         pruning = KerasPruningCallback(trial, "val_accuracy")
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            check_running(trial)
+            pruning.on_epoch_end(epoch, logs)
+
         keras.utils.set_random_seed(seed)
         try:
-            _, history = fit(settings, sampler, val, jit_compile, pruning.on_epoch_end)
+            _, history = fit(settings, sampler, val, jit_compile, on_epoch)
         finally:
             keras.backend.clear_session()
             gc.collect()
+        check_running(trial)
         return history[-1]["val_accuracy"]
 
     return objective
@@ -209,7 +235,7 @@ def storage_for(url: str, cfg: TuneParams) -> optuna.storages.RDBStorage:
             engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
             heartbeat_interval=cfg.heartbeat_seconds,
             grace_period=cfg.grace_seconds,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries),
+            heartbeat_stale_trial_callback=retry_callback(cfg),
         )
 
 
@@ -240,11 +266,35 @@ def sampler_seed(seed: int, worker: int, n_trials: int) -> int:
     return int(np.random.SeedSequence([seed, worker, n_trials]).generate_state(1)[0])
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and so re-queue) the running trials of `study` whose heartbeat is older than the grace period."""
+def retry_callback(cfg: TuneParams) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Return the callback that re-queues a trial whose worker died, at most `cfg.max_retries` times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries)
+
+
+def fail_stale(study: optuna.Study, cfg: TuneParams) -> None:
+    """Fail and re-queue the running trials of `study` whose worker died (stale heartbeat, or none at all)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    fail_orphans(study, cfg)
+
+
+def fail_orphans(study: optuna.Study, cfg: TuneParams) -> None:
+    """Fail and re-queue RUNNING trials that never reached the objective `cfg.grace_seconds` after they started.
+
+    Optuna's heartbeat check skips a trial that has no heartbeat yet, so a worker killed between
+    creating a trial and its first heartbeat would otherwise leave that trial RUNNING forever."""
+    limit = datetime.now() - timedelta(seconds=cfg.grace_seconds)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" in trial.user_attrs or trial.datetime_start is None or trial.datetime_start > limit:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker failed it first (and re-queued it)
+        retry_callback(cfg)(study, study.trials[trial.number])
 
 
 def open_study(
@@ -255,7 +305,7 @@ def open_study(
         study_name=name, storage=storage, direction="maximize", pruner=make_pruner(cfg), load_if_exists=True
     )
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, len(study.trials)), constant_liar=True)
-    fail_stale(study)
+    fail_stale(study, cfg)
     return study
 
 
@@ -278,19 +328,19 @@ def finished_count(study: optuna.Study) -> int:
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
 
-def run_trials(study: optuna.Study, objective: Callable, target: int, poll_seconds: float) -> None:
+def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneParams) -> None:
     """Run trials one at a time until `study` has `target` finished trials, whichever worker finishes them.
 
     While the remaining trials are all running elsewhere this worker waits; if one of those workers
     dies, its trial goes stale, is failed and re-queued, and this worker picks it up."""
     while True:
-        fail_stale(study)
+        fail_stale(study, cfg)
         counts = state_counts(study)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= target:
             return
         if finished + counts[TrialState.RUNNING] >= target:
-            time.sleep(poll_seconds)
+            time.sleep(cfg.heartbeat_seconds)
             continue
         study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True)
 
@@ -426,14 +476,14 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     url = storage_url(args.storage)
     study = open_study(name, storage_for(url, cfg), cfg, seed, args.worker)
     if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
-        run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg.heartbeat_seconds)
+        run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg)
         return 0
     prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
     target = cfg.trials if args.trials is None else finished_count(study) + args.trials
     print(f"tune: study {name} in {masked(url)}: {finished_count(study)} finished trials, target {target}", flush=True)
     codes = [0]
     if args.workers == 1:
-        run_trials(study, load_objective(cfg, space, seed, target), target, cfg.heartbeat_seconds)
+        run_trials(study, load_objective(cfg, space, seed, target), target, cfg)
     elif finished_count(study) < target:
         codes = run_workers(args.workers, name, url, target)
     summary = write_outputs(study, seed)

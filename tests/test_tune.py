@@ -1,0 +1,263 @@
+"""Tests for pipeline.tune on real storage: the embedded SQLite file and a throw-away PostgreSQL server,
+worker processes sharing one study, recovery after kill -9, the outputs and their use by train."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from pipeline import augment, ingest, params, paths, tune
+from pipeline.train import fit_settings, read_tuned
+
+SQLITE = "sqlite:///data/processed/optuna.db"
+PG_PASSWORD = "Tun3-s3cret"
+
+
+def set_params(section: str, **values: object) -> None:
+    """Update `section` of the project's params.yaml with `values`."""
+    doc = yaml.safe_load(paths.PARAMS.read_text())
+    doc[section].update(values)
+    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def only_study(url: str = SQLITE) -> optuna.Study:
+    """Return the single study stored at `url`."""
+    storage = optuna.storages.RDBStorage(url)
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def states(study: optuna.Study) -> Counter:
+    """Return the number of trials of `study` per state name."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def finished(study: optuna.Study) -> int:
+    """Return the completed plus pruned trials of `study`."""
+    counts = states(study)
+    return counts["COMPLETE"] + counts["PRUNED"]
+
+
+def workers_of(study: optuna.Study) -> set[str]:
+    """Return the distinct workers (host:pid) that ran the finished trials of `study`."""
+    return {t.user_attrs["worker"] for t in study.get_trials(deepcopy=False, states=tune.FINISHED)}
+
+
+@pytest.fixture
+def tune_project(project: Path) -> Path:
+    """The tiny project with its npz files built and tuning shrunk to 1-epoch trials and 1 s heartbeats."""
+    assert ingest.main([]) == 0
+    assert augment.main([]) == 0
+    set_params("tune", epochs=1, trials=2, heartbeat_seconds=1, grace_seconds=30)
+    return project
+
+
+# ---------------------------------------------------------------- search space and storage URLs (no training)
+
+
+def test_model_space_replaces_and_drops_settings(project: Path) -> None:
+    cfg = params.load("tune")
+    assert tune.resolve_space(cfg, "dropout_cnn") == cfg.space
+    mlp = tune.resolve_space(cfg, "mlp")
+    assert "dropout_conv" not in mlp and "dropout_dense" not in mlp
+    assert mlp["learning_rate"] == cfg.space["learning_rate"]
+    set_params("tune", model_space={"bn_cnn": {"batch_size": {"choices": [32]}}})
+    assert tune.resolve_space(params.load("tune"), "bn_cnn")["batch_size"] == {"choices": [32]}
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "message"),
+    [
+        ("momentum", [0.1, 0.9], "not a tunable setting"),
+        ("learning_rate", [0.01, 0.001], "low < high"),
+        ("learning_rate", [0.001, 0.01, "exp"], "[low, high, log]"),
+        ("batch_size", {"options": [64]}, "{choices: [a, b, ...]}"),
+    ],
+)
+def test_invalid_space_is_a_clear_error(project: Path, capsys, name: str, spec: object, message: str) -> None:
+    set_params("tune", space={name: spec})
+    assert tune.main([]) == 2
+    err = capsys.readouterr().err
+    assert f"tune.space.{name}" in err and message in err
+
+
+def test_defaults_outside_the_space_are_left_to_the_sampler(project: Path) -> None:
+    space = params.load("tune").space
+    set_params("train", batch_size=16, dropout_dense=0.5)
+    defaults = tune.tunable_defaults(params.load("train"), space)
+    assert "batch_size" not in defaults and defaults["dropout_dense"] == 0.5
+
+
+def test_storage_password_is_masked() -> None:
+    url = "postgresql://tuner:p%40ss@db.example:5432/optuna"
+    assert tune.masked(url) == "postgresql://tuner:***@db.example:5432/optuna"
+    assert tune.scrub("could not connect with p@ss or p%40ss", url) == "could not connect with *** or ***"
+    assert tune.masked("sqlite:///data/processed/optuna.db") == "sqlite:///data/processed/optuna.db"
+
+
+# ---------------------------------------------------------------- studies on real storage
+
+
+def test_two_workers_share_one_sqlite_study(tune_project: Path) -> None:
+    assert tune.main(["--workers", "2", "--trials", "4"]) == 0
+    study = only_study()
+    assert finished(study) == 4
+    assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
+    assert len(workers_of(study)) == 2, "both worker processes should have run trials"
+    for name in tune.PLOTS.values():
+        assert (paths.TUNING_DIR / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = paths.TRIALS_CSV.read_text().strip().splitlines()
+    assert len(rows) == 1 + len(study.trials)
+    assert json.loads(paths.BEST_PARAMS.read_text())["finished_trials"] == 4
+
+
+def test_rerun_continues_the_study_and_best_params_change_training(tune_project: Path) -> None:
+    set_params("train", dropout_dense=0.9)  # outside tune.space, so any tuned value differs from it
+    assert tune.main([]) == 0  # tops the new study up to tune.trials = 2
+    assert tune.main([]) == 0  # already there: no trial added
+    assert finished(only_study()) == 2
+    assert tune.main(["--trials", "1"]) == 0  # one more finished trial, in the same study
+    study = only_study()
+    assert finished(study) == 3
+    best = json.loads(paths.BEST_PARAMS.read_text())
+    assert best["study"] == study.study_name and best["params"] == study.best_params
+    train_cfg, model = params.load("train"), params.load("model").name
+    untuned, tuned = fit_settings(train_cfg, model, None), fit_settings(train_cfg, model, read_tuned())
+    assert untuned.dropout_dense == 0.9
+    assert tuned.dropout_dense == best["params"]["dropout_dense"] != untuned.dropout_dense
+    assert tuned.learning_rate == best["params"]["learning_rate"]
+
+
+def test_killed_worker_leaves_no_running_trial_after_a_rerun(tune_project: Path) -> None:
+    set_params("tune", grace_seconds=3)  # the rerun waits this long for the dead worker's trial to go stale
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "pipeline.tune", "--trials", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        killed = wait_for_running_trial(proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert states(only_study())["RUNNING"] == 1
+    assert tune.main([]) == 0  # same target (tune.trials = 2): fails the stale trial, retries it, finishes
+    study = only_study()
+    counts = states(study)
+    assert counts["RUNNING"] == 0 and counts["WAITING"] == 0
+    assert finished(study) == 2 and counts["FAIL"] == 1
+    assert study.trials[killed].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state in tune.FINISHED
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(project: Path) -> None:
+    set_params("tune", heartbeat_seconds=1, grace_seconds=1)
+    cfg = params.load("tune")
+    study = tune.open_study("orphans", tune.storage_for(SQLITE, cfg), cfg, seed=0, worker=0)
+    orphan = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    tune.fail_stale(study, cfg)
+    assert states(study) == {"RUNNING": 1}, "a trial younger than the grace period is left alone"
+    time.sleep(1.5)
+    tune.fail_stale(study, cfg)
+    tune.fail_stale(study, cfg)  # idempotent: failed and re-queued once
+    assert states(study) == {"FAIL": 1, "WAITING": 1}
+    retry = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    assert retry.system_attrs["failed_trial"] == orphan.number and retry.params == orphan.params
+
+
+def wait_for_running_trial(proc: subprocess.Popen, limit: float = 180.0) -> int:
+    """Return the number of the first trial seen RUNNING in the project's study while `proc` runs."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if paths.OPTUNA_DB.is_file():
+            storage = optuna.storages.RDBStorage(SQLITE)
+            for name in optuna.get_all_study_names(storage):
+                running = optuna.load_study(study_name=name, storage=storage).get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+                )
+                if running:
+                    return running[0].number
+        time.sleep(0.05)
+    pytest.fail(f"no trial was seen running (worker exit code {proc.poll()})")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def pg_binary(name: str) -> str | None:
+    """Return the path of PostgreSQL server program `name` (PATH, then Debian's versioned folders)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(candidates[-1]) if candidates else None
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (password auth); yields its URL and removes it afterwards."""
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found: install them with .ci/postgres.sh")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver psycopg2 is not installed")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="tune-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    (root / "pw").write_text(PG_PASSWORD + "\n")
+    if as_user:
+        shutil.chown(root / "pw", "postgres", "postgres")
+    data, port = str(root / "data"), free_port()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off"
+    try:
+        run_as(as_user, initdb, "-D", data, "-U", "tuner", f"--pwfile={root / 'pw'}", "--auth=scram-sha-256", "-N")
+        run_as(as_user, pg_ctl, "-D", data, "-l", str(root / "log"), "-w", "-o", options, "start")
+        yield f"postgresql+psycopg2://tuner:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    finally:
+        run_as(as_user, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_as(as_user: list[str], *command: str, check: bool = True) -> None:
+    """Run `command` (prefixed by `as_user`) quietly; raise with its output when it fails and `check` is set."""
+    done = subprocess.run([*as_user, *command], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:1])} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+
+def test_two_workers_share_one_postgresql_study(tune_project: Path, postgres_url: str, capfd) -> None:
+    assert tune.main(["--storage", postgres_url, "--workers", "2", "--trials", "3"]) == 0
+    out, err = capfd.readouterr()
+    assert "tuner:***@127.0.0.1" in out
+    assert PG_PASSWORD not in out + err
+    study = only_study(postgres_url)
+    assert finished(study) == 3
+    assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
+    assert len(workers_of(study)) == 2, "both worker processes should have run trials"
+    assert not paths.OPTUNA_DB.exists()
