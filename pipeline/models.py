@@ -10,6 +10,9 @@ from keras import layers
 
 INPUT_SHAPE = (28, 28, 1)
 N_CLASSES = 10
+# Keras' default 0.99 leaves the inference-time statistics near their initial values after a few
+# hundred steps (a 3-epoch CPU run of bn_cnn scored 37% held-out accuracy with it, 98% with 0.9).
+BN_MOMENTUM = 0.9
 
 
 def inputs_scaled() -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -74,9 +77,9 @@ def dropout_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
 def conv_bn(
     x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1, padding: str = "valid"
 ) -> keras.KerasTensor:
-    """Return conv (relu) followed by batch normalisation."""
+    """Return conv (relu) followed by batch normalisation (momentum 0.9: its moving statistics settle in ~50 steps)."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, activation="relu")(x)
-    return layers.BatchNormalization()(x)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
 
 
 def bn_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:

@@ -1,0 +1,48 @@
+"""The benchmark's table: every figure present beside its reference, ratios positive (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+
+from pipeline import bench, paths
+
+
+def test_bench_core_measures_every_figure_with_a_reference(project):
+    raw = project / "data" / "raw"
+    zipped = project / "digits.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(raw / "train.csv", "train.csv")
+        zf.write(raw / "test.csv", "test.csv")
+    setup = bench.setup_from_params(epochs=2, jit=False)
+    logs = []
+    table = bench.run_bench(32, zipped, setup, stages=("ingest", "augment"), log=logs.append)
+    figures = [r["figure"] for r in table]
+    assert figures[:2] == ["training", "inference + TTA"]
+    assert figures[2].startswith("augmentation (")
+    assert figures[3:] == ["ingest (parse + validate)", "peak memory: ingest", "peak memory: augment"]
+    for r in table:
+        assert r["value"] > 0 and r["reference"] > 0, r
+        assert r["ratio"] == r["value"] / r["reference"]
+        assert r["unit"] and r["reference_name"] and r["note"]
+    assert "60 + 20 rows" in table[3]["note"]
+    assert table[4]["value"] >= table[4]["reference"]  # a peak is never below the level it started from
+    assert logs
+    text = bench.format_table(table)
+    assert all(f in text for f in figures)
+
+
+def test_missing_zip_skips_the_ingest_row_with_a_note(project, tmp_path):
+    skipped = bench.bench_ingest(tmp_path / "absent.zip")
+    assert "skipped" in skipped["note"]
+    assert math.isnan(skipped["value"])
+    assert json.loads(json.dumps(bench.json_safe([skipped])))[0]["value"] is None
+    assert "skipped" in bench.format_table([skipped])
+
+
+def test_main_writes_the_table_to_reports(project):
+    assert bench.main(["--rows", "32", "--aug-rows", "40", "--epochs", "1", "--stages"]) == 0
+    report = json.loads(paths.BENCH_JSON.read_text())
+    assert [r["figure"] for r in report["table"]][:2] == ["training", "inference + TTA"]
+    assert report["rows"] == 32
