@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 
 import keras
 import numpy as np
@@ -23,20 +23,8 @@ from pipeline.ensemble import choose_weights, ensemble_report
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.models import PUBLISHED, check_name
 from pipeline.params import CompareParams
-from pipeline.train import fit_settings
+from pipeline.train import fit_settings, settings_for
 from pipeline.training import EpochSampler, FitSettings, accuracy, fit, log_loss, predict_probs
-
-OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
-
-
-def settings_for(base: FitSettings, name: str, overrides: dict[str, dict]) -> FitSettings:
-    """Return `base` for model `name` with its per-model overrides (params.yaml model.overrides) applied."""
-    check_name(name)
-    extra = dict(overrides.get(name) or {})
-    unknown = sorted(set(extra) - OVERRIDABLE)
-    if unknown:
-        raise ValueError(f"model.overrides.{name}: unknown settings {unknown}; choose from {sorted(OVERRIDABLE)}")
-    return replace(base, model=name, **{k: type(getattr(base, k))(v) for k, v in extra.items()})
 
 
 def check_compare(cfg: CompareParams, n_folds: int) -> None:

@@ -43,7 +43,15 @@ class AugmentParams:
 @dataclass(frozen=True)
 class ModelParams:
     name: str
+    ensemble: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def members(self) -> list[str]:
+        """Return every model trained and blended: `name` first, then each `ensemble` entry."""
+        names = [self.name, *(self.ensemble or [])]
+        if len(set(names)) != len(names):
+            raise ParamsError(f"params.yaml model: name and ensemble must not repeat a model, got {names}")
+        return names
 
     def overrides_for(self, name: str) -> dict[str, Any]:
         """Return the train settings model `name` overrides (params.yaml model.overrides.<name>), if any."""
@@ -85,6 +93,7 @@ class TuneParams:
 class PredictParams:
     tta_views: int
     batch_size: int
+    blend_by: str = "log_loss"
 
 
 @dataclass(frozen=True)

@@ -43,29 +43,34 @@ SUBMISSIONS_DIR = Path("submissions")
 LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
 
 
-def fold_model(fold: int) -> Path:
-    """Return the path of fold `fold`'s trained model file."""
-    return FOLDS_DIR / f"fold{fold}.keras"
+def model_dir(model: str) -> Path:
+    """Return the folder holding model `model`'s fold files (model, OOF probabilities, metadata)."""
+    return FOLDS_DIR / model
 
 
-def fold_meta(fold: int) -> Path:
-    """Return the path of fold `fold`'s metadata (fingerprint, history, OOF metrics) JSON."""
-    return FOLDS_DIR / f"fold{fold}.json"
+def fold_model(model: str, fold: int) -> Path:
+    """Return the path of model `model`'s trained fold `fold` model file."""
+    return model_dir(model) / f"fold{fold}.keras"
 
 
-def fold_oof(fold: int) -> Path:
-    """Return the path of fold `fold`'s out-of-fold probabilities (.npz)."""
-    return FOLDS_DIR / f"fold{fold}_oof.npz"
+def fold_meta(model: str, fold: int) -> Path:
+    """Return the path of model `model`'s fold `fold` metadata (fingerprint, history, OOF metrics) JSON."""
+    return model_dir(model) / f"fold{fold}.json"
 
 
-def fold_history(fold: int) -> Path:
-    """Return the path of fold `fold`'s per-epoch history CSV (a DVC plot)."""
-    return HISTORY_DIR / f"fold{fold}.csv"
+def fold_oof(model: str, fold: int) -> Path:
+    """Return the path of model `model`'s fold `fold` out-of-fold probabilities (.npz)."""
+    return model_dir(model) / f"fold{fold}_oof.npz"
 
 
-def fold_checkpoint_dir(fold: int) -> Path:
-    """Return the folder holding fold `fold`'s last-epoch checkpoint while it trains."""
-    return CHECKPOINT_DIR / f"fold{fold}"
+def fold_history(model: str, fold: int) -> Path:
+    """Return the path of model `model`'s fold `fold` per-epoch history CSV (a DVC plot)."""
+    return HISTORY_DIR / f"{model}-fold{fold}.csv"
+
+
+def fold_checkpoint_dir(model: str, fold: int) -> Path:
+    """Return the folder holding model `model`'s fold `fold` last-epoch checkpoint while it trains."""
+    return CHECKPOINT_DIR / model / f"fold{fold}"
 
 
 def stage_timing(stage: str) -> Path:

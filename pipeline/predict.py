@@ -1,8 +1,12 @@
-"""Stage `predict`: test-time augmentation through every fold model, probabilities averaged.
+"""Stage `predict`: test-time augmentation through every fold model, probabilities averaged per model;
+with an ensemble (params.yaml model.ensemble) the models are blended with weights chosen on their
+out-of-fold (OOF) TTA probabilities only (predict.blend_by), never on the test set.
 
 Reads data/processed/{train,test}.npz and models/folds/. Writes submissions/latest.csv (validated
 before it replaces the previous one) and a timestamped copy beside it, models/test_probs.npz, and
-reports/predict.json with OOF accuracy with and without TTA (the TTA gain, measured).
+reports/predict.json with model.name's OOF accuracy with and without TTA (the TTA gain, measured),
+the blend weights, each model's OOF TTA accuracy and the blend's (in-sample: the weights were chosen
+on the same OOF rows, so it is slightly optimistic).
 
 `--image digit.png` instead prints the digit in one image file (any size, dark-on-light or
 light-on-dark) and its class probabilities from the same fold models and TTA views."""
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +25,8 @@ import numpy as np
 from pipeline import params, paths, progress
 from pipeline.dataio import InputError
 from pipeline.device import configure
-from pipeline.files import OutputError, read_npz, write_json, write_npz, write_text
+from pipeline.ensemble import OBJECTIVES, blend, choose_weights, ensemble_report
+from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text
 from pipeline.image import ImageError, load_digit
 from pipeline.models import load_model
 from pipeline.params import PredictParams
@@ -38,29 +44,66 @@ def predict_batches(model, images: np.ndarray, cfg: PredictParams, bar) -> np.nd
     return np.concatenate(parts, axis=1)
 
 
-def predict_folds(data: dict, x_test: np.ndarray, n_folds: int, cfg: PredictParams) -> dict[str, np.ndarray]:
-    """Return per-view OOF probabilities (views, n_train, 10) and fold-averaged test probabilities."""
+def predict_folds(
+    data: dict, x_test: np.ndarray, model: str, n_folds: int, cfg: PredictParams
+) -> dict[str, np.ndarray]:
+    """Return `model`'s per-view OOF probabilities (views, n_train, 10) and fold-averaged test probabilities."""
     views = cfg.tta_views + 1
     oof = np.zeros((views, len(data["y"]), 10), np.float32)
     test = np.zeros((views, len(x_test), 10), np.float32)
-    with progress.progress(len(data["y"]) + n_folds * len(x_test), "predict", unit="img") as bar:
+    with progress.progress(len(data["y"]) + n_folds * len(x_test), f"predict {model}", unit="img") as bar:
         for fold in range(n_folds):
-            model = load_model(str(paths.fold_model(fold)))
+            net = load_model(str(paths.fold_model(model, fold)))
             rows = np.flatnonzero(data["fold"] == fold)
-            oof[:, rows] = predict_batches(model, data["x"][rows], cfg, bar)
-            test += predict_batches(model, x_test, cfg, bar) / n_folds
-            progress.note(f"predict: fold {fold + 1}/{n_folds} done ({views} views)")
+            oof[:, rows] = predict_batches(net, data["x"][rows], cfg, bar)
+            test += predict_batches(net, x_test, cfg, bar) / n_folds
+            progress.note(f"predict: fold {fold + 1}/{n_folds} done ({model}, {views} views)")
     return {"oof_views": oof, "test_views": test}
 
 
-def image_probs(image: np.ndarray, n_folds: int, cfg: PredictParams) -> np.ndarray:
-    """Return the class probabilities (10,) of one 28x28 uint8 `image`, averaged over every fold model
+def blend_models(
+    outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray, blend_by: str
+) -> tuple[np.ndarray, dict]:
+    """Return the blended test views (views, n_test, 10) and the report: weights chosen on the models' OOF
+    TTA probabilities and `labels` only, then applied to their test views; the first model is model.name."""
+    names = list(outputs)
+    oof = [outputs[name]["oof_views"].mean(axis=0) for name in names]
+    weights = choose_weights(oof, labels, blend_by)
+    scores = ensemble_report(oof, labels, weights)
+    n_views = len(outputs[names[0]]["test_views"])
+    views = np.stack([blend([outputs[name]["test_views"][v] for name in names], weights) for v in range(n_views)])
+    report = {
+        **tta_report(outputs[names[0]]["oof_views"], labels),
+        "blend_by": blend_by,
+        "weights": dict(zip(names, scores["weights"], strict=True)),
+        "models": {
+            name: {"oof_tta_accuracy": m["accuracy"], "oof_tta_loss": m["loss"]}
+            for name, m in zip(names, scores["models"], strict=True)
+        },
+        "oof_blend_accuracy_in_sample": scores["blend"]["accuracy"],
+        "oof_blend_loss_in_sample": scores["blend"]["loss"],
+    }
+    return views, report
+
+
+def image_probs(image: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> np.ndarray:
+    """Return `model`'s class probabilities (10,) of one 28x28 uint8 `image`, averaged over every fold model
     and TTA view exactly as the test CSV's rows are."""
     total = np.zeros(10, np.float64)
     for fold in range(n_folds):
-        model = load_model(str(paths.fold_model(fold)))
-        total += predict_views(model, image[None], cfg.tta_views, cfg.batch_size).mean(axis=0)[0]
+        net = load_model(str(paths.fold_model(model, fold)))
+        total += predict_views(net, image[None], cfg.tta_views, cfg.batch_size).mean(axis=0)[0]
     return (total / n_folds).astype(np.float32)
+
+
+def recorded_weights(models: list[str], path: Path = paths.PREDICT_JSON) -> np.ndarray:
+    """Return the blend weights the last predict run recorded for exactly `models`, else equal weights."""
+    recorded = read_json(path).get("weights") if Path(path).is_file() else None
+    if isinstance(recorded, dict) and list(recorded) == models:
+        return np.asarray([recorded[m] for m in models], np.float64)
+    if len(models) > 1:
+        print(f"predict: no blend weights for {models} in {path}: blending them equally", file=sys.stderr)
+    return np.full(len(models), 1.0 / len(models))
 
 
 def describe_probs(name: str, probs: np.ndarray) -> str:
@@ -71,9 +114,10 @@ def describe_probs(name: str, probs: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def predict_image(path: Path, n_folds: int, cfg: PredictParams) -> int:
+def predict_image(path: Path, models: list[str], n_folds: int, cfg: PredictParams) -> int:
     """Print the digit in the image file at `path` and its class probabilities; return the exit status."""
-    missing = [str(paths.fold_model(k)) for k in range(n_folds) if not paths.fold_model(k).is_file()]
+    files = [paths.fold_model(m, k) for m in models for k in range(n_folds)]
+    missing = [str(f) for f in files if not f.is_file()]
     if missing:
         print(f"predict: error: no trained model {missing[0]}: run `dvc repro train` first", file=sys.stderr)
         return 2
@@ -82,7 +126,8 @@ def predict_image(path: Path, n_folds: int, cfg: PredictParams) -> int:
     except ImageError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
-    print(describe_probs(str(path), image_probs(image, n_folds, cfg)))
+    probs = blend([image_probs(image, m, n_folds, cfg)[None] for m in models], recorded_weights(models))[0]
+    print(describe_probs(str(path), probs))
     return 0
 
 
@@ -96,6 +141,14 @@ def tta_report(oof_views: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "oof_tta_loss": log_loss(tta, labels),
         "tta_gain": accuracy(tta, labels) - accuracy(plain, labels),
     }
+
+
+def blend_note(report: dict) -> str:
+    """Return a note on the blend's weights and in-sample OOF accuracy, or "" for a single model."""
+    if len(report["weights"]) < 2:
+        return ""
+    weights = ", ".join(f"{m} {w:.3f}" for m, w in report["weights"].items())
+    return f"; blend ({weights}) OOF accuracy {report['oof_blend_accuracy_in_sample']:.5f} (in-sample weights)"
 
 
 def write_submission(labels: np.ndarray, stamp: str) -> str:
@@ -121,18 +174,25 @@ def main(argv: list[str] | None = None) -> int:
         "--image", type=Path, metavar="PATH", help="print the digit in this PNG/JPG instead of predicting the test CSV"
     )
     args = parser.parse_args(argv)
-    cfg = PredictParams(tta_views=args.tta_views, batch_size=cfg.batch_size)
+    cfg = replace(cfg, tta_views=args.tta_views)
     n_folds = params.load("train").folds
+    try:
+        models = params.load("model").members()
+        if cfg.blend_by not in OBJECTIVES:
+            raise ValueError(f"predict.blend_by must be one of {OBJECTIVES}, got {cfg.blend_by!r}")
+    except ValueError as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 2
     if args.image is not None:
-        return predict_image(args.image, n_folds, cfg)
+        return predict_image(args.image, models, n_folds, cfg)
     device = configure()
     start = time.perf_counter()
     data, x_test = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
     try:
-        out = predict_folds(data, x_test, n_folds, cfg)
-        report = tta_report(out["oof_views"], data["y"])
-        probs = out["test_views"].mean(axis=0)
-        write_npz(paths.TEST_PROBS_NPZ, probs=probs, views=out["test_views"])
+        outputs = {m: predict_folds(data, x_test, m, n_folds, cfg) for m in models}
+        views, report = blend_models(outputs, data["y"], cfg.blend_by)
+        probs = views.mean(axis=0)
+        write_npz(paths.TEST_PROBS_NPZ, probs=probs, views=views)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         stamped = write_submission(np.argmax(probs, axis=1), stamp)
         write_json(paths.PREDICT_JSON, {**report, "tta_views": cfg.tta_views, "test_rows": len(x_test)})
@@ -144,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         start,
         device.describe(),
         f"OOF accuracy {report['oof_accuracy']:.5f} without TTA, {report['oof_tta_accuracy']:.5f} with "
-        f"{cfg.tta_views} views (gain {report['tta_gain']:+.5f}) -> {paths.LATEST_SUBMISSION} (copy {stamped})",
+        f"{cfg.tta_views} views (gain {report['tta_gain']:+.5f}){blend_note(report)} -> {paths.LATEST_SUBMISSION} "
+        f"(copy {stamped})",
     )
     return 0
 

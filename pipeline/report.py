@@ -1,7 +1,7 @@
 """Stage `report`: what a Kaggler reads after every `dvc repro`.
 
 Reads data/processed/{train,test}.npz and best_params.json, models/oof.npz, models/test_probs.npz,
-models/folds/fold{k}.json, reports/metrics.json, reports/predict.json and reports/timings/*.json.
+models/folds/<model.name>/fold{k}.json, reports/metrics.json, reports/predict.json and reports/timings/*.json.
 Writes reports/summary.md (class counts, chosen parameters, fold table, OOF accuracy with and without
 TTA, the most frequent confusions, wall time per stage, the submission), reports/confusion.csv (one
 `actual,predicted` row per OOF prediction, for DVC's confusion template), reports/wrong.png (the most
@@ -98,7 +98,7 @@ def params_section(settings: dict | None, tuned: dict | None, tta_views: int | N
         values = [[k, f"`{v:.4g}`" if isinstance(v, float) else f"`{v}`"] for k, v in settings.items()]
         lines += [md_table(["parameter", "value"], values), ""]
     else:
-        lines += ["Training settings not found (models/folds/fold0.json).", ""]
+        lines += ["Training settings not found (models/folds/<model>/fold0.json).", ""]
     if tuned and tuned.get("params"):
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["params"].items())
         lines.append(
@@ -158,6 +158,20 @@ def accuracy_section(predict: dict) -> str:
         "## Out-of-fold accuracy\n\n"
         + md_table(["", "accuracy", "loss"], rows)
         + f"\n\nTTA gain: {predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
+        + blend_line(predict)
+    )
+
+
+def blend_line(predict: dict) -> str:
+    """Return the ensemble's weights and in-sample OOF accuracy, or "" for a single model."""
+    weights = predict.get("weights") or {}
+    if len(weights) < 2:
+        return ""
+    parts = ", ".join(f"{m} {w:.3f}" for m, w in weights.items())
+    return (
+        f"\n\nThe submission blends {parts} (weights chosen by OOF {predict.get('blend_by')}); blend OOF accuracy "
+        f"{predict['oof_blend_accuracy_in_sample']:.5f} with TTA (in-sample: the weights were fitted on these rows). "
+        "The table above is model.name alone."
     )
 
 
@@ -245,7 +259,8 @@ def gather() -> dict[str, Any]:
     """Read every input of the report from the project folder and return them as one dict."""
     train = read_npz(require(paths.TRAIN_NPZ, "ingest"))
     folds = sorted(int(k) for k in np.unique(train["fold"]))
-    metas = {k: read_json(paths.fold_meta(k)) for k in folds if paths.fold_meta(k).is_file()}
+    model = params.load("model").name
+    metas = {k: read_json(paths.fold_meta(model, k)) for k in folds if paths.fold_meta(model, k).is_file()}
     test_x = read_npz(require(paths.TEST_NPZ, "ingest"))["x"]
     return {
         "train": train,

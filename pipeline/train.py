@@ -1,10 +1,13 @@
-"""Stage `train`: k-fold training of the chosen model (default: the dropout CNN) on each fold's
-training rows plus their augmented copies, with tune's best parameters.
+"""Stage `train`: k-fold training of the chosen model (params.yaml model.name, default: the dropout
+CNN) with tune's best parameters, then of each model.ensemble member (train settings plus its
+model.overrides), all on the same folds: each fold's training rows plus their augmented copies.
 
-Reads data/processed/{train,augmented}.npz and data/processed/best_params.json. Writes per fold
-models/folds/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and reports/history/fold{k}.csv;
-overall models/oof.npz and reports/metrics.json. A killed run resumes: finished folds are kept,
-the interrupted fold restarts from its last epoch checkpoint in models/checkpoints/."""
+Reads data/processed/{train,augmented}.npz and data/processed/best_params.json. Writes per model and
+fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and
+reports/history/<model>-fold{k}.csv; overall models/oof.npz (model.name's OOF probabilities) and
+reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models").
+A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
+checkpoint in models/checkpoints/<model>/."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import hashlib
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import keras
@@ -31,10 +34,12 @@ from pipeline.files import (
     write_text,
     write_with,
 )
-from pipeline.params import TrainParams
+from pipeline.models import check_name
+from pipeline.params import ModelParams, TrainParams
 from pipeline.training import EpochSampler, FitSettings, accuracy, fingerprint_of, fit, log_loss, predict_probs
 
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
+OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
 
 
 def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSettings:
@@ -53,6 +58,28 @@ def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSetting
     if not (cfg.use_tuned and tuned):
         return base
     return replace(base, **{k: type(getattr(base, k))(v) for k, v in tuned.items() if k in TUNABLE})
+
+
+def settings_for(base: FitSettings, name: str, overrides: dict[str, dict]) -> FitSettings:
+    """Return `base` for model `name` with its per-model overrides (params.yaml model.overrides) applied."""
+    check_name(name)
+    extra = dict(overrides.get(name) or {})
+    unknown = sorted(set(extra) - OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"model.overrides.{name}: unknown settings {unknown}; choose from {sorted(OVERRIDABLE)}")
+    return replace(base, model=name, **{k: type(getattr(base, k))(v) for k, v in extra.items()})
+
+
+def member_settings(cfg: TrainParams, model: ModelParams, tuned: dict | None) -> list[FitSettings]:
+    """Return the fit settings of model.name (overrides, then tune's best values) and of each ensemble member
+    (train settings plus its overrides; tuned values belong to model.name only)."""
+    out = []
+    for name in model.members():
+        settings = settings_for(fit_settings(cfg, name, None), name, model.overrides)
+        if name == model.name and cfg.use_tuned and tuned:
+            settings = replace(settings, **{k: type(getattr(settings, k))(v) for k, v in tuned.items() if k in TUNABLE})
+        out.append(settings)
+    return out
 
 
 def read_tuned(path: Path = paths.BEST_PARAMS) -> dict | None:
@@ -78,31 +105,33 @@ def history_csv(history: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fold_is_done(fold: int, fingerprint: str) -> bool:
-    """Return True when fold `fold` already has a finished model with this `fingerprint`."""
-    meta = paths.fold_meta(fold)
+def fold_is_done(model: str, fold: int, fingerprint: str) -> bool:
+    """Return True when `model`'s fold `fold` already has a finished model with this `fingerprint`."""
+    meta = paths.fold_meta(model, fold)
     return (
         meta.is_file()
-        and paths.fold_model(fold).is_file()
-        and paths.fold_oof(fold).is_file()
+        and paths.fold_model(model, fold).is_file()
+        and paths.fold_oof(model, fold).is_file()
         and read_json(meta).get("fingerprint") == fingerprint
     )
 
 
-def checkpoint_epochs(fold: int, fingerprint: str) -> int:
-    """Return how many epochs fold `fold`'s checkpoint holds for this `fingerprint` (0 when none matches)."""
-    state = paths.fold_checkpoint_dir(fold) / "state.json"
-    if not state.is_file() or not (paths.fold_checkpoint_dir(fold) / "last.keras").is_file():
+def checkpoint_epochs(model: str, fold: int, fingerprint: str) -> int:
+    """Return how many epochs `model`'s fold `fold` checkpoint holds for this `fingerprint` (0 when none matches)."""
+    folder = paths.fold_checkpoint_dir(model, fold)
+    state = folder / "state.json"
+    if not state.is_file() or not (folder / "last.keras").is_file():
         return 0
     doc = read_json(state)
     return len(doc.get("history", [])) if doc.get("fingerprint") == fingerprint else 0
 
 
-def remove_stale_partials(n_folds: int) -> None:
+def remove_stale_partials(models: list[str], n_folds: int) -> None:
     """Delete temporary files that a killed run left beside train's outputs."""
-    own = [(paths.FOLDS_DIR, "*"), (paths.HISTORY_DIR, "*"), (paths.OOF_NPZ.parent, paths.OOF_NPZ.name)]
+    own = [(paths.HISTORY_DIR, "*"), (paths.OOF_NPZ.parent, paths.OOF_NPZ.name)]
     own += [(paths.METRICS_JSON.parent, paths.METRICS_JSON.name)]
-    own += [(paths.fold_checkpoint_dir(k), "*") for k in range(n_folds)]
+    own += [(paths.model_dir(m), "*") for m in models]
+    own += [(paths.fold_checkpoint_dir(m, k), "*") for m in models for k in range(n_folds)]
     for folder, name in own:
         for path in remove_partials(folder, name):
             progress.note(f"train: removed {path}, left by an interrupted run")
@@ -128,9 +157,10 @@ def train_fold(
             f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
 
-    done = checkpoint_epochs(fold, fingerprint)
+    checkpoint_dir = paths.fold_checkpoint_dir(cfg.model, fold)
+    done = checkpoint_epochs(cfg.model, fold, fingerprint)
     if done:
-        progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({paths.fold_checkpoint_dir(fold)})")
+        progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({checkpoint_dir})")
     with bar:
         model, history = fit(
             cfg,
@@ -138,7 +168,7 @@ def train_fold(
             (data["x"][val_rows], data["y"][val_rows]),
             device.jit_compile,
             report,
-            paths.fold_checkpoint_dir(fold),
+            checkpoint_dir,
             fingerprint,
             verbose,
         )
@@ -155,59 +185,75 @@ def train_fold(
         "train_rows": len(train_rows),
         "history": history,
     }
-    write_with(paths.fold_model(fold), model.save, suffix=".keras")
-    write_npz(paths.fold_oof(fold), rows=val_rows, probs=probs)
-    write_text(paths.fold_history(fold), history_csv(history))
-    write_json(paths.fold_meta(fold), meta)
-    shutil.rmtree(paths.fold_checkpoint_dir(fold), ignore_errors=True)
+    write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
+    write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs)
+    write_text(paths.fold_history(cfg.model, fold), history_csv(history))
+    write_json(paths.fold_meta(cfg.model, fold), meta)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return meta
 
 
-def collect_oof(n_rows: int, n_folds: int) -> np.ndarray:
-    """Return the (n_rows, 10) out-of-fold probabilities assembled from every fold's file."""
+def collect_oof(model: str, n_rows: int, n_folds: int) -> np.ndarray:
+    """Return `model`'s (n_rows, 10) out-of-fold probabilities assembled from every fold's file."""
     probs = np.full((n_rows, 10), np.nan, dtype=np.float32)
     for fold in range(n_folds):
-        part = read_npz(paths.fold_oof(fold))
+        part = read_npz(paths.fold_oof(model, fold))
         probs[part["rows"]] = part["probs"]
     if np.isnan(probs).any():
-        raise RuntimeError("some rows have no out-of-fold prediction: fold files are incomplete")
+        raise RuntimeError(f"some rows have no out-of-fold prediction of {model}: fold files are incomplete")
     return probs
 
 
-def train_all(cfg: FitSettings, n_folds: int, seed: int, device: Device, verbose: int = 0) -> dict:
-    """Train every fold not already done, then write the OOF probabilities and metrics; return them."""
+def train_model(
+    cfg: FitSettings, data: dict, aug: dict, data_id: list[str], seed: int, device: Device, verbose: int, bar
+) -> dict[int, dict]:
+    """Train every fold of model `cfg.model` not already done (advancing progress `bar`); return each fold's meta."""
+    folds = {}
+    n_folds = int(data["fold"].max()) + 1
+    for fold in range(n_folds):
+        fingerprint = fingerprint_of(cfg, seed, fold, data_id)
+        if fold_is_done(cfg.model, fold, fingerprint):
+            folds[fold] = read_json(paths.fold_meta(cfg.model, fold))
+            history = history_csv(folds[fold].get("history", []))
+            write_text(paths.fold_history(cfg.model, fold), history)  # DVC removed reports/history
+            shutil.rmtree(paths.fold_checkpoint_dir(cfg.model, fold), ignore_errors=True)  # left if killed after it
+            progress.note(
+                f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
+            )
+            bar.update(1)
+            continue
+        progress.note(f"train: {cfg.model} fold {fold + 1}/{n_folds} on {device.describe()}")
+        folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose)
+        progress.note(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
+        bar.update(1)
+    return folds
+
+
+def train_all(models: list[FitSettings], n_folds: int, seed: int, device: Device, verbose: int = 0) -> dict:
+    """Train every model's folds not already done (the first model is model.name), then write model.name's
+    OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"); return the metrics."""
     data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
     if int(data["fold"].max()) + 1 != n_folds:
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
     data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ)]
-    folds = {}
-    remove_stale_partials(n_folds)
-    with progress.progress(n_folds, "train", unit="fold", lines=False) as fold_bar:
-        for fold in range(n_folds):
-            fingerprint = fingerprint_of(cfg, seed, fold, data_id)
-            if fold_is_done(fold, fingerprint):
-                folds[fold] = read_json(paths.fold_meta(fold))
-                write_text(
-                    paths.fold_history(fold), history_csv(folds[fold].get("history", []))
-                )  # DVC removed reports/history
-                shutil.rmtree(paths.fold_checkpoint_dir(fold), ignore_errors=True)  # left if killed after the fold
-                progress.note(
-                    f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
-                )
-                fold_bar.update(1)
-                continue
-            progress.note(f"train: fold {fold + 1}/{n_folds} on {device.describe()}")
-            folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose)
-            progress.note(
-                f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s"
-            )
-            fold_bar.update(1)
-    probs = collect_oof(len(data["y"]), n_folds)
+    remove_stale_partials([m.model for m in models], n_folds)
+    metas, oofs = {}, {}
+    with progress.progress(n_folds * len(models), "train", unit="fold", lines=False) as fold_bar:
+        for cfg in models:
+            if len(models) > 1:
+                progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
+            metas[cfg.model] = train_model(cfg, data, aug, data_id, seed, device, verbose, fold_bar)
+            oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
+    primary = models[0].model
+    probs, folds = oofs[primary], metas[primary]
     write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
     metrics = {
         "oof": {"accuracy": accuracy(probs, data["y"]), "loss": log_loss(probs, data["y"])},
         "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
         "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
+        "models": {
+            name: {"accuracy": accuracy(p, data["y"]), "loss": log_loss(p, data["y"])} for name, p in oofs.items()
+        },
     }
     write_json(paths.METRICS_JSON, metrics)
     return metrics
@@ -220,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=cfg.epochs, help="epochs per fold (default from params.yaml)")
     parser.add_argument("--verbose", type=int, default=0, help="Keras progress output (0, 1 or 2)")
     args = parser.parse_args(argv)
-    settings = replace(fit_settings(cfg, params.load("model").name, read_tuned()), epochs=args.epochs)
+    try:
+        models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), read_tuned())]
+    except ValueError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
     device = configure()
     start = time.perf_counter()
-    print(f"train: {settings.model}, {cfg.folds} folds x {settings.epochs} epochs on {device.describe()}")
-    print(f"train: settings {asdict(settings)}")
+    names = ", ".join(m.model for m in models)
+    print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")
+    print(f"train: settings {asdict(models[0])}")
     try:
-        metrics = train_all(settings, cfg.folds, params.seed(), device, args.verbose)
+        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose)
     except (OutputError, ValueError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ print("jax ok", len(history), accuracy(views.mean(0), y))
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX not installed (pip install 'jax[cpu]')")
 def test_training_and_tta_run_on_the_jax_backend():
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jax ok 2" in done.stdout

@@ -62,7 +62,7 @@ def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
         assert f"Running stage '{stage}'" in log
     frame = validate_submission_file(tmp_path / "submissions" / "latest.csv", expected_rows=1000)
     assert frame["Label"].astype(int).between(0, 9).all()
-    assert "OOF accuracy" in (tmp_path / "reports" / "summary.md").read_text()
+    assert "Out-of-fold accuracy" in (tmp_path / "reports" / "summary.md").read_text()
 
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], tmp_path)
     metrics = run(["dvc", "metrics", "show", "--json"], tmp_path)

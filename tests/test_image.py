@@ -89,32 +89,35 @@ def test_unusable_files_raise_clear_errors(tmp_path: Path, content: str | None, 
 
 @pytest.fixture
 def fold_models(project: Path) -> int:
-    """Three different untrained fold models saved where predict looks for them; returns the fold count."""
+    """Three different untrained fold models saved where predict looks for model.name's; returns the fold count."""
     import keras
 
     from pipeline.models import build_model
+    from pipeline.params import load
 
-    paths.FOLDS_DIR.mkdir(parents=True)
+    name = load("model").name
+    paths.model_dir(name).mkdir(parents=True)
     for fold in range(3):
         keras.utils.set_random_seed(fold)
-        build_model("mlp").save(paths.fold_model(fold))
+        build_model("mlp").save(paths.fold_model(name, fold))
     return 3
 
 
 def test_image_probs_match_the_csv_path_for_the_same_pixels(fold_models: int, tmp_path: Path) -> None:
     from pipeline import predict
-    from pipeline.params import PredictParams
+    from pipeline.params import PredictParams, load
 
     path = tmp_path / "seven.png"
     draw_seven().save(path)
     image = load_digit(path)
     cfg = PredictParams(tta_views=2, batch_size=8)
     data = {"x": image[None], "y": np.array([7]), "fold": np.array([0])}
-    csv_path = predict.predict_folds(data, image[None], fold_models, cfg)["test_views"].mean(axis=0)[0]
-    single = predict.image_probs(image, fold_models, cfg)
+    name = load("model").name
+    csv_path = predict.predict_folds(data, image[None], name, fold_models, cfg)["test_views"].mean(axis=0)[0]
+    single = predict.image_probs(image, name, fold_models, cfg)
     assert single.sum() == pytest.approx(1.0, abs=1e-4)
     np.testing.assert_allclose(single, csv_path, atol=1e-5)
-    one_fold = predict.image_probs(image, 1, cfg)
+    one_fold = predict.image_probs(image, name, 1, cfg)
     assert not np.allclose(one_fold, single, atol=1e-4)  # every fold model takes part
 
 

@@ -46,7 +46,7 @@ def test_submission_round_trip_and_validation():
 def test_predict_main_writes_a_valid_submission_and_tta_report(project):
     assert ingest.main([]) == 0
     assert augment.main([]) == 0
-    train.train_all(train.fit_settings(load("train"), "dropout_cnn", None), 3, seed=0, device=configure())
+    train.train_all([train.fit_settings(load("train"), "dropout_cnn", None)], 3, seed=0, device=configure())
     assert predict.main([]) == 0
     text = paths.LATEST_SUBMISSION.read_text()
     assert len(validate_submission(text, 20)) == 20

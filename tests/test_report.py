@@ -64,7 +64,9 @@ def outputs(project: Path) -> dict:
         {"study": "s", "params": {"learning_rate": 0.0012345, "batch_size": 64}, "value": 0.97, "trial": 2},
     )
     for k in range(3):
-        write_json(paths.fold_meta(k), {"epochs": 9, "seconds": 61.0 + k, "settings": {"model": "dropout_cnn"}})
+        write_json(
+            paths.fold_meta("dropout_cnn", k), {"epochs": 9, "seconds": 61.0 + k, "settings": {"model": "dropout_cnn"}}
+        )
     write_text(paths.LATEST_SUBMISSION, submission_csv(np.zeros(12, int)))
     progress.record_timing("train", 125.5, "CPU (x86_64) via tensorflow")
     progress.record_timing("ingest", 3.25, None)

@@ -33,6 +33,7 @@ EPOCHS = 5
 KILL_FOLD, KILL_EPOCH = 1, 2
 PROB_TOLERANCE = 1e-5  # measured: 0.0 (bit-identical); allows round-off on other CPUs
 ACCURACY_TOLERANCE = 0.0  # measured: 0.0
+MODEL = tiny_params()["model"]["name"]  # fold files live in models/folds/<model.name>/
 
 
 def env() -> dict[str, str]:
@@ -131,7 +132,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     killed = run_and_kill("pipeline.train", resumed, f"fold {KILL_FOLD} epoch {KILL_EPOCH}/{EPOCHS}")
     after_kill = snapshot(resumed, ("models", "reports"))
     kill_partials = partials(resumed)
-    state = resumed / f"models/checkpoints/fold{KILL_FOLD}/state.json"
+    state = resumed / f"models/checkpoints/{MODEL}/fold{KILL_FOLD}/state.json"
     epochs = len(json.loads(state.read_text())["history"]) if state.is_file() else 0
     resumed_run = run_stage("pipeline.train", resumed)
 
@@ -156,13 +157,19 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 def test_kill_leaves_only_complete_files(scenario: Scenario) -> None:
     """After SIGKILL mid-fold, every output at its final name is complete: fold 0's files load, the checkpoint loads."""
     files = set(scenario.after_kill)
-    assert {"models/folds/fold0.keras", "models/folds/fold0_oof.npz", "models/folds/fold0.json"} <= files
-    assert not any(f.startswith(f"models/folds/fold{KILL_FOLD}") for f in files)  # the killed fold wrote nothing
+    assert {
+        f"models/folds/{MODEL}/fold0.keras",
+        f"models/folds/{MODEL}/fold0_oof.npz",
+        f"models/folds/{MODEL}/fold0.json",
+    } <= files
+    assert not any(
+        f.startswith(f"models/folds/{MODEL}/fold{KILL_FOLD}") for f in files
+    )  # the killed fold wrote nothing
     assert "models/oof.npz" not in files and "reports/metrics.json" not in files
     root = scenario.resumed
-    assert load_model(str(root / "models/folds/fold0.keras")).output_shape == (None, 10)
-    assert read_npz(root / "models/folds/fold0_oof.npz")["probs"].shape[1] == 10
-    assert json.loads(scenario.after_kill["models/folds/fold0.json"])["epochs"] == EPOCHS
+    assert load_model(str(root / f"models/folds/{MODEL}/fold0.keras")).output_shape == (None, 10)
+    assert read_npz(root / f"models/folds/{MODEL}/fold0_oof.npz")["probs"].shape[1] == 10
+    assert json.loads(scenario.after_kill[f"models/folds/{MODEL}/fold0.json"])["epochs"] == EPOCHS
     assert 1 <= scenario.checkpoint_epochs < EPOCHS, scenario.killed_lines
     for partial in scenario.partials_after_kill:  # a write cut short stays under its temporary name
         assert PARTIAL in partial.name and partial.name.startswith(".")
@@ -172,8 +179,8 @@ def test_resume_keeps_finished_folds(scenario: Scenario) -> None:
     """The rerun does not retrain fold 0: it reports it done and its model file is byte-identical."""
     assert "train: fold 0 already trained with these settings" in scenario.resumed_stdout
     assert "  fold 0 epoch" not in scenario.resumed_stdout
-    model = (scenario.resumed / "models/folds/fold0.keras").read_bytes()
-    assert model == scenario.after_kill["models/folds/fold0.keras"]
+    model = (scenario.resumed / f"models/folds/{MODEL}/fold0.keras").read_bytes()
+    assert model == scenario.after_kill[f"models/folds/{MODEL}/fold0.keras"]
 
 
 def test_resume_continues_the_killed_fold_from_its_checkpoint(scenario: Scenario) -> None:
@@ -185,9 +192,9 @@ def test_resume_continues_the_killed_fold_from_its_checkpoint(scenario: Scenario
         int(line.split("epoch ")[1].split("/")[0]) for line in out.splitlines() if f"fold {KILL_FOLD} epoch" in line
     ]
     assert epochs == list(range(done + 1, EPOCHS + 1))
-    meta = json.loads((scenario.resumed / f"models/folds/fold{KILL_FOLD}.json").read_text())
+    meta = json.loads((scenario.resumed / f"models/folds/{MODEL}/fold{KILL_FOLD}.json").read_text())
     assert meta["epochs"] == EPOCHS
-    history = (scenario.resumed / f"reports/history/fold{KILL_FOLD}.csv").read_text().splitlines()
+    history = (scenario.resumed / f"reports/history/{MODEL}-fold{KILL_FOLD}.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
 
 
@@ -212,8 +219,8 @@ def test_resumed_oof_matches_uninterrupted_run(scenario: Scenario) -> None:
 def test_two_processes_train_identical_folds(scenario: Scenario) -> None:
     """Folds trained from scratch in two different processes (same seed, same CPU) give the same OOF probabilities."""
     for fold in (0, 2):
-        ref = read_npz(scenario.reference / f"models/folds/fold{fold}_oof.npz")
-        got = read_npz(scenario.resumed / f"models/folds/fold{fold}_oof.npz")
+        ref = read_npz(scenario.reference / f"models/folds/{MODEL}/fold{fold}_oof.npz")
+        got = read_npz(scenario.resumed / f"models/folds/{MODEL}/fold{fold}_oof.npz")
         np.testing.assert_array_equal(got["rows"], ref["rows"])
         assert float(np.max(np.abs(got["probs"] - ref["probs"]))) <= PROB_TOLERANCE
 

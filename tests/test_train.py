@@ -26,23 +26,24 @@ def prepared(project):
 
 def test_train_all_writes_folds_oof_history_and_metrics(prepared):
     cfg = train.fit_settings(load("train"), "dropout_cnn", None)
-    metrics = train.train_all(cfg, 3, seed=1, device=configure())
+    metrics = train.train_all([cfg], 3, seed=1, device=configure())
     data = read_npz(paths.TRAIN_NPZ)
     oof = read_npz(paths.OOF_NPZ)
     assert oof["probs"].shape == (60, 10)
     assert np.allclose(oof["probs"].sum(axis=1), 1.0, atol=1e-4)
     assert metrics["oof"]["accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == data["y"])))
     assert set(metrics["folds"]) == {"fold0", "fold1", "fold2"}
+    assert metrics["models"] == {"dropout_cnn": metrics["oof"]}
     assert json.loads(paths.METRICS_JSON.read_text()) == metrics
     for fold in range(3):
-        part = read_npz(paths.fold_oof(fold))
+        part = read_npz(paths.fold_oof("dropout_cnn", fold))
         assert np.array_equal(np.sort(part["rows"]), np.flatnonzero(data["fold"] == fold))
-        rows = list(csv.DictReader(paths.fold_history(fold).open()))
+        rows = list(csv.DictReader(paths.fold_history("dropout_cnn", fold).open()))
         assert [r["epoch"] for r in rows] == ["1", "2"]
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(rows[0])
-        model = load_model(str(paths.fold_model(fold)))
+        model = load_model(str(paths.fold_model("dropout_cnn", fold)))
         assert model.output_shape == (None, 10)
-    assert not any(paths.CHECKPOINT_DIR.glob("*/last.keras"))  # checkpoints are removed once a fold is done
+    assert not any(paths.CHECKPOINT_DIR.rglob("last.keras"))  # checkpoints are removed once a fold is done
 
 
 def test_tuned_parameters_override_train_settings(prepared):
