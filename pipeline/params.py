@@ -70,6 +70,7 @@ class TrainParams:
     aug_prob: float
     label_smoothing: float
     use_tuned: bool
+    monitor_rows: int | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class TuneParams:
     fold: int
     epochs: int
     max_train_rows: int | None
+    max_val_rows: int | None
     pruner: str
     pruner_warmup_epochs: int
     heartbeat_seconds: int

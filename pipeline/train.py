@@ -36,7 +36,16 @@ from pipeline.files import (
 )
 from pipeline.models import check_name
 from pipeline.params import ModelParams, TrainParams
-from pipeline.training import EpochSampler, FitSettings, accuracy, fingerprint_of, fit, log_loss, predict_probs
+from pipeline.training import (
+    EpochSampler,
+    FitSettings,
+    accuracy,
+    fingerprint_of,
+    fit,
+    log_loss,
+    monitor_subset,
+    predict_probs,
+)
 
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
 OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
@@ -138,7 +147,15 @@ def remove_stale_partials(models: list[str], n_folds: int) -> None:
 
 
 def train_fold(
-    fold: int, data: dict, aug: dict, cfg: FitSettings, seed: int, device: Device, fingerprint: str, verbose: int
+    fold: int,
+    data: dict,
+    aug: dict,
+    cfg: FitSettings,
+    seed: int,
+    device: Device,
+    fingerprint: str,
+    verbose: int,
+    monitor_rows: int | None = None,
 ) -> dict:
     """Train fold `fold` (resuming from its checkpoint) and write its model, OOF probabilities and history."""
     keras.utils.set_random_seed(seed + fold)
@@ -162,10 +179,11 @@ def train_fold(
     if done:
         progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({checkpoint_dir})")
     with bar:
+        watch = monitor_subset(val_rows, data["y"], monitor_rows, seed + fold)
         model, history = fit(
             cfg,
             sampler,
-            (data["x"][val_rows], data["y"][val_rows]),
+            (data["x"][watch], data["y"][watch]),
             device.jit_compile,
             report,
             checkpoint_dir,
@@ -205,7 +223,15 @@ def collect_oof(model: str, n_rows: int, n_folds: int) -> np.ndarray:
 
 
 def train_model(
-    cfg: FitSettings, data: dict, aug: dict, data_id: list[str], seed: int, device: Device, verbose: int, bar
+    cfg: FitSettings,
+    data: dict,
+    aug: dict,
+    data_id: list[str],
+    seed: int,
+    device: Device,
+    verbose: int,
+    bar,
+    monitor_rows: int | None = None,
 ) -> dict[int, dict]:
     """Train every fold of model `cfg.model` not already done (advancing progress `bar`); return each fold's meta."""
     folds = {}
@@ -223,13 +249,20 @@ def train_model(
             bar.update(1)
             continue
         progress.note(f"train: {cfg.model} fold {fold + 1}/{n_folds} on {device.describe()}")
-        folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose)
+        folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose, monitor_rows)
         progress.note(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
         bar.update(1)
     return folds
 
 
-def train_all(models: list[FitSettings], n_folds: int, seed: int, device: Device, verbose: int = 0) -> dict:
+def train_all(
+    models: list[FitSettings],
+    n_folds: int,
+    seed: int,
+    device: Device,
+    verbose: int = 0,
+    monitor_rows: int | None = None,
+) -> dict:
     """Train every model's folds not already done (the first model is model.name), then write model.name's
     OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"); return the metrics."""
     data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
@@ -242,7 +275,7 @@ def train_all(models: list[FitSettings], n_folds: int, seed: int, device: Device
         for cfg in models:
             if len(models) > 1:
                 progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
-            metas[cfg.model] = train_model(cfg, data, aug, data_id, seed, device, verbose, fold_bar)
+            metas[cfg.model] = train_model(cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows)
             oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
     primary = models[0].model
     probs, folds = oofs[primary], metas[primary]
@@ -277,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")
     print(f"train: settings {asdict(models[0])}")
     try:
-        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose)
+        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose, cfg.monitor_rows)
     except (OutputError, ValueError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

@@ -60,6 +60,16 @@ class EpochSampler:
         return images[perm], self.y[self.rows][perm]
 
 
+def monitor_subset(rows: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Return a seeded, class-stratified subset of at most `limit` of `rows` (all of them when `limit` is falsy)."""
+    if not limit or limit >= len(rows):
+        return rows
+    from sklearn.model_selection import train_test_split
+
+    subset, _ = train_test_split(rows, train_size=limit, stratify=labels[rows], random_state=seed)
+    return np.sort(subset)
+
+
 def as_input(images: np.ndarray) -> np.ndarray:
     """Return uint8 images (n, 28, 28) as the float32 (n, 28, 28, 1) tensor models take."""
     return images.astype(np.float32)[..., None]

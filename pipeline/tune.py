@@ -49,7 +49,7 @@ from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
 from pipeline.plots import save_figure
 from pipeline.train import TUNABLE, fit_settings
-from pipeline.training import EpochSampler, FitSettings, fit
+from pipeline.training import EpochSampler, FitSettings, fit, monitor_subset
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -169,6 +169,7 @@ def make_objective(
 ) -> Callable[[optuna.Trial], float]:
     """Return the objective: train on the tuning rows with the trial's settings, report val accuracy each epoch."""
     train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
+    val_rows = monitor_subset(val_rows, data["y"], cfg.max_val_rows, seed)
     sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed)
     val = (data["x"][val_rows], data["y"][val_rows])
     worker = worker_id()

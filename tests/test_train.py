@@ -74,3 +74,16 @@ def test_fit_learns_the_synthetic_digits(digits):
     assert len(history) == 6
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["val_accuracy"] > 0.5  # ten classes: chance is 0.1
+
+
+def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
+    from pipeline.training import monitor_subset
+
+    _, labels = digits
+    rows = np.arange(60)
+    subset = monitor_subset(rows, labels, 30, seed=4)
+    assert len(subset) == 30 and np.all(np.diff(subset) > 0)
+    assert np.bincount(labels[subset], minlength=10).tolist() == [3] * 10
+    assert np.array_equal(subset, monitor_subset(rows, labels, 30, seed=4))
+    assert np.array_equal(monitor_subset(rows, labels, None, seed=4), rows)
+    assert np.array_equal(monitor_subset(rows, labels, 100, seed=4), rows)
