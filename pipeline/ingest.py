@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from pipeline import params, paths
+from pipeline import params, paths, progress
 from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
 from pipeline.files import OutputError, write_npz_set
 from pipeline.params import IngestParams
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, ingest the raw data, and write the processed arrays."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__)
     parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         cfg, n_folds = params.load("ingest"), params.load("train").folds
         train, test = ingest(locate_raw(), cfg, n_folds, params.seed())
@@ -56,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
     counts = np.bincount(train["y"], minlength=10)
-    print(
-        f"ingest: {len(train['y'])} training rows ({n_folds} stratified folds), {len(test['x'])} test rows; "
-        f"class counts {counts.tolist()} -> {paths.TRAIN_NPZ}, {paths.TEST_NPZ}"
+    progress.finish(
+        "ingest",
+        start,
+        "CPU",
+        f"{len(train['y'])} training rows ({n_folds} stratified folds), {len(test['x'])} test rows; "
+        f"class counts {counts.tolist()} -> {paths.TRAIN_NPZ}, {paths.TEST_NPZ}",
     )
     return 0
 

@@ -43,7 +43,7 @@ from optuna_integration.keras import KerasPruningCallback
 from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import make_url
 
-from pipeline import params, paths
+from pipeline import params, paths, progress
 from pipeline.device import configure
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
@@ -471,6 +471,7 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
 
 def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     """Open the study, run its trials here or in worker processes, and write the outputs; return the exit code."""
+    start = time.perf_counter()
     model, seed = params.load("model").name, params.seed()
     space = resolve_space(cfg, model)
     name = args.study_name or study_name_for(cfg, model, space, data_id_of(read_npz(paths.TRAIN_NPZ)))
@@ -489,7 +490,12 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
         codes = run_workers(args.workers, name, url, target)
     summary = write_outputs(study, seed)
     print(f"tune: best val accuracy {summary['value']:.5f} (trial {summary['trial']}) with {summary['params']}")
-    print(f"tune: {summary['finished_trials']} finished trials -> {paths.BEST_PARAMS}, {paths.TUNING_DIR}/")
+    progress.finish(
+        "tune",
+        start,
+        f"{args.workers} worker(s)",
+        f"{summary['finished_trials']} finished trials -> {paths.BEST_PARAMS}, {paths.TUNING_DIR}/",
+    )
     if any(codes):
         print(f"tune: error: worker exit codes {codes}", file=sys.stderr)
         return 1
