@@ -87,6 +87,7 @@ class TuneParams:
     heartbeat_seconds: int
     grace_seconds: int
     max_retries: int
+    trials_per_process: int
     space: dict[str, Any]
     model_space: dict[str, Any]
 

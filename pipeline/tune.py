@@ -329,12 +329,14 @@ def finished_count(study: optuna.Study) -> int:
     return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
 
-def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneParams) -> None:
-    """Run trials one at a time until `study` has `target` finished trials, whichever worker finishes them.
+def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneParams, limit: int = 0) -> None:
+    """Run trials one at a time until `study` has `target` finished trials, whichever worker finishes them,
+    or until this process has run `limit` trials (0 = no limit).
 
     While the remaining trials are all running elsewhere this worker waits; if one of those workers
     dies, its trial goes stale, is failed and re-queued, and this worker picks it up."""
-    while True:
+    ran = 0
+    while not limit or ran < limit:
         fail_stale(study, cfg)
         counts = state_counts(study)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -344,20 +346,24 @@ def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneP
             time.sleep(cfg.heartbeat_seconds)
             continue
         study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True)
+        ran += 1
 
 
 # ---------------------------------------------------------------- workers
 
 
-def worker_command(index: int, name: str, target: int) -> list[str]:
-    """Return the command line of worker `index` running study `name` until it has `target` finished trials."""
-    return [sys.executable, "-m", "pipeline.tune", "--study-name", name, "--until", str(target), "--worker", str(index)]
+def worker_command(index: int, name: str, target: int, limit: int = 0) -> list[str]:
+    """Return the command line of worker `index` running study `name` until it has `target` finished trials
+    or the worker has run `limit` trials (0 = no limit)."""
+    cmd = [sys.executable, "-m", "pipeline.tune", "--study-name", name, "--until", str(target), "--worker", str(index)]
+    return [*cmd, "--max-trials", str(limit)]
 
 
-def run_workers(n: int, name: str, url: str, target: int) -> list[int]:
-    """Run `n` workers on study `name` at `url` (passed in the environment, never argv); return their exit codes."""
+def run_workers(n: int, name: str, url: str, target: int, limit: int = 0) -> list[int]:
+    """Run `n` workers on study `name` at `url` (passed in the environment, never argv), each for at most `limit`
+    trials; return their exit codes."""
     env = {**os.environ, STORAGE_ENV: url}
-    procs = [subprocess.Popen(worker_command(i + 1, name, target), env=env) for i in range(n)]
+    procs = [subprocess.Popen(worker_command(i + 1, name, target, limit), env=env) for i in range(n)]
     try:
         return [proc.wait() for proc in procs]
     finally:
@@ -365,6 +371,24 @@ def run_workers(n: int, name: str, url: str, target: int) -> list[int]:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait()
+
+
+def needs_workers(study: optuna.Study, args: argparse.Namespace, cfg: TuneParams, target: int) -> bool:
+    """Return True when trials must run in worker processes: several asked for, or more than one process's share."""
+    remaining = target - finished_count(study)
+    return remaining > 0 and (args.workers > 1 or 0 < cfg.trials_per_process < remaining)
+
+
+def run_rounds(study: optuna.Study, n: int, name: str, url: str, target: int, cfg: TuneParams) -> list[int]:
+    """Run rounds of `n` fresh workers, each for at most `cfg.trials_per_process` trials, until `target` finished
+    trials (bounding the memory a process accumulates); stop early on a failed or fruitless round."""
+    codes = [0]
+    while finished_count(study) < target:
+        before = finished_count(study)
+        codes = run_workers(n, name, url, target, cfg.trials_per_process)
+        if any(codes) or finished_count(study) == before:
+            break
+    return codes
 
 
 # ---------------------------------------------------------------- outputs
@@ -454,6 +478,7 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
     parser.add_argument("--study-name", default=None, help=f"study name (default: {cfg.study_name}-<settings hash>)")
     parser.add_argument("--until", type=int, default=None, help=argparse.SUPPRESS)  # worker: target finished count
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # worker index (sampler seed)
+    parser.add_argument("--max-trials", type=int, default=0, help=argparse.SUPPRESS)  # worker: trials before exiting
     args = parser.parse_args(argv)
     if args.workers < 1 or (args.trials is not None and args.trials < 0):
         parser.error("--workers must be at least 1 and --trials at least 0")
@@ -478,16 +503,16 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     url = storage_url(args.storage)
     study = open_study(name, storage_for(url, cfg), cfg, seed, args.worker)
     if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
-        run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg)
+        run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg, args.max_trials)
         return 0
     prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
     target = cfg.trials if args.trials is None else finished_count(study) + args.trials
     print(f"tune: study {name} in {masked(url)}: {finished_count(study)} finished trials, target {target}", flush=True)
     codes = [0]
-    if args.workers == 1:
-        run_trials(study, load_objective(cfg, space, seed, target), target, cfg)
+    if needs_workers(study, args, cfg, target):
+        codes = run_rounds(study, args.workers, name, url, target, cfg)
     elif finished_count(study) < target:
-        codes = run_workers(args.workers, name, url, target)
+        run_trials(study, load_objective(cfg, space, seed, target), target, cfg)
     summary = write_outputs(study, seed)
     print(f"tune: best val accuracy {summary['value']:.5f} (trial {summary['trial']}) with {summary['params']}")
     progress.finish(

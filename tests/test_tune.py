@@ -126,6 +126,17 @@ def test_two_workers_share_one_sqlite_study(tune_project: Path) -> None:
     assert json.loads(paths.BEST_PARAMS.read_text())["finished_trials"] == 4
 
 
+def test_fresh_worker_processes_take_over_after_trials_per_process(tune_project: Path) -> None:
+    set_params("tune", trials=3, trials_per_process=1)  # one trial per process bounds a process's memory
+    assert tune.main([]) == 0
+    study = only_study()
+    assert finished(study) == 3
+    assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
+    workers = workers_of(study)
+    assert len(workers) == 3, f"each trial should run in a fresh process, got {workers}"
+    assert str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers}
+
+
 def test_rerun_continues_the_study_and_best_params_change_training(tune_project: Path) -> None:
     set_params("train", dropout_dense=0.9)  # outside tune.space, so any tuned value differs from it
     assert tune.main([]) == 0  # tops the new study up to tune.trials = 2
