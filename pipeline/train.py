@@ -40,6 +40,7 @@ from pipeline.training import (
     EpochSampler,
     FitSettings,
     accuracy,
+    checkpoint_history,
     fingerprint_of,
     fit,
     log_loss,
@@ -127,12 +128,7 @@ def fold_is_done(model: str, fold: int, fingerprint: str) -> bool:
 
 def checkpoint_epochs(model: str, fold: int, fingerprint: str) -> int:
     """Return how many epochs `model`'s fold `fold` checkpoint holds for this `fingerprint` (0 when none matches)."""
-    folder = paths.fold_checkpoint_dir(model, fold)
-    state = folder / "state.json"
-    if not state.is_file() or not (folder / "last.keras").is_file():
-        return 0
-    doc = read_json(state)
-    return len(doc.get("history", [])) if doc.get("fingerprint") == fingerprint else 0
+    return len(checkpoint_history(paths.fold_checkpoint_dir(model, fold), fingerprint) or [])
 
 
 def remove_stale_partials(models: list[str], n_folds: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, read_json, write_json
 from pipeline.models import N_CLASSES, build_model
 
 
@@ -127,15 +127,21 @@ def save_checkpoint(folder: Path, model: keras.Model, history: list[dict], finge
     write_json(folder / "state.json", {"fingerprint": fingerprint, "history": history})
 
 
+def checkpoint_history(folder: Path | None, fingerprint: str) -> list[dict] | None:
+    """Return the epoch history of the checkpoint in `folder` if it is complete and matches `fingerprint`, else None."""
+    if folder is None or not (folder / "state.json").is_file() or not (folder / "last.keras").is_file():
+        return None
+    state = read_json(folder / "state.json")
+    return state.get("history", []) if state.get("fingerprint") == fingerprint else None
+
+
 def load_checkpoint(folder: Path | None, fingerprint: str) -> tuple[keras.Model | None, list[dict]]:
     """Return the checkpointed model and history in `folder` if it matches `fingerprint`, else (None, [])."""
-    if folder is None or not (folder / "state.json").is_file() or not (folder / "last.keras").is_file():
-        return None, []
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("fingerprint") != fingerprint:
+    history = checkpoint_history(folder, fingerprint)
+    if history is None:
         return None, []
     model = keras.saving.load_model(folder / "last.keras", safe_mode=True, compile=True)
-    return model, state["history"]
+    return model, history
 
 
 def fingerprint_of(*parts: object) -> str:
