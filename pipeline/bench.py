@@ -34,6 +34,7 @@ from pipeline.files import read_npz, write_json, write_npz
 from pipeline.params import AugmentParams, IngestParams
 
 if TYPE_CHECKING:  # keras stays unimported until a measurement needs it (the memory rows' baseline)
+    from pipeline.device import Device
     from pipeline.training import FitSettings
 
 STAGES = ("ingest", "augment", "train", "predict")
@@ -51,7 +52,7 @@ class BenchSetup:
     views: int  # TTA views besides the original
     predict_batch: int
     seed: int = 0
-    jit: bool = False
+    device: Device | None = None  # None: plain CPU settings
 
 
 def row(figure: str, unit: str, value: float, reference_name: str, reference: float, target: str, note: str) -> dict:
@@ -108,7 +109,7 @@ def bare_fit_seconds(
 
 
 def bench_training(
-    settings: FitSettings, x: np.ndarray, y: np.ndarray, aug: dict, jit: bool, seed: int, repeats: int = 2
+    settings: FitSettings, x: np.ndarray, y: np.ndarray, aug: dict, device: Device | None, seed: int, repeats: int = 2
 ) -> tuple[dict, object]:
     """Return the training row (pipeline path vs bare model.fit, alternating runs) and a pipeline-trained model."""
     import keras
@@ -116,6 +117,7 @@ def bench_training(
     from pipeline.training import EpochSampler, fit
 
     val = (x[: settings.batch_size], y[: settings.batch_size])
+    jit = bool(device and device.jit_compile)
     sampler = EpochSampler(x, y, np.arange(len(x)), aug["x"], aug["source"], seed)
     bare, piped = 0.0, 0.0
     for _ in range(repeats):
@@ -124,7 +126,7 @@ def bench_training(
         bare = max(bare, steady_rate(len(x), bare_fit_seconds(settings, x, y, val, jit)))
         keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
-        model, history = fit(settings, sampler, val, jit)
+        model, history = fit(settings, sampler, val, device)
         piped = max(piped, steady_rate(len(x), [r["seconds"] for r in history]))
     note = (
         f"{settings.model}, batch {settings.batch_size}, {len(x)} rows; fastest of epochs 2-{settings.epochs} "
@@ -245,7 +247,10 @@ def stage_core(stage: str, spec: dict, inputs: dict) -> Callable[[], object]:
     if stage == "train":
         sampler = EpochSampler(inputs["x"], inputs["y"], np.arange(len(inputs["y"])), inputs["aug_x"],
                                inputs["aug_source"], spec["seed"])  # fmt: skip
-        return lambda: fit(settings, sampler, (inputs["x"][:256], inputs["y"][:256]))
+        from pipeline.device import configure
+
+        device = configure()
+        return lambda: fit(settings, sampler, (inputs["x"][:256], inputs["y"][:256]), device)
     if stage == "predict":
         from pipeline.models import build_model
         from pipeline.tta import predict_views
@@ -302,7 +307,7 @@ def run_bench(
     keep = aug["source"] < rows
     aug = {"x": aug["x"][keep], "source": aug["source"][keep]}
     log(f"bench: augmentation {aug_row['value']:,.0f} images/s")
-    train_row, model = bench_training(setup.settings, x, y, aug, setup.jit, setup.seed)
+    train_row, model = bench_training(setup.settings, x, y, aug, setup.device, setup.seed)
     log(f"bench: training {train_row['value']:,.0f} images/s")
     table = [train_row, bench_inference(model, x, setup.views, setup.predict_batch), aug_row, bench_ingest(zip_path)]
     log("bench: inference and ingest measured")
@@ -339,7 +344,7 @@ def format_table(table: list[dict]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *lines])
 
 
-def setup_from_params(epochs: int, jit: bool) -> BenchSetup:
+def setup_from_params(epochs: int, device: Device | None) -> BenchSetup:
     """Return the bench setup from params.yaml: the chosen model with train's batch and schedule, augment, predict."""
     from pipeline.train import fit_settings
 
@@ -348,7 +353,7 @@ def setup_from_params(epochs: int, jit: bool) -> BenchSetup:
     return BenchSetup(
         settings=replace(settings, epochs=epochs), augment=params.load("augment"), ingest=params.load("ingest"),
         folds=params.load("train").folds, views=predict.tta_views, predict_batch=predict.batch_size,
-        seed=params.seed(), jit=jit,
+        seed=params.seed(), device=device,
     )  # fmt: skip
 
 
@@ -372,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 16 or args.epochs < 1:
         parser.error("--rows must be at least 16 and --epochs at least 1")
     device = configure()
-    setup = setup_from_params(args.epochs, device.jit_compile)
+    setup = setup_from_params(args.epochs, device)
     print(f"bench: {args.rows} rows, {setup.settings.model}, on {device.describe()}", flush=True)
     table = run_bench(args.rows, args.zip, setup, tuple(args.stages), aug_rows=args.aug_rows)
     print(format_table(table))

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline import params, paths
-from pipeline.device import configure
+from pipeline.device import Device, configure
 from pipeline.ensemble import choose_weights, ensemble_report
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.models import PUBLISHED, check_name
@@ -53,7 +53,7 @@ def split_rows(
 
 
 def compare_model(
-    settings: FitSettings, data: dict, aug: dict, cfg: CompareParams, seed: int, jit_compile: bool = False
+    settings: FitSettings, data: dict, aug: dict, cfg: CompareParams, seed: int, device: Device | None = None
 ) -> tuple[dict, np.ndarray]:
     """Train `settings.model` on each compared fold; return its report row and OOF probabilities (fold order)."""
     probs, labels, seconds, train_rows = [], [], [], []
@@ -63,7 +63,7 @@ def compare_model(
         keras.utils.set_random_seed(seed + fold)
         sampler = EpochSampler(data["x"], data["y"], rows, aug["x"], aug["source"], seed + 1000 * fold)
         val = (data["x"][val_rows], data["y"][val_rows])
-        model, history = fit(settings, sampler, val, jit_compile)
+        model, history = fit(settings, sampler, val, device)
         probs.append(predict_probs(model, val[0]))
         labels.append(val[1])
         seconds += [row["seconds"] for row in history]
@@ -94,7 +94,7 @@ def compare(
     cfg: CompareParams,
     overrides: dict[str, dict],
     seed: int,
-    jit_compile: bool = False,
+    device: Device | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every model of `cfg.models` with the same folds, rows and budget; return the rows and an OOF blend."""
@@ -103,7 +103,7 @@ def compare(
     for name in cfg.models:
         start = time.perf_counter()
         settings = replace(settings_for(base, name, overrides), epochs=cfg.epochs)
-        row, oof = compare_model(settings, data, aug, cfg, seed, jit_compile)
+        row, oof = compare_model(settings, data, aug, cfg, seed, device)
         rows.append(row)
         oofs.append(oof)
         log(
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"compare: {', '.join(cfg.models)} on folds {cfg.folds}, {cfg.epochs} epochs, on {device.describe()}")
     try:
-        result = compare(base, data, aug, cfg, model_cfg.overrides, params.seed(), device.jit_compile)
+        result = compare(base, data, aug, cfg, model_cfg.overrides, params.seed(), device)
         write_json(paths.MODELS_JSON, {**result, "device": device.describe()})
         write_text(paths.MODELS_MD, markdown(result, device.describe()))
     except (OutputError, ValueError) as exc:

@@ -88,6 +88,8 @@ class TuneParams:
     grace_seconds: int
     max_retries: int
     trials_per_process: int
+    workers_cpu: int
+    workers_gpu: int
     space: dict[str, Any]
     model_space: dict[str, Any]
 

@@ -180,7 +180,7 @@ def train_fold(
             cfg,
             sampler,
             (data["x"][watch], data["y"][watch]),
-            device.jit_compile,
+            device,
             report,
             checkpoint_dir,
             fingerprint,

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipeline.device import Device
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.models import N_CLASSES, build_model
 
@@ -48,16 +49,29 @@ class EpochSampler:
         """Return the indices (into the augmented arrays) of every copy this sampler may draw."""
         return np.concatenate([self.aug_order[s : s + c] for s, c in zip(self.starts, self.counts, strict=True)])
 
-    def sample(self, epoch: int, aug_prob: float) -> tuple[np.ndarray, np.ndarray]:
-        """Return the shuffled (x uint8 (n, 28, 28), y) of epoch `epoch`, the same for the same seed."""
+    def sample_indices(self, epoch: int, aug_prob: float) -> tuple[np.ndarray, np.ndarray]:
+        """Return epoch `epoch`'s shuffled indices into the pool [x; aug_x] (see `pool`) and their labels,
+        the same for the same seed."""
         rng = np.random.default_rng([self.seed, epoch])
         use_copy = (rng.random(len(self.rows)) < aug_prob) & (self.counts > 0)
         pick = self.starts + (rng.random(len(self.rows)) * np.maximum(self.counts, 1)).astype(np.int64)
-        images = self.x[self.rows].copy()
-        chosen = self.aug_order[pick[use_copy]]
-        images[use_copy] = self.aug_x[chosen]
+        index = self.rows.astype(np.int64)
+        index[use_copy] = len(self.x) + self.aug_order[pick[use_copy]]
         perm = rng.permutation(len(self.rows))
-        return images[perm], self.y[self.rows][perm]
+        return index[perm], self.y[self.rows][perm]
+
+    def pool(self) -> np.ndarray:
+        """Return the uint8 images `sample_indices` points into: every original, then every augmented copy."""
+        return np.concatenate([self.x, self.aug_x])
+
+    def sample(self, epoch: int, aug_prob: float) -> tuple[np.ndarray, np.ndarray]:
+        """Return the shuffled (x uint8 (n, 28, 28), y) of epoch `epoch`, the same for the same seed."""
+        index, labels = self.sample_indices(epoch, aug_prob)
+        original = index < len(self.x)
+        images = np.empty((len(index), *self.x.shape[1:]), dtype=self.x.dtype)
+        images[original] = self.x[index[original]]
+        images[~original] = self.aug_x[index[~original] - len(self.x)]
+        return images, labels
 
 
 def monitor_subset(rows: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -78,6 +92,51 @@ def as_input(images: np.ndarray) -> np.ndarray:
 def one_hot(labels: np.ndarray) -> np.ndarray:
     """Return float32 one-hot rows for integer `labels`."""
     return np.eye(N_CLASSES, dtype=np.float32)[labels]
+
+
+class DeviceBatches(keras.utils.PyDataset):
+    """Consecutive batches sliced from (x, y) backend tensors that already live on the accelerator, so
+    no step waits for a host-to-device copy (model.fit would copy NumPy arrays batch by batch)."""
+
+    def __init__(self, x: object, y: object, batch_size: int) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        """Return the number of batches (the last one may be partial)."""
+        return -(-int(self.x.shape[0]) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[object, object]:
+        """Return batch `index` as (x, y) tensors on the device."""
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[part], self.y[part]
+
+
+class ResidentFeed:
+    """Keeps a fold's images on the accelerator: the originals and augmented copies are uploaded once as
+    uint8, and each epoch only its shuffled indices travel; gathering, scaling to float and one-hot
+    labels happen on the device."""
+
+    def __init__(self, sampler: EpochSampler, val: tuple[np.ndarray, np.ndarray], batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.pool = keras.ops.convert_to_tensor(sampler.pool())
+        self.val = DeviceBatches(device_input(val[0]), device_one_hot(val[1]), EVAL_BATCH)
+
+    def epoch(self, epoch: int, aug_prob: float) -> DeviceBatches:
+        """Return epoch `epoch`'s batches, gathered on the device in the sampler's order."""
+        index, labels = self.sampler.sample_indices(epoch, aug_prob)
+        images = keras.ops.take(self.pool, keras.ops.convert_to_tensor(index.astype(np.int32)), axis=0)
+        return DeviceBatches(device_input(images), device_one_hot(labels), self.batch_size)
+
+
+def device_input(images: object) -> object:
+    """Return uint8 images (n, 28, 28), NumPy or tensor, as the float32 (n, 28, 28, 1) tensor on the device."""
+    return keras.ops.expand_dims(keras.ops.cast(keras.ops.convert_to_tensor(images), "float32"), -1)
+
+
+def device_one_hot(labels: np.ndarray) -> object:
+    """Return integer `labels` as float32 one-hot rows on the device."""
+    return keras.ops.one_hot(keras.ops.convert_to_tensor(np.asarray(labels, dtype=np.int32)), N_CLASSES)
 
 
 def schedule(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -160,33 +219,29 @@ def fit(
     cfg: FitSettings,
     sampler: EpochSampler,
     val: tuple[np.ndarray, np.ndarray],
-    jit_compile: bool = False,
+    device: Device | None = None,
     on_epoch: EpochHook | None = None,
     checkpoint: Path | None = None,
     fingerprint: str = "",
     verbose: int = 0,
 ) -> tuple[keras.Model, list[dict]]:
-    """Train for `cfg.epochs`, evaluating on `val` each epoch; resume from `checkpoint` if it matches."""
+    """Train for `cfg.epochs` on `device` (None: plain CPU settings), evaluating on `val` each epoch; resume
+    from `checkpoint` if it matches.
+
+    A resident device keeps the images on the accelerator (`ResidentFeed`); otherwise each epoch is built
+    in NumPy and model.fit copies it batch by batch (fastest on a CPU, where there is no copy)."""
     steps = int(np.ceil(len(sampler.rows) / cfg.batch_size))
     model, history = load_checkpoint(checkpoint, fingerprint)
     if model is None:
-        model = compiled_model(cfg, steps, jit_compile)
-    x_val, y_val = as_input(val[0]), one_hot(val[1])
+        model = compiled_model(cfg, steps, bool(device and device.jit_compile))
+    resident = bool(device and device.resident)
+    feed = ResidentFeed(sampler, val, cfg.batch_size) if resident else None
+    val_in = None if resident else (as_input(val[0]), one_hot(val[1]))
     for epoch in range(len(history), cfg.epochs):
         start = time.perf_counter()
         reseed(model, sampler.seed, epoch)
-        x_ep, y_ep = sampler.sample(epoch, cfg.aug_prob)
         lr = current_lr(model)
-        logs = model.fit(
-            as_input(x_ep),
-            one_hot(y_ep),
-            batch_size=cfg.batch_size,
-            epochs=1,
-            shuffle=False,
-            validation_data=(x_val, y_val),
-            validation_batch_size=EVAL_BATCH,
-            verbose=verbose,
-        ).history
+        logs = fit_epoch(model, cfg, sampler, val_in, epoch, feed, verbose)
         row = {k: float(v[-1]) for k, v in logs.items()}
         row.update(epoch=epoch + 1, lr=lr, seconds=time.perf_counter() - start)
         history.append(row)
@@ -195,6 +250,33 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, row)
     return model, history
+
+
+def fit_epoch(
+    model: keras.Model,
+    cfg: FitSettings,
+    sampler: EpochSampler,
+    val_in: tuple[np.ndarray, np.ndarray] | None,
+    epoch: int,
+    feed: ResidentFeed | None,
+    verbose: int,
+) -> dict[str, list[float]]:
+    """Run one model.fit epoch on epoch `epoch`'s sample, from `feed` when resident, else from NumPy arrays
+    validated on the model inputs `val_in`; return its history."""
+    if feed is not None:
+        batches = feed.epoch(epoch, cfg.aug_prob)
+        return model.fit(batches, epochs=1, shuffle=False, validation_data=feed.val, verbose=verbose).history
+    x_ep, y_ep = sampler.sample(epoch, cfg.aug_prob)
+    return model.fit(
+        as_input(x_ep),
+        one_hot(y_ep),
+        batch_size=cfg.batch_size,
+        epochs=1,
+        shuffle=False,
+        validation_data=val_in,
+        validation_batch_size=EVAL_BATCH,
+        verbose=verbose,
+    ).history
 
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -44,7 +44,7 @@ from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import make_url
 
 from pipeline import params, paths, progress
-from pipeline.device import configure
+from pipeline.device import Device, configure, gpu_present, sharing_env
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
 from pipeline.plots import save_figure
@@ -165,7 +165,7 @@ def check_running(trial: optuna.Trial) -> None:
 
 
 def make_objective(
-    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, jit_compile: bool, target: int
+    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: Device, target: int
 ) -> Callable[[optuna.Trial], float]:
     """Return the objective: train on the tuning rows with the trial's settings, report val accuracy each epoch."""
     train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
@@ -186,7 +186,7 @@ def make_objective(
 
         keras.utils.set_random_seed(seed)
         try:
-            _, history = fit(settings, sampler, val, jit_compile, on_epoch)
+            _, history = fit(settings, sampler, val, device, on_epoch)
         finally:
             keras.backend.clear_session()
             gc.collect()
@@ -362,7 +362,7 @@ def worker_command(index: int, name: str, target: int, limit: int = 0) -> list[s
 def run_workers(n: int, name: str, url: str, target: int, limit: int = 0) -> list[int]:
     """Run `n` workers on study `name` at `url` (passed in the environment, never argv), each for at most `limit`
     trials; return their exit codes."""
-    env = {**os.environ, STORAGE_ENV: url}
+    env = {**os.environ, **sharing_env(n), STORAGE_ENV: url}
     procs = [subprocess.Popen(worker_command(i + 1, name, target, limit), env=env) for i in range(n)]
     try:
         return [proc.wait() for proc in procs]
@@ -371,6 +371,16 @@ def run_workers(n: int, name: str, url: str, target: int, limit: int = 0) -> lis
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait()
+
+
+def worker_count(requested: int | None, cfg: TuneParams) -> int:
+    """Return --workers when given, else tune.workers_gpu when the backend sees a GPU, else tune.workers_cpu."""
+    if requested is not None:
+        return requested
+    count = cfg.workers_gpu if gpu_present() else cfg.workers_cpu
+    if count < 1:
+        raise ValueError(f"tune.workers_cpu and tune.workers_gpu must be at least 1, got {count}")
+    return count
 
 
 def needs_workers(study: optuna.Study, args: argparse.Namespace, cfg: TuneParams, target: int) -> bool:
@@ -468,7 +478,13 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
         default=None,
         help=f"finished trials to add to the study (default: top it up to {cfg.trials})",
     )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes on this machine (default: tune.workers_cpu={cfg.workers_cpu}, "
+        f"or tune.workers_gpu={cfg.workers_gpu} when the backend sees a GPU)",
+    )
     parser.add_argument(
         "--storage",
         default=os.environ.get(STORAGE_ENV) or cfg.storage,
@@ -480,7 +496,7 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # worker index (sampler seed)
     parser.add_argument("--max-trials", type=int, default=0, help=argparse.SUPPRESS)  # worker: trials before exiting
     args = parser.parse_args(argv)
-    if args.workers < 1 or (args.trials is not None and args.trials < 0):
+    if (args.workers is not None and args.workers < 1) or (args.trials is not None and args.trials < 0):
         parser.error("--workers must be at least 1 and --trials at least 0")
     return args
 
@@ -491,7 +507,7 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
     device = configure()
     base = fit_settings(params.load("train"), params.load("model").name, None)
     print(f"tune: worker {os.getpid()} on {device.describe()}", flush=True)
-    return make_objective(data, aug, base, cfg, space, seed, device.jit_compile, target)
+    return make_objective(data, aug, base, cfg, space, seed, device, target)
 
 
 def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
@@ -505,6 +521,7 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
         run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg, args.max_trials)
         return 0
+    args.workers = worker_count(args.workers, cfg)
     prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
     target = cfg.trials if args.trials is None else finished_count(study) + args.trials
     print(f"tune: study {name} in {masked(url)}: {finished_count(study)} finished trials, target {target}", flush=True)

@@ -1,36 +1,117 @@
-"""The model, training and TTA code is backend-agnostic Keras 3: the same core runs on JAX."""
+"""The model, training and TTA code is backend-agnostic Keras 3: the same code runs on JAX, the only
+backend on the GPU machine, which has no TensorFlow at all."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO
+from pipeline.submission import validate_submission_file
+from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
+
+needs_jax = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="JAX not installed (pip install 'jax[cpu]')"
+)
+
+# Imported at start-up through PYTHONPATH: makes TensorFlow look uninstalled, as on the GPU machine.
+NO_TENSORFLOW = """
+import importlib.machinery
+
+_find_spec = importlib.machinery.PathFinder.find_spec.__func__
+
+
+def _without_tensorflow(cls, name, path=None, target=None):
+    if name == "tensorflow" or name.startswith("tensorflow."):
+        return None
+    return _find_spec(cls, name, path, target)
+
+
+importlib.machinery.PathFinder.find_spec = classmethod(_without_tensorflow)
+"""
 
 SCRIPT = """
 import numpy as np, keras
-from pipeline.training import EpochSampler, FitSettings, fit, accuracy
+from dataclasses import replace
+from pipeline.device import configure
+from pipeline.training import EpochSampler, FitSettings, fit, accuracy, predict_probs
 from pipeline.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
-x, y = synthetic_digits(60)
-sampler = EpochSampler(x, y, np.arange(60), x[:30], np.arange(30, dtype=np.int32), seed=0)
-model, history = fit(FitSettings("dropout_cnn", 2, 16, 0.003, 0.5, 0.25, 0.5, 0.5, 0.0), sampler, (x, y))
+device = configure()
+assert device.resident, device
+x, y = synthetic_digits(90)
+sampler = EpochSampler(x, y, np.arange(60), x[:40], np.arange(20, 60, dtype=np.int32), seed=0)
+settings = FitSettings("dropout_cnn", 2, 16, 0.003, 0.5, 0.25, 0.5, 0.5, 0.0)
+runs = {}
+for resident in (True, False):
+    keras.utils.set_random_seed(1)
+    model, history = fit(settings, sampler, (x[60:], y[60:]), replace(device, resident=resident))
+    runs[resident] = history, predict_probs(model, x[60:])
+for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    got = [r[key] for r in runs[True][0]]
+    want = [r[key] for r in runs[False][0]]
+    assert np.allclose(got, want, atol=1e-5), (key, got, want)
+assert np.allclose(runs[True][1], runs[False][1], atol=1e-5)
 views = predict_views(model, x, 2, 64)
-assert views.shape == (3, 60, 10) and np.allclose(views.sum(-1), 1, atol=1e-4)
-print("jax ok", len(history), accuracy(views.mean(0), y))
+assert views.shape == (3, 90, 10) and np.allclose(views.sum(-1), 1, atol=1e-4)
+print("jax ok", len(runs[True][0]), accuracy(views.mean(0), y))
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX not installed (pip install 'jax[cpu]')")
-def test_training_and_tta_run_on_the_jax_backend():
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+def jax_env(tmp_path: Path) -> dict[str, str]:
+    """Return an environment with the JAX backend on the CPU and TensorFlow hidden."""
+    block = tmp_path / "no_tensorflow"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    path = os.pathsep.join([str(block), str(REPO)])
+    bin_dir = Path(sys.executable).parent
+    return {
+        **os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `cmd` in `cwd` with `env` and return the finished process (output captured)."""
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@needs_jax
+def test_tensorflow_is_hidden_from_the_jax_runs(tmp_path):
+    done = run([sys.executable, "-c", "import tensorflow"], tmp_path, jax_env(tmp_path))
+    assert done.returncode != 0 and "No module named 'tensorflow'" in done.stderr
+
+
+@needs_jax
+def test_resident_training_matches_the_numpy_path_on_jax(tmp_path):
+    done = run([sys.executable, "-c", SCRIPT], REPO, jax_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jax ok 2" in done.stdout
+
+
+@pytest.mark.slow
+@needs_jax
+def test_dvc_repro_runs_on_jax_without_tensorflow(tmp_path):
+    work = tmp_path / "project"
+    shutil.copytree(REPO / "pipeline", work / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, work / name)
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    raw = work / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train.csv").write_text(train_csv_text(*synthetic_digits(60)))
+    (raw / "test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
+    env = jax_env(tmp_path)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        assert run(cmd, work, env).returncode == 0
+    done = run(["dvc", "repro"], work, env)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "via jax" in done.stdout + done.stderr and "data on the device" in done.stdout + done.stderr
+    assert len(validate_submission_file(work / "submissions" / "latest.csv", expected_rows=20)) == 20

@@ -15,7 +15,7 @@ def test_bench_core_measures_every_figure_with_a_reference(project):
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.write(raw / "train.csv", "train.csv")
         zf.write(raw / "test.csv", "test.csv")
-    setup = bench.setup_from_params(epochs=2, jit=False)
+    setup = bench.setup_from_params(epochs=2, device=None)
     logs = []
     table = bench.run_bench(32, zipped, setup, stages=("ingest", "augment"), log=logs.append)
     figures = [r["figure"] for r in table]

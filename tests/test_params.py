@@ -31,7 +31,7 @@ def test_quick_profile_overrides_only_what_it_names(tmp_path):
     assert "# The only home" in path.read_text()  # comments survive
     train = params.load("train", path)
     assert train.folds == doc["profiles"]["quick"]["train"]["folds"]
-    assert train.learning_rate == doc["train"]["learning_rate"]
+    assert train.warmup_epochs == doc["train"]["warmup_epochs"]  # not named by quick: the base value
     params.set_profile("full", path)
     assert params.load("train", path).folds == doc["train"]["folds"]
 

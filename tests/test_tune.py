@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from pipeline import augment, ingest, params, paths, tune
+from pipeline.device import sharing_env
 from pipeline.train import fit_settings, read_tuned
 
 SQLITE = "sqlite:///data/processed/optuna.db"
@@ -135,6 +137,25 @@ def test_fresh_worker_processes_take_over_after_trials_per_process(tune_project:
     workers = workers_of(study)
     assert len(workers) == 3, f"each trial should run in a fresh process, got {workers}"
     assert str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers}
+
+
+def test_worker_count_defaults_to_the_params_of_the_device_found(tune_project: Path) -> None:
+    set_params("tune", trials=2, trials_per_process=0, workers_cpu=2, workers_gpu=1)  # no GPU here
+    assert tune.main([]) == 0
+    study = only_study()
+    assert finished(study) == 2
+    workers = workers_of(study)
+    assert workers and str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers}, workers
+    cfg = params.load("tune")
+    assert tune.worker_count(3, cfg) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        tune.worker_count(None, replace(cfg, workers_cpu=0))
+
+
+def test_workers_sharing_a_gpu_split_its_memory() -> None:
+    assert sharing_env(1) == {}
+    share = float(sharing_env(4)["XLA_PYTHON_CLIENT_MEM_FRACTION"])
+    assert share >= 0.2 and 4 * share <= 0.9
 
 
 def test_rerun_continues_the_study_and_best_params_change_training(tune_project: Path) -> None:
