@@ -7,17 +7,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 
-from pipeline import params, paths, plots, progress
+from pipeline import params, paths, progress
 from pipeline.files import OutputError, read_npz, write_npz
 from pipeline.params import AugmentParams
-from pipeline.transforms import augment_chunk, chunk_seed
+
+_HELPER: dict = {}  # in a helper process: the job folder and its input and output (set by `start_helper`)
 
 
 def worker_count(cfg: AugmentParams) -> int:
@@ -25,29 +28,95 @@ def worker_count(cfg: AugmentParams) -> int:
     return cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
 
 
+def augment_into(out: np.ndarray, images: np.ndarray, cfg: AugmentParams, seed: int, index: int) -> int:
+    """Write the copies of chunk `index` of `images` into its rows of `out` (seeded by `index` alone); return its
+    image count."""
+    from pipeline.transforms import augment_chunk, chunk_seed  # here: a helper that gets no chunk skips albumentations
+
+    rows = images[index * cfg.chunk_rows : (index + 1) * cfg.chunk_rows]
+    start = index * cfg.chunk_rows * cfg.copies
+    out[start : start + len(rows) * cfg.copies] = augment_chunk(rows, cfg.copies, cfg, chunk_seed(seed, index))
+    return len(rows)
+
+
+def claim(folder: Path, index: int) -> bool:
+    """Take chunk `index` by creating its file in `folder`/claims (atomic); return False if it is already taken
+    or the job is over (the parent renames the claims folder when every chunk is in)."""
+    try:
+        os.close(os.open(folder / "claims" / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except (FileExistsError, FileNotFoundError):
+        return False
+    return True
+
+
+def start_helper(folder: str) -> None:
+    """Keep the job's folder in this helper process (the pool's initializer)."""
+    _HELPER.clear()
+    _HELPER["folder"] = Path(folder)
+
+
+def helper_chunk(cfg: AugmentParams, seed: int, index: int) -> int:
+    """In a helper: augment chunk `index` into the shared output unless already taken; return its image count."""
+    folder = _HELPER["folder"]
+    if not claim(folder, index):
+        return 0
+    if "out" not in _HELPER:  # opened on the first chunk taken: the parent waits for every chunk a helper takes
+        _HELPER.update(
+            images=np.load(folder / "images.npy", mmap_mode="r"), out=np.load(folder / "copies.npy", mmap_mode="r+")
+        )
+    return augment_into(_HELPER["out"], _HELPER["images"], cfg, seed, index)
+
+
+def augment_shared(images: np.ndarray, out: np.ndarray, cfg: AugmentParams, seed: int, helpers: int, bar) -> None:
+    """Fill `out` with every chunk's copies, this process and `helpers` spawned ones working together.
+
+    The helpers are handed every chunk from the first on; this process takes chunks from the last one down,
+    from the start (so the helpers' start-up costs no time), until it meets one a helper has taken. Input
+    and output pass through memory-mapped files, so no image array is pickled through a pipe, and nothing
+    waits for the helpers to exit."""
+    n_chunks = -(-len(images) // cfg.chunk_rows)
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="augment-", ignore_cleanup_errors=True)))
+        (folder / "claims").mkdir()
+        np.save(folder / "images.npy", images)
+        shared = np.lib.format.open_memmap(folder / "copies.npy", "w+", np.uint8, out.shape)
+        stack.callback(os.rename, folder / "claims", folder / "closed")  # no chunk can be taken after this
+        pool = ProcessPoolExecutor(helpers, get_context("spawn"), initializer=start_helper, initargs=(str(folder),))
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)  # the helpers exit in the background
+        pending = {k: pool.submit(helper_chunk, cfg, seed, k) for k in range(n_chunks)}
+
+        def collect(wait: bool) -> None:
+            """Copy the helpers' finished chunks (all of them with `wait`) into `out` and forget their tasks."""
+            for index in [k for k, task in pending.items() if wait or task.done()]:
+                count = pending.pop(index).result()
+                start = index * cfg.chunk_rows * cfg.copies
+                out[start : start + count * cfg.copies] = shared[start : start + count * cfg.copies]
+                bar.update(count)
+
+        for index in reversed(range(n_chunks)):
+            if not claim(folder, index):
+                break
+            del pending[index]  # its task will find the chunk taken: nothing to wait for
+            bar.update(augment_into(out, images, cfg, seed, index))
+            collect(wait=False)
+        collect(wait=True)
+
+
 def augment(
     images: np.ndarray, cfg: AugmentParams, seed: int, workers: int = 1, show_progress: bool = False
 ) -> dict[str, np.ndarray]:
-    """Return augmented copies of `images` with their source rows; identical for any worker count.
+    """Return augmented copies of `images` with their source rows; identical for any worker count, since
+    chunk k (`cfg.chunk_rows` rows) always gets seed chunk_seed(seed, k), whichever process augments it.
     With `show_progress`, a progress bar counts the images done, one chunk at a time."""
-    starts = list(range(0, len(images), cfg.chunk_rows))
-    chunks = [images[s : s + cfg.chunk_rows] for s in starts]
-    seeds = [chunk_seed(seed, i) for i in range(len(chunks))]
-    args = (augment_chunk, chunks, [cfg.copies] * len(chunks), [cfg] * len(chunks), seeds)
-    with ExitStack() as stack:
-        if workers > 1 and len(chunks) > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(chunks)), mp_context=get_context("spawn")))
-            results = pool.map(*args)
+    n_chunks = -(-len(images) // cfg.chunk_rows)
+    x = np.empty((len(images) * cfg.copies, *images.shape[1:]), np.uint8)
+    bar = progress.progress(len(images), "augment", unit="img") if show_progress else progress.silent(len(images))
+    with bar:
+        if min(workers, n_chunks) > 1:
+            augment_shared(images, x, cfg, seed, min(workers, n_chunks) - 1, bar)
         else:
-            results = map(*args)
-        total = len(images)
-        bar = progress.progress(total, "augment", unit="img") if show_progress else progress.silent(total)
-        stack.enter_context(bar)
-        parts = []
-        for chunk, part in zip(chunks, results, strict=True):
-            parts.append(part)
-            bar.update(len(chunk))
-    x = np.concatenate(parts) if parts else np.empty((0, *images.shape[1:]), np.uint8)
+            for index in range(n_chunks):
+                bar.update(augment_into(x, images, cfg, seed, index))
     source = np.repeat(np.arange(len(images), dtype=np.int32), cfg.copies)
     copy = np.tile(np.arange(cfg.copies, dtype=np.int8), len(images))
     return {"x": x, "source": source, "copy": copy}
@@ -55,6 +124,8 @@ def augment(
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, augment the training images, and write the copies and the preview grid."""
+    from pipeline import plots  # here, not at the top: spawned helpers import this module and need no matplotlib
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.augment", description=__doc__)
     cfg = params.load("augment")
     parser.add_argument("--workers", type=int, default=cfg.workers, help="processes (0 = one per core)")

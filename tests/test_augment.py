@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from pipeline import augment, paths
@@ -61,3 +63,23 @@ def test_augment_main_writes_copies_and_preview(project):
     assert augment.main([]) == 0
     assert paths.AUGMENTED_NPZ.is_file()
     assert paths.AUGMENTATIONS_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_spawned_helper_takes_chunks_and_the_copies_do_not_change(digits, monkeypatch):
+    images, _ = digits
+    one = augment.augment(images, CFG, seed=5, workers=1)
+    claim, taken_here = augment.claim, []
+
+    def parent_claim(folder, index):
+        """The parent's claims: the first one waits until the helper has taken chunk 0."""
+        deadline = time.monotonic() + 120
+        while not (folder / "claims" / "0").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        taken = claim(folder, index)
+        taken_here.extend([index] if taken else [])
+        return taken
+
+    monkeypatch.setattr(augment, "claim", parent_claim)
+    two = augment.augment(images, CFG, seed=5, workers=2)
+    assert 3 in taken_here and 0 not in taken_here  # the parent works from the last chunk, the helper from the first
+    assert all(np.array_equal(one[k], two[k]) for k in one)

@@ -10,7 +10,7 @@ from pipeline.dataio import InputError
 from pipeline.device import configure
 from pipeline.params import load
 from pipeline.submission import submission_csv, validate_submission
-from pipeline.tta import apply_view, views_for
+from pipeline.tta import affine_view, apply_view, is_shift, predict_views, views_for
 
 
 def test_identity_and_shift_views_are_exact(digits):
@@ -60,3 +60,23 @@ def test_predict_main_writes_a_valid_submission_and_tta_report(project):
 
     oof = read_npz(paths.OOF_NPZ)
     assert report["oof_accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == oof["y"])), abs=1e-6)
+
+
+def test_shift_views_match_the_affine_transform_bit_for_bit(digits):
+    images, _ = digits
+    for view in [*views_for(4), (0.0, 1.0, 2.0, -3.0), (0.0, 1.0, 30.0, 0.0)]:
+        assert is_shift(view)
+        assert np.array_equal(apply_view(images, view), affine_view(images, view)), view
+    assert not any(is_shift(v) for v in views_for(8)[5:])  # rotations and zooms go through keras.ops
+
+
+def test_predict_views_equals_model_predict_on_each_view(digits):
+    from pipeline.models import build_model
+
+    images, _ = digits
+    model = build_model("dropout_cnn")
+    got = predict_views(model, images, 8, batch_size=16)  # 60 rows: a last batch of 12
+    want = np.stack([model.predict(affine_view(images, v), batch_size=16, verbose=0) for v in views_for(8)])
+    assert got.shape == (9, 60, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert predict_views(model, images[:0], 2, batch_size=16).shape == (3, 0, 10)
