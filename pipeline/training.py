@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import keras
@@ -60,8 +61,10 @@ class EpochSampler:
         perm = rng.permutation(len(self.rows))
         return index[perm], self.y[self.rows][perm]
 
+    @cached_property
     def pool(self) -> np.ndarray:
-        """Return the uint8 images `sample_indices` points into: every original, then every augmented copy."""
+        """The uint8 images `sample_indices` points into: every original, then every augmented copy (built once
+        per sampler, which tune reuses for every trial)."""
         return np.concatenate([self.x, self.aug_x])
 
     def sample(self, epoch: int, aug_prob: float) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +122,7 @@ class ResidentFeed:
 
     def __init__(self, sampler: EpochSampler, val: tuple[np.ndarray, np.ndarray], batch_size: int) -> None:
         self.sampler, self.batch_size = sampler, batch_size
-        self.pool = keras.ops.convert_to_tensor(sampler.pool())
+        self.pool = keras.ops.convert_to_tensor(sampler.pool)
         self.val = DeviceBatches(device_input(val[0]), device_one_hot(val[1]), EVAL_BATCH)
 
     def epoch(self, epoch: int, aug_prob: float) -> DeviceBatches:
