@@ -61,6 +61,10 @@ CLEAR_ERRORS = (
     sqlalchemy.exc.SQLAlchemyError,
     optuna.exceptions.StorageInternalError,
 )
+# Processes opening one fresh database together race on creating Optuna's tables and version rows
+# ("table studies already exists", "UNIQUE constraint failed: alembic_version"); the loser retries.
+SCHEMA_RACE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)
+SCHEMA_ATTEMPTS = 6
 INT_SETTINGS = frozenset(f.name for f in fields(FitSettings) if f.type in ("int", int))
 PLOTS = {"history": "history.png", "importances": "importances.png", "parallel": "parallel.png"}
 
@@ -229,6 +233,16 @@ def storage_for(url: str, cfg: TuneParams) -> optuna.storages.RDBStorage:
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return open_storage(url, sqlite, cfg)
+        except SCHEMA_RACE:  # another process is creating the same fresh schema: its tables appear meanwhile
+            time.sleep(0.1 * attempt * (1 + os.getpid() % 7 / 7))
+    return open_storage(url, sqlite, cfg)
+
+
+def open_storage(url: str, sqlite: bool, cfg: TuneParams) -> optuna.storages.RDBStorage:
+    """Return Optuna's RDB storage at `url`, creating its tables if the database is new (one attempt)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(

@@ -179,9 +179,11 @@ def test_killed_worker_leaves_no_running_trial_after_a_rerun(tune_project: Path)
     set_params("tune", grace_seconds=3)  # the rerun waits this long for the dead worker's trial to go stale
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [sys.executable, "-m", "pipeline.tune", "--trials", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tune_project / "tune.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        killed = wait_for_running_trial(proc)
+        killed = wait_for_running_trial(proc, log)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -195,6 +197,40 @@ def test_killed_worker_leaves_no_running_trial_after_a_rerun(tune_project: Path)
     assert study.trials[killed].state == optuna.trial.TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retried) == 1 and retried[0].state in tune.FINISHED
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from pipeline import params, tune
+cfg = params.load("tune")
+Path(sys.argv[1]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+tune.storage_for(sys.argv[3], cfg)
+"""
+
+
+def test_processes_opening_one_fresh_database_together_all_succeed(project: Path) -> None:
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}  # no TensorFlow import: only the storage is exercised
+    for rep in range(2):
+        url, go = f"sqlite:///data/processed/fresh{rep}.db", project / f"go{rep}"
+        ready = [project / f"ready{rep}-{i}" for i in range(4)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_WHEN_TOLD, str(r), str(go), url], env=env, stderr=subprocess.PIPE
+            )
+            for r in ready
+        ]
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()  # all four now create Optuna's tables at the same moment
+        errors = [proc.communicate(timeout=120)[1].decode()[-600:] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
+        storage = optuna.storages.RDBStorage(url)
+        assert optuna.get_all_study_names(storage) == []
+        optuna.create_study(storage=storage, study_name="after")  # the schema is whole and usable
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -213,11 +249,11 @@ def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(projec
     assert retry.system_attrs["failed_trial"] == orphan.number and retry.params == orphan.params
 
 
-def wait_for_running_trial(proc: subprocess.Popen, limit: float = 180.0) -> int:
-    """Return the number of the first trial seen RUNNING in the project's study while `proc` runs."""
+def wait_for_running_trial(proc: subprocess.Popen, log: Path, limit: float = 180.0) -> int:
+    """Return the number of the first trial seen RUNNING in the project's study while `proc` (output in `log`) runs."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
-        if paths.OPTUNA_DB.is_file():
+        if b"finished trials, target" in log.read_bytes():  # the study exists, so reading it creates nothing
             storage = optuna.storages.RDBStorage(SQLITE)
             for name in optuna.get_all_study_names(storage):
                 running = optuna.load_study(study_name=name, storage=storage).get_trials(
@@ -226,7 +262,8 @@ def wait_for_running_trial(proc: subprocess.Popen, limit: float = 180.0) -> int:
                 if running:
                     return running[0].number
         time.sleep(0.05)
-    pytest.fail(f"no trial was seen running (worker exit code {proc.poll()})")
+    tail = log.read_text(errors="replace")[-2000:]
+    pytest.fail(f"no trial was seen running (tune exit code {proc.poll()}); its output ends:\n{tail}")
 
 
 # ---------------------------------------------------------------- PostgreSQL
