@@ -4,7 +4,6 @@ plus reports/augmentations.png showing originals beside their copies."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
 from pipeline.files import OutputError, read_npz, write_npz
 from pipeline.params import AugmentParams
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, augment the training images, and write the copies and the preview grid."""
     from pipeline import plots  # here, not at the top: spawned helpers import this module and need no matplotlib
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.augment", description=__doc__)
+    parser = stage_parser("augment", __doc__)
     cfg = params.load("augment")
     parser.add_argument("--workers", type=int, default=cfg.workers, help="processes (0 = one per core)")
     args = parser.parse_args(argv)
@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         write_npz(paths.AUGMENTED_NPZ, **out)
         plots.augmentation_grid(train["x"], out, cfg.preview_rows, paths.AUGMENTATIONS_PNG)
     except OutputError as exc:
-        print(f"augment: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("augment", exc)
     progress.finish(
         "augment",
         start,

@@ -12,7 +12,6 @@ Speeds are measured after a warm-up epoch or call; the table never asserts a tar
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import params, paths
+from pipeline.cli import stage_parser
 from pipeline.files import read_npz, write_json, write_npz
 from pipeline.params import AugmentParams, IngestParams
 
@@ -391,9 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, run every measurement, print the table and write reports/bench.json."""
     from pipeline.device import configure
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = stage_parser("bench", __doc__)
     parser.add_argument(
         "--rows", type=int, default=4096, help="images per measurement (default 4096, ~3 min on 2 cores)"
     )

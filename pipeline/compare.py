@@ -7,7 +7,6 @@ Reads data/processed/train.npz (its folds) and data/processed/augmented.npz when
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline import params, paths
+from pipeline.cli import fail, stage_parser
 from pipeline.device import Device, configure
 from pipeline.ensemble import choose_weights, ensemble_report
 from pipeline.files import OutputError, read_npz, write_json, write_text
@@ -147,7 +147,7 @@ def markdown(result: dict, device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, train the compared models, and write reports/models.{md,json}."""
     cfg = params.load("compare")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__)
+    parser = stage_parser("compare", __doc__)
     parser.add_argument("--models", nargs="+", default=cfg.models, help="models to compare (default from params.yaml)")
     parser.add_argument("--epochs", type=int, default=cfg.epochs, help="epochs per model and fold")
     args = parser.parse_args(argv)
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(paths.MODELS_JSON, {**result, "device": device.describe()})
         write_text(paths.MODELS_MD, markdown(result, device.describe()))
     except (OutputError, ValueError) as exc:
-        print(f"compare: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("compare", exc)
     print(f"compare: -> {paths.MODELS_MD}, {paths.MODELS_JSON}")
     return 0
 

@@ -4,7 +4,6 @@ with the kaggle CLI when credentials are configured, else exits 2 naming both wa
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.cli import fail, stage_parser
 from pipeline.dataio import locate_raw, missing_data_message
 from pipeline.files import OutputError, write_with
 
@@ -78,7 +78,7 @@ def download() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Ensure the raw data is present; exit 2 with instructions when it cannot be had."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.getdata", description=__doc__)
+    parser = stage_parser("getdata", __doc__)
     parser.add_argument("--zip", type=Path, help="copy this competition zip to data/raw/")
     args = parser.parse_args(argv)
     for warning in exposure_warnings():
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.zip:
             copy_zip(args.zip)
     except (FileNotFoundError, OutputError) as exc:
-        print(f"getdata: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("getdata", exc)
     if have_data():
         print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
         return 0
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             f"getdata: the kaggle download failed (exit {code}); have you accepted the competition rules?",
             file=sys.stderr,
         )
-    print(f"getdata: error: {missing_data_message()}", file=sys.stderr)
-    return 2
+    return fail("getdata", missing_data_message())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ data/processed/test.npz (x)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -12,6 +11,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
 from pipeline.files import OutputError, write_npz_set
 from pipeline.params import IngestParams
@@ -47,7 +47,7 @@ def ingest(
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, ingest the raw data, and write the processed arrays."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__)
+    parser = stage_parser("ingest", __doc__)
     parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         train, test = ingest(locate_raw(), cfg, n_folds, params.seed())
         write_npz_set({paths.TRAIN_NPZ: train, paths.TEST_NPZ: test})  # both replaced, or neither
     except (FileNotFoundError, InputError, OutputError, ValueError) as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("ingest", exc)
     counts = np.bincount(train["y"], minlength=10)
     progress.finish(
         "ingest",

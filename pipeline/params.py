@@ -3,7 +3,6 @@ dataclasses. `python -m pipeline.params --profile quick` selects a profile in pa
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 from dataclasses import dataclass, field, fields
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline import paths
+from pipeline.cli import stage_parser
 from pipeline.files import write_text
 
 T = TypeVar("T")
@@ -59,8 +59,9 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    folds: int
+class FitParams:
+    """The settings of one training run (params.yaml `train:`), which tune searches and model.overrides change."""
+
     epochs: int
     batch_size: int
     learning_rate: float
@@ -69,6 +70,11 @@ class TrainParams:
     dropout_dense: float
     aug_prob: float
     label_smoothing: float
+
+
+@dataclass(frozen=True)
+class TrainParams(FitParams):
+    folds: int
     use_tuned: bool
     monitor_rows: int | None
 
@@ -204,7 +210,7 @@ def set_profile(name: str, path: Path = paths.PARAMS) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Print or set the active profile of params.yaml."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.params", description=__doc__)
+    parser = stage_parser("params", __doc__)
     parser.add_argument("--profile", help="profile to select (full, quick, ...); omitted: print the active one")
     args = parser.parse_args(argv)
     if args.profile:

@@ -13,7 +13,6 @@ light-on-dark) and its class probabilities from the same fold models and TTA vie
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 from pipeline.device import configure
 from pipeline.ensemble import OBJECTIVES, blend, choose_weights, ensemble_report
@@ -124,8 +124,7 @@ def predict_image(path: Path, models: list[str], n_folds: int, cfg: PredictParam
     try:
         image = load_digit(path)
     except ImageError as exc:
-        print(f"predict: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("predict", exc)
     probs = blend([image_probs(image, m, n_folds, cfg)[None] for m in models], recorded_weights(models))[0]
     print(describe_probs(str(path), probs))
     return 0
@@ -164,9 +163,7 @@ def write_submission(labels: np.ndarray, stamp: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, run TTA through every fold model, and write the submission and TTA report."""
     cfg = params.load("predict")
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = stage_parser("predict", __doc__)
     parser.add_argument(
         "--tta-views", type=int, default=cfg.tta_views, help="views besides the original (default: %(default)s)"
     )
@@ -181,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.blend_by not in OBJECTIVES:
             raise ValueError(f"predict.blend_by must be one of {OBJECTIVES}, got {cfg.blend_by!r}")
     except ValueError as exc:
-        print(f"predict: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("predict", exc)
     if args.image is not None:
         return predict_image(args.image, models, n_folds, cfg)
     device = configure()
@@ -197,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         stamped = write_submission(np.argmax(probs, axis=1), stamp)
         write_json(paths.PREDICT_JSON, {**report, "tta_views": cfg.tta_views, "test_rows": len(x_test)})
     except (OutputError, InputError, FileNotFoundError, ValueError) as exc:
-        print(f"predict: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("predict", exc)
     progress.finish(
         "predict",
         start,

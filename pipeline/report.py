@@ -9,7 +9,6 @@ confidently wrong OOF images) and reports/test_grid.png (test images with their 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import params, paths, plots
+from pipeline.cli import fail, stage_parser
 from pipeline.files import OutputError, read_json, read_npz, write_text
 from pipeline.params import ReportParams
 
@@ -298,9 +298,7 @@ def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, gather the pipeline's outputs, and write the summary and report images."""
     cfg = params.load("report")
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = stage_parser("report", __doc__)
     parser.add_argument(
         "--wrong-images", type=int, default=cfg.wrong_images, help="images in reports/wrong.png (default: %(default)s)"
     )
@@ -323,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = write_reports(gather(), cfg)
     except (MissingInput, OutputError, ValueError) as exc:
-        print(f"report: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("report", exc)
     except KeyError as exc:
         print(
             f"report: error: an input lacks the entry {exc}: it is from an older version, rerun `dvc repro`",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import params, paths
+from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 
 HEADER = ["ImageId", "Label"]
@@ -76,7 +76,7 @@ def validate_submission_file(path: Path, expected_rows: int) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate a submission file before uploading it; exit 2 naming the line and column of the first problem."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.submission", description=main.__doc__)
+    parser = stage_parser("submission", main.__doc__)
     parser.add_argument("path", nargs="?", type=Path, default=paths.LATEST_SUBMISSION, help="submission CSV")
     parser.add_argument("--rows", type=int, help="expected rows (default: ingest.expected_test_rows in params.yaml)")
     args = parser.parse_args(argv)
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frame = validate_submission_file(args.path, rows)
     except InputError as exc:
-        print(f"submission: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("submission", exc)
     print(f"submission: {args.path} is valid ({len(frame)} rows)")
     return 0
 

@@ -7,7 +7,6 @@ could not be reached."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import params, paths
+from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 from pipeline.submission import validate_submission_file
 
@@ -104,9 +104,7 @@ def submit_file(api: Any, path: Path, message: str, competition: str = COMPETITI
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, home: Path | None = None) -> int:
     """Parse the CLI, validate the submission, and submit it to Kaggle."""
     rows = params.load("ingest").expected_test_rows
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = stage_parser("submit", __doc__)
     parser.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
     parser.add_argument(
         "-f", "--file", type=Path, default=paths.LATEST_SUBMISSION, help="submission CSV (default: %(default)s)"
@@ -122,23 +120,19 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     try:
         frame = validate_submission_file(args.file, args.rows)
     except InputError as exc:
-        print(f"submit: error: {exc}", file=sys.stderr)
-        print("submit: fix the file (or rerun `dvc repro predict`) and try again", file=sys.stderr)
-        return 1
+        return fail("submit", f"{exc}\nsubmit: fix the file (or rerun `dvc repro predict`) and try again", 1)
     print(f"submit: {args.file} is valid ({len(frame)} rows)")
     print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}")
     if args.dry_run:
         return 0
     source = find_credentials(env, home)
     if source is None:
-        print(f"submit: error: {setup_help(home)}", file=sys.stderr)
-        return 2
+        return fail("submit", setup_help(home))
     print(f"submit: using Kaggle credentials from {source}")
     try:
         reply = submit_file(make_api(), args.file, args.message, args.competition)
     except SubmitError as exc:
-        print(f"submit: error: {exc}", file=sys.stderr)
-        return 3
+        return fail("submit", exc, 3)
     print(f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions")
     return 0
 

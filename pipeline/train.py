@@ -11,7 +11,6 @@ checkpoint in models/checkpoints/<model>/."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import sys
@@ -23,6 +22,7 @@ import keras
 import numpy as np
 
 from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
 from pipeline.device import Device, configure
 from pipeline.files import (
     OutputError,
@@ -35,7 +35,7 @@ from pipeline.files import (
     write_with,
 )
 from pipeline.models import check_name
-from pipeline.params import ModelParams, TrainParams
+from pipeline.params import FitParams, ModelParams, TrainParams
 from pipeline.training import (
     EpochSampler,
     FitSettings,
@@ -54,17 +54,7 @@ OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
 
 def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSettings:
     """Return the fit settings from train params, overridden by `tuned` parameters when given."""
-    base = FitSettings(
-        model=model,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_epochs=cfg.warmup_epochs,
-        dropout_conv=cfg.dropout_conv,
-        dropout_dense=cfg.dropout_dense,
-        aug_prob=cfg.aug_prob,
-        label_smoothing=cfg.label_smoothing,
-    )
+    base = FitSettings(model=model, **{f.name: getattr(cfg, f.name) for f in fields(FitParams)})
     if not (cfg.use_tuned and tuned):
         return base
     return replace(base, **{k: type(getattr(base, k))(v) for k, v in tuned.items() if k in TUNABLE})
@@ -291,15 +281,14 @@ def train_all(
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, train every fold, and print the OOF accuracy."""
     cfg = params.load("train")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__)
+    parser = stage_parser("train", __doc__)
     parser.add_argument("--epochs", type=int, default=cfg.epochs, help="epochs per fold (default from params.yaml)")
     parser.add_argument("--verbose", type=int, default=0, help="Keras progress output (0, 1 or 2)")
     args = parser.parse_args(argv)
     try:
         models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), read_tuned())]
     except ValueError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", exc)
     device = configure()
     start = time.perf_counter()
     names = ", ".join(m.model for m in models)
@@ -308,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose, cfg.monitor_rows)
     except (OutputError, ValueError, FileNotFoundError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", exc)
     progress.finish(
         "train",
         start,

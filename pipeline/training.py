@@ -16,21 +16,14 @@ import numpy as np
 from pipeline.device import Device
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.models import N_CLASSES, build_model
+from pipeline.params import FitParams
 
 
 @dataclass(frozen=True)
-class FitSettings:
-    """What one training run needs besides data: model, optimisation and augmentation mix."""
+class FitSettings(FitParams):
+    """What one training run needs besides data: the model's name and its optimisation and augmentation mix."""
 
     model: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_epochs: float
-    dropout_conv: float
-    dropout_dense: float
-    aug_prob: float
-    label_smoothing: float
 
 
 class EpochSampler:

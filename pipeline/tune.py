@@ -44,6 +44,7 @@ from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import make_url
 
 from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
 from pipeline.device import Device, configure, gpu_present, sharing_env
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
@@ -483,9 +484,7 @@ def write_outputs(study: optuna.Study, seed: int) -> dict:
 
 def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
     """Return the parsed command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = stage_parser("tune", __doc__)
     parser.add_argument(
         "--trials",
         type=int,
@@ -565,10 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_study(args, cfg)
     except ImportError as exc:
-        print(f"tune: error: {exc} (PostgreSQL storage needs `pip install psycopg2-binary`)", file=sys.stderr)
+        return fail("tune", f"{exc} (PostgreSQL storage needs `pip install psycopg2-binary`)")
     except CLEAR_ERRORS as exc:
-        print(f"tune: error: {scrub(str(exc), storage_url(args.storage))}", file=sys.stderr)
-    return 2
+        return fail("tune", scrub(str(exc), storage_url(args.storage)))
 
 
 if __name__ == "__main__":

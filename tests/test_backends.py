@@ -48,7 +48,8 @@ device = configure()
 assert device.resident, device
 x, y = synthetic_digits(90)
 sampler = EpochSampler(x, y, np.arange(60), x[:40], np.arange(20, 60, dtype=np.int32), seed=0)
-settings = FitSettings("dropout_cnn", 2, 16, 0.003, 0.5, 0.25, 0.5, 0.5, 0.0)
+settings = FitSettings(model="dropout_cnn", epochs=2, batch_size=16, learning_rate=0.003, warmup_epochs=0.5,
+                       dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0)
 runs = {}
 for resident in (True, False):
     keras.utils.set_random_seed(1)

@@ -55,7 +55,17 @@ def test_tuned_parameters_override_train_settings(prepared):
 
 
 def test_schedule_warms_up_then_decays():
-    cfg = FitSettings("dropout_cnn", 4, 32, 0.01, 1.0, 0.25, 0.5, 0.5, 0.0)
+    cfg = FitSettings(
+        model="dropout_cnn",
+        epochs=4,
+        batch_size=32,
+        learning_rate=0.01,
+        warmup_epochs=1.0,
+        dropout_conv=0.25,
+        dropout_dense=0.5,
+        aug_prob=0.5,
+        label_smoothing=0.0,
+    )
     lr = schedule(cfg, steps_per_epoch=10)
     values = [float(lr(step)) for step in (0, 5, 10, 20, 39)]
     assert values[0] == pytest.approx(0.001)
@@ -69,7 +79,17 @@ def test_fit_learns_the_synthetic_digits(digits):
     images, labels = digits
     rows = np.arange(60)
     sampler = EpochSampler(images, labels, rows, images[:0], np.zeros(0, np.int32), seed=0)
-    cfg = FitSettings("cnn_basic", 6, 16, 0.003, 0.5, 0.25, 0.5, 0.0, 0.0)
+    cfg = FitSettings(
+        model="cnn_basic",
+        epochs=6,
+        batch_size=16,
+        learning_rate=0.003,
+        warmup_epochs=0.5,
+        dropout_conv=0.25,
+        dropout_dense=0.5,
+        aug_prob=0.0,
+        label_smoothing=0.0,
+    )
     _, history = fit(cfg, sampler, (images, labels))
     assert len(history) == 6
     assert history[-1]["loss"] < history[0]["loss"]
