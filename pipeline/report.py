@@ -138,6 +138,10 @@ def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> s
     oof = metrics.get("oof", {})
     if oof:
         rows.append(["**all (OOF)**", len(folds), f"**{oof['accuracy']:.5f}**", f"{oof['loss']:.4f}", "", ""])
+    untuned = metrics.get("oof_untuned_rows", {})
+    if untuned and untuned["rows"] < len(folds):
+        label = "OOF without the fold that scored tuning"
+        rows.append([label, untuned["rows"], f"{untuned['accuracy']:.5f}", f"{untuned['loss']:.4f}", "", ""])
     header = ["fold", "validation rows", "accuracy", "loss", "epochs", "training time"]
     return "## Folds\n\n" + md_table(header, rows)
 

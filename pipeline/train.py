@@ -89,6 +89,20 @@ def read_tuned(path: Path = paths.BEST_PARAMS) -> dict | None:
     return read_json(path).get("params") or None
 
 
+def tuned_fold(path: Path = paths.BEST_PARAMS) -> int | None:
+    """Return the fold whose rows scored tune's trials (best_params.json `scored_fold`), or None when unknown."""
+    fold = read_json(path).get("scored_fold") if path.is_file() else None
+    return None if fold is None else int(fold)
+
+
+def selection_free(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, scored_fold: int | None) -> dict:
+    """Return OOF accuracy, loss and row count over the rows outside `scored_fold` (all rows when None):
+    rows whose labels never chose the tuned settings."""
+    keep = folds != scored_fold if scored_fold is not None else np.ones(len(labels), dtype=bool)
+    return {"accuracy": accuracy(probs[keep], labels[keep]), "loss": log_loss(probs[keep], labels[keep]),
+            "rows": int(keep.sum())}  # fmt: skip
+
+
 def file_digest(path: Path) -> str:
     """Return the SHA-256 of the file at `path`."""
     digest = hashlib.sha256()
@@ -248,9 +262,11 @@ def train_all(
     device: Device,
     verbose: int = 0,
     monitor_rows: int | None = None,
+    scored_fold: int | None = None,
 ) -> dict:
     """Train every model's folds not already done (the first model is model.name), then write model.name's
-    OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"); return the metrics."""
+    OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"; "oof_untuned_rows"
+    leaves out `scored_fold`, the rows that chose the tuned settings); return the metrics."""
     data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
     if int(data["fold"].max()) + 1 != n_folds:
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
@@ -268,6 +284,7 @@ def train_all(
     write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
     metrics = {
         "oof": {"accuracy": accuracy(probs, data["y"]), "loss": log_loss(probs, data["y"])},
+        "oof_untuned_rows": selection_free(probs, data["y"], data["fold"], scored_fold),
         "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
         "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
         "models": {
@@ -278,6 +295,13 @@ def train_all(
     return metrics
 
 
+def untuned_note(figures: dict, scored_fold: int | None) -> str:
+    """Return how the OOF figures read on the rows that did not choose the tuned settings."""
+    if scored_fold is None:
+        return "no fold is recorded as having chosen the settings (untuned, or best_params.json predates it)"
+    return f"{figures['accuracy']:.5f} on the {figures['rows']} rows outside fold {scored_fold}, which scored tuning"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, train every fold, and print the OOF accuracy."""
     cfg = params.load("train")
@@ -286,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", type=int, default=0, help="Keras progress output (0, 1 or 2)")
     args = parser.parse_args(argv)
     try:
-        models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), read_tuned())]
+        tuned = read_tuned()
+        models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), tuned)]
+        scored_fold = tuned_fold() if cfg.use_tuned and tuned else None
     except ValueError as exc:
         return fail("train", exc)
     device = configure()
@@ -295,14 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")
     print(f"train: settings {asdict(models[0])}")
     try:
-        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose, cfg.monitor_rows)
+        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose, cfg.monitor_rows, scored_fold)
     except (OutputError, ValueError, FileNotFoundError) as exc:
         return fail("train", exc)
     progress.finish(
         "train",
         start,
         device.describe(),
-        f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} -> {paths.METRICS_JSON}",
+        f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} "
+        f"({untuned_note(metrics['oof_untuned_rows'], scored_fold)}) -> {paths.METRICS_JSON}",
     )
     return 0
 

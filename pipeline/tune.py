@@ -419,8 +419,8 @@ def run_rounds(study: optuna.Study, n: int, name: str, url: str, target: int, cf
 # ---------------------------------------------------------------- outputs
 
 
-def best_summary(study: optuna.Study) -> dict:
-    """Return the best trial's parameters and value with the study's counts."""
+def best_summary(study: optuna.Study, fold: int) -> dict:
+    """Return the best trial's parameters and value with the study's counts and the fold that scored them."""
     try:
         best = study.best_trial
     except ValueError as exc:
@@ -431,6 +431,7 @@ def best_summary(study: optuna.Study) -> dict:
         "value": best.value,
         "trial": best.number,
         "finished_trials": finished_count(study),
+        "scored_fold": fold,
     }
 
 
@@ -469,9 +470,9 @@ def write_plots(study: optuna.Study, seed: int) -> None:
         save_figure(fig, paths.TUNING_DIR / filename)
 
 
-def write_outputs(study: optuna.Study, seed: int) -> dict:
+def write_outputs(study: optuna.Study, seed: int, fold: int) -> dict:
     """Write best_params.json, reports/tune.json and reports/tuning/ (CSV and PNGs); return the summary."""
-    summary = best_summary(study)
+    summary = best_summary(study, fold)
     write_json(paths.BEST_PARAMS, summary)
     write_json(paths.TUNE_JSON, {"best_value": summary["value"], "finished_trials": summary["finished_trials"]})
     write_text(paths.TRIALS_CSV, study.trials_dataframe().to_csv(index=False))
@@ -543,7 +544,7 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
         codes = run_rounds(study, args.workers, name, url, target, cfg)
     elif finished_count(study) < target:
         run_trials(study, load_objective(cfg, space, seed, target), target, cfg)
-    summary = write_outputs(study, seed)
+    summary = write_outputs(study, seed, cfg.fold)
     print(f"tune: best val accuracy {summary['value']:.5f} (trial {summary['trial']}) with {summary['params']}")
     progress.finish(
         "tune",

@@ -43,6 +43,7 @@ def outputs(project: Path) -> dict:
         paths.METRICS_JSON,
         {
             "oof": {"accuracy": 26 / 30, "loss": 0.4},
+            "oof_untuned_rows": {"accuracy": 0.85, "loss": 0.45, "rows": 20},
             "folds": {f"fold{k}": {"accuracy": 0.8 + k / 100, "loss": 0.5 - k / 100} for k in range(3)},
         },
     )
@@ -95,6 +96,7 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     assert "| learning_rate" not in summary and "learning_rate=0.001234" in summary and "batch_size=64" in summary
     assert "| 0 | 10 | 0.80000 | 0.5000 | 9 | 1m01s |" in summary
     assert "| 2 | 10 | 0.82000 | 0.4800 | 9 | 1m03s |" in summary
+    assert "| OOF without the fold that scored tuning | 20 | 0.85000 | 0.4500 |" in summary
     assert "| without TTA | 0.86667 | 0.4100 |" in summary and "| with TTA (2 views) | 0.90000 | 0.3800 |" in summary
     assert "TTA gain: +0.03333" in summary
     y, pred = outputs["y"], outputs["predicted"]

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
-from pipeline.files import read_npz
+from pipeline.files import read_npz, write_json
 from pipeline.models import load_model
 from pipeline.params import load
 from pipeline.training import FitSettings, fit, schedule
@@ -34,6 +34,7 @@ def test_train_all_writes_folds_oof_history_and_metrics(prepared):
     assert metrics["oof"]["accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == data["y"])))
     assert set(metrics["folds"]) == {"fold0", "fold1", "fold2"}
     assert metrics["models"] == {"dropout_cnn": metrics["oof"]}
+    assert metrics["oof_untuned_rows"] == {**metrics["oof"], "rows": 60}  # no fold chose any setting
     assert json.loads(paths.METRICS_JSON.read_text()) == metrics
     for fold in range(3):
         part = read_npz(paths.fold_oof("dropout_cnn", fold))
@@ -44,6 +45,20 @@ def test_train_all_writes_folds_oof_history_and_metrics(prepared):
         model = load_model(str(paths.fold_model("dropout_cnn", fold)))
         assert model.output_shape == (None, 10)
     assert not any(paths.CHECKPOINT_DIR.rglob("last.keras"))  # checkpoints are removed once a fold is done
+
+
+def test_metrics_leave_out_the_fold_that_scored_tuning(prepared, capsys):
+    write_json(paths.BEST_PARAMS, {"params": {"dropout_dense": 0.3}, "value": 0.9, "scored_fold": 1})
+    assert train.main(["--epochs", "1"]) == 0
+    metrics = json.loads(paths.METRICS_JSON.read_text())
+    oof, data = read_npz(paths.OOF_NPZ), read_npz(paths.TRAIN_NPZ)
+    keep = data["fold"] != 1
+    right = oof["probs"][keep].argmax(1) == data["y"][keep]
+    untuned = metrics["oof_untuned_rows"]
+    assert untuned["rows"] == int(keep.sum()) == 40
+    assert untuned["accuracy"] == pytest.approx(float(right.mean()))
+    assert untuned["loss"] == pytest.approx(float(-np.log(oof["probs"][keep, data["y"][keep]]).mean()), rel=1e-4)
+    assert f"{untuned['accuracy']:.5f} on the 40 rows outside fold 1" in capsys.readouterr().out
 
 
 def test_tuned_parameters_override_train_settings(prepared):

@@ -168,6 +168,7 @@ def test_rerun_continues_the_study_and_best_params_change_training(tune_project:
     assert finished(study) == 3
     best = json.loads(paths.BEST_PARAMS.read_text())
     assert best["study"] == study.study_name and best["params"] == study.best_params
+    assert best["scored_fold"] == params.load("tune").fold  # train leaves these rows out of oof_untuned_rows
     train_cfg, model = params.load("train"), params.load("model").name
     untuned, tuned = fit_settings(train_cfg, model, None), fit_settings(train_cfg, model, read_tuned())
     assert untuned.dropout_dense == 0.9
