@@ -116,11 +116,14 @@ def test_storage_password_is_masked() -> None:
 
 
 def test_two_workers_share_one_sqlite_study(tune_project: Path) -> None:
+    # two trials per process: neither worker can take all four, however much sooner it starts
+    set_params("tune", trials_per_process=2)
     assert tune.main(["--workers", "2", "--trials", "4"]) == 0
     study = only_study()
     assert finished(study) == 4
     assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
-    assert len(workers_of(study)) == 2, "both worker processes should have run trials"
+    per_worker = Counter(t.user_attrs["worker"] for t in study.get_trials(deepcopy=False, states=tune.FINISHED))
+    assert sorted(per_worker.values()) == [2, 2], "both worker processes of the one round should have run trials"
     for name in tune.PLOTS.values():
         assert (paths.TUNING_DIR / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = paths.TRIALS_CSV.read_text().strip().splitlines()
@@ -322,6 +325,7 @@ def run_as(as_user: list[str], *command: str, check: bool = True) -> None:
 
 
 def test_two_workers_share_one_postgresql_study(tune_project: Path, postgres_url: str, capfd) -> None:
+    set_params("tune", trials_per_process=2)  # neither worker can take all three trials
     assert tune.main(["--storage", postgres_url, "--workers", "2", "--trials", "3"]) == 0
     out, err = capfd.readouterr()
     assert "tuner:***@127.0.0.1" in out
