@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,11 @@ from pipeline.files import read_npz, write_json
 from pipeline.models import load_model
 from pipeline.params import load
 from pipeline.training import FitSettings, fit, schedule
+
+SETTINGS = FitSettings(
+    model="dropout_cnn", epochs=4, batch_size=32, learning_rate=0.01, warmup_epochs=1.0,
+    dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -70,18 +76,7 @@ def test_tuned_parameters_override_train_settings(prepared):
 
 
 def test_schedule_warms_up_then_decays():
-    cfg = FitSettings(
-        model="dropout_cnn",
-        epochs=4,
-        batch_size=32,
-        learning_rate=0.01,
-        warmup_epochs=1.0,
-        dropout_conv=0.25,
-        dropout_dense=0.5,
-        aug_prob=0.5,
-        label_smoothing=0.0,
-    )
-    lr = schedule(cfg, steps_per_epoch=10)
+    lr = schedule(SETTINGS, steps_per_epoch=10)
     values = [float(lr(step)) for step in (0, 5, 10, 20, 39)]
     assert values[0] == pytest.approx(0.001)
     assert values[0] < values[1] < values[2] == pytest.approx(0.01)
@@ -94,16 +89,8 @@ def test_fit_learns_the_synthetic_digits(digits):
     images, labels = digits
     rows = np.arange(60)
     sampler = EpochSampler(images, labels, rows, images[:0], np.zeros(0, np.int32), seed=0)
-    cfg = FitSettings(
-        model="cnn_basic",
-        epochs=6,
-        batch_size=16,
-        learning_rate=0.003,
-        warmup_epochs=0.5,
-        dropout_conv=0.25,
-        dropout_dense=0.5,
-        aug_prob=0.0,
-        label_smoothing=0.0,
+    cfg = replace(
+        SETTINGS, model="cnn_basic", epochs=6, batch_size=16, learning_rate=0.003, warmup_epochs=0.5, aug_prob=0.0
     )
     _, history = fit(cfg, sampler, (images, labels))
     assert len(history) == 6
