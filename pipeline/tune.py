@@ -62,9 +62,10 @@ CLEAR_ERRORS = (
     sqlalchemy.exc.SQLAlchemyError,
     optuna.exceptions.StorageInternalError,
 )
-# Processes opening one fresh database together race on creating Optuna's tables and version rows
-# ("table studies already exists", "UNIQUE constraint failed: alembic_version"); the loser retries.
-SCHEMA_RACE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)
+# Processes opening one fresh database together race on creating Optuna's tables, types and version rows
+# (SQLite: "table studies already exists", "UNIQUE constraint failed: alembic_version"; PostgreSQL:
+# type "studydirection" already exists, duplicate keys); the losers retry.
+SCHEMA_RACE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
 SCHEMA_ATTEMPTS = 6
 INT_SETTINGS = frozenset(f.name for f in fields(FitSettings) if f.type in ("int", int))
 PLOTS = {"history": "history.png", "importances": "importances.png", "parallel": "parallel.png"}

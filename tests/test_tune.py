@@ -216,25 +216,26 @@ tune.storage_for(sys.argv[3], cfg)
 
 
 def test_processes_opening_one_fresh_database_together_all_succeed(project: Path) -> None:
-    env = {**os.environ, "KERAS_BACKEND": "numpy"}  # no TensorFlow import: only the storage is exercised
     for rep in range(2):
-        url, go = f"sqlite:///data/processed/fresh{rep}.db", project / f"go{rep}"
-        ready = [project / f"ready{rep}-{i}" for i in range(4)]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", OPEN_WHEN_TOLD, str(r), str(go), url], env=env, stderr=subprocess.PIPE
-            )
-            for r in ready
-        ]
-        deadline = time.monotonic() + 120
-        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        go.touch()  # all four now create Optuna's tables at the same moment
-        errors = [proc.communicate(timeout=120)[1].decode()[-600:] for proc in procs]
-        assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
-        storage = optuna.storages.RDBStorage(url)
-        assert optuna.get_all_study_names(storage) == []
-        optuna.create_study(storage=storage, study_name="after")  # the schema is whole and usable
+        open_together(f"sqlite:///data/processed/fresh{rep}.db", project / f"round{rep}")
+
+
+def open_together(url: str, folder: Path, n: int = 4) -> None:
+    """Have `n` processes call tune.storage_for on `url` at the same moment; check all succeed and the schema works."""
+    folder.mkdir()
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}  # no TensorFlow import: only the storage is exercised
+    ready, go = [folder / f"ready{i}" for i in range(n)], folder / "go"
+    cmd = [sys.executable, "-c", OPEN_WHEN_TOLD]
+    procs = [subprocess.Popen([*cmd, str(r), str(go), url], env=env, stderr=subprocess.PIPE) for r in ready]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()  # all of them now create Optuna's tables at once
+    errors = [proc.communicate(timeout=120)[1].decode()[-600:] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * n, errors
+    storage = optuna.storages.RDBStorage(url)
+    assert optuna.get_all_study_names(storage) == []
+    optuna.create_study(storage=storage, study_name="after")  # the schema is whole and usable
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -322,6 +323,12 @@ def run_as(as_user: list[str], *command: str, check: bool = True) -> None:
     done = subprocess.run([*as_user, *command], capture_output=True, text=True)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:1])} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+
+def test_processes_opening_one_fresh_postgresql_database_together_all_succeed(
+    tune_project: Path, postgres_url: str
+) -> None:
+    open_together(postgres_url, tune_project / "round")
 
 
 def test_two_workers_share_one_postgresql_study(tune_project: Path, postgres_url: str, capfd) -> None:
