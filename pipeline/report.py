@@ -327,11 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingInput, OutputError, ValueError) as exc:
         return fail("report", exc)
     except KeyError as exc:
-        print(
-            f"report: error: an input lacks the entry {exc}: it is from an older version, rerun `dvc repro`",
-            file=sys.stderr,
-        )
-        return 2
+        return fail("report", f"an input lacks the entry {exc}: it is from an older version, rerun `dvc repro`")
     print(f"report: wrote {', '.join(map(str, written))}")
     return 0
 

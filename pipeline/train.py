@@ -89,13 +89,13 @@ def read_tuned(path: Path = paths.BEST_PARAMS) -> dict | None:
     return read_json(path).get("params") or None
 
 
-def tuned_fold(path: Path = paths.BEST_PARAMS) -> int | None:
+def read_scored_fold(path: Path = paths.BEST_PARAMS) -> int | None:
     """Return the fold whose rows scored tune's trials (best_params.json `scored_fold`), or None when unknown."""
     fold = read_json(path).get("scored_fold") if path.is_file() else None
     return None if fold is None else int(fold)
 
 
-def selection_free(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, scored_fold: int | None) -> dict:
+def score_untuned_rows(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, scored_fold: int | None) -> dict:
     """Return OOF accuracy, loss and row count over the rows outside `scored_fold` (all rows when None):
     rows whose labels never chose the tuned settings."""
     keep = folds != scored_fold if scored_fold is not None else np.ones(len(labels), dtype=bool)
@@ -284,7 +284,7 @@ def train_all(
     write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
     metrics = {
         "oof": {"accuracy": accuracy(probs, data["y"]), "loss": log_loss(probs, data["y"])},
-        "oof_untuned_rows": selection_free(probs, data["y"], data["fold"], scored_fold),
+        "oof_untuned_rows": score_untuned_rows(probs, data["y"], data["fold"], scored_fold),
         "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
         "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
         "models": {
@@ -295,7 +295,7 @@ def train_all(
     return metrics
 
 
-def untuned_note(figures: dict, scored_fold: int | None) -> str:
+def describe_untuned(figures: dict, scored_fold: int | None) -> str:
     """Return how the OOF figures read on the rows that did not choose the tuned settings."""
     if scored_fold is None:
         return "no fold is recorded as having chosen the settings (untuned, or best_params.json predates it)"
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tuned = read_tuned()
         models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), tuned)]
-        scored_fold = tuned_fold() if cfg.use_tuned and tuned else None
+        scored_fold = read_scored_fold() if cfg.use_tuned and tuned else None
     except ValueError as exc:
         return fail("train", exc)
     device = configure()
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         start,
         device.describe(),
         f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} "
-        f"({untuned_note(metrics['oof_untuned_rows'], scored_fold)}) -> {paths.METRICS_JSON}",
+        f"({describe_untuned(metrics['oof_untuned_rows'], scored_fold)}) -> {paths.METRICS_JSON}",
     )
     return 0
 

@@ -136,6 +136,15 @@ def test_report_names_the_missing_stage(project: Path, capsys: pytest.CaptureFix
     assert "data/processed/train.npz not found: run `dvc repro ingest`" in capsys.readouterr().err
 
 
+def test_report_names_an_input_from_an_older_version(outputs: dict, capsys: pytest.CaptureFixture) -> None:
+    write_json(paths.PREDICT_JSON, {"oof_accuracy": 0.9})  # written before predict.json had its loss figures
+    before = paths.SUMMARY_MD.exists()
+    assert report.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: error: an input lacks the entry 'oof_loss'") and "rerun `dvc repro`" in err
+    assert paths.SUMMARY_MD.exists() == before
+
+
 def test_line_progress_prints_quarters_with_rate_and_eta_and_no_carriage_returns() -> None:
     ticks = iter(range(0, 100, 2))
     out = io.StringIO()
