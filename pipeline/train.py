@@ -39,13 +39,12 @@ from pipeline.params import FitParams, ModelParams, TrainParams
 from pipeline.training import (
     EpochSampler,
     FitSettings,
-    accuracy,
     checkpoint_history,
     fingerprint_of,
     fit,
-    log_loss,
     monitor_subset,
     predict_probs,
+    scores,
 )
 
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
@@ -99,8 +98,7 @@ def score_untuned_rows(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray,
     """Return OOF accuracy, loss and row count over the rows outside `scored_fold` (all rows when None):
     rows whose labels never chose the tuned settings."""
     keep = folds != scored_fold if scored_fold is not None else np.ones(len(labels), dtype=bool)
-    return {"accuracy": accuracy(probs[keep], labels[keep]), "loss": log_loss(probs[keep], labels[keep]),
-            "rows": int(keep.sum())}  # fmt: skip
+    return {**scores(probs[keep], labels[keep]), "rows": int(keep.sum())}
 
 
 def file_digest(path: Path) -> str:
@@ -194,8 +192,7 @@ def train_fold(
     meta = {
         "fold": fold,
         "fingerprint": fingerprint,
-        "accuracy": accuracy(probs, data["y"][val_rows]),
-        "loss": log_loss(probs, data["y"][val_rows]),
+        **scores(probs, data["y"][val_rows]),
         "epochs": len(history),
         "settings": asdict(cfg),
         "device": device.describe(),
@@ -283,13 +280,11 @@ def train_all(
     probs, folds = oofs[primary], metas[primary]
     write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
     metrics = {
-        "oof": {"accuracy": accuracy(probs, data["y"]), "loss": log_loss(probs, data["y"])},
+        "oof": scores(probs, data["y"]),
         "oof_untuned_rows": score_untuned_rows(probs, data["y"], data["fold"], scored_fold),
         "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
         "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
-        "models": {
-            name: {"accuracy": accuracy(p, data["y"]), "loss": log_loss(p, data["y"])} for name, p in oofs.items()
-        },
+        "models": {name: scores(p, data["y"]) for name, p in oofs.items()},
     }
     write_json(paths.METRICS_JSON, metrics)
     return metrics

@@ -289,3 +289,8 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     """Return the mean cross-entropy of `probs` against integer `labels`."""
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
     return float(-np.mean(np.log(p)))
+
+
+def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Return the accuracy and log loss of class probabilities `probs` against integer `labels`."""
+    return {"accuracy": accuracy(probs, labels), "loss": log_loss(probs, labels)}
