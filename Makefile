@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 STAMP := $(VENV)/.installed
+# Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
+SET ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install data run quick test test-fast lint format clean
@@ -24,14 +26,14 @@ data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download
 	$(BIN)/python -m pipeline.getdata
 
 run: data ## the full competition job: dvc repro with profile full -> submissions/latest.csv
-	$(BIN)/python -m pipeline.params --profile full
+	$(BIN)/python -m pipeline.params --profile full $(SET)
 	$(BIN)/dvc repro
 
 quick: data ## the quick profile (2-core CPU, about 15 minutes) through the same dvc.yaml
-	$(BIN)/python -m pipeline.params --profile quick
+	$(BIN)/python -m pipeline.params --profile quick $(SET)
 	$(BIN)/dvc repro
 
-test: $(STAMP) ## run every test (the slow end-to-end test needs DIGIT_ZIP=/path/to/digit-recognizer.zip)
+test: $(STAMP) ## run every test (the slow end-to-end test uses data/raw/digit-recognizer.zip or DIGIT_ZIP=path)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) ## run the unit tests only

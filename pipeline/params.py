@@ -1,10 +1,20 @@
-"""Loads params.yaml, applies the active profile, and returns each stage's settings as frozen
-dataclasses. `python -m pipeline.params --profile quick` selects a profile in params.yaml."""
+"""Loads params.yaml, the effective settings exactly as the stages run them, and returns each stage's
+settings as frozen dataclasses.
+
+params.yaml is composed by Hydra from conf/config.yaml and a profile (conf/profile/<name>.yaml):
+`python -m pipeline.params --profile quick [key=value ...]` writes it (what `make quick` runs) the
+same way `dvc exp run -S profile=quick -S key=value` does, and makes NAME the profile a plain
+`dvc exp run` composes. A params.yaml that differs from the last composition and from every version
+git holds (a hand edit) is never overwritten silently: composing stops, or with --force keeps it as
+params.yaml.<time>.bak."""
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline import paths
-from pipeline.cli import stage_parser
+from pipeline.cli import fail, stage_parser
 from pipeline.files import write_text
 
 T = TypeVar("T")
@@ -147,26 +157,6 @@ def read_raw(path: Path = paths.PARAMS) -> dict[str, Any]:
     return doc
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `override` merged in recursively (override wins)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "space":
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def effective(doc: dict[str, Any]) -> dict[str, Any]:
-    """Return the settings in `doc` with its active profile's overrides applied."""
-    profile = doc.get("profile", "full")
-    profiles = doc.get("profiles") or {}
-    if profile != "full" and profile not in profiles:
-        raise ParamsError(f"params.yaml: profile {profile!r} is not defined under profiles: ({', '.join(profiles)})")
-    return merge(doc, profiles.get(profile) or {})
-
-
 def build(section: str, values: dict[str, Any], cls: type[T]) -> T:
     """Build dataclass `cls` from `values`, naming unknown or missing keys of `section`."""
     names = {f.name for f in fields(cls)}
@@ -178,8 +168,8 @@ def build(section: str, values: dict[str, Any], cls: type[T]) -> T:
 
 
 def load(section: str, path: Path = paths.PARAMS) -> Any:
-    """Return the effective settings of `section` from params.yaml as its frozen dataclass."""
-    doc = effective(read_raw(path))
+    """Return the settings of `section` from params.yaml, exactly as written there, as its frozen dataclass."""
+    doc = read_raw(path)
     if section not in doc or not isinstance(doc[section], dict):
         raise ParamsError(f"params.yaml has no section {section!r}")
     return build(section, doc[section], SECTIONS[section])
@@ -191,32 +181,112 @@ def seed(path: Path = paths.PARAMS) -> int:
 
 
 def profile(path: Path = paths.PARAMS) -> str:
-    """Return the name of the active profile in params.yaml."""
+    """Return the name of the profile params.yaml was composed with."""
     return str(read_raw(path).get("profile", "full"))
 
 
-def set_profile(name: str, path: Path = paths.PARAMS) -> None:
-    """Rewrite the `profile:` line of params.yaml to `name`, keeping comments and layout."""
-    doc = read_raw(path)
-    if name != "full" and name not in (doc.get("profiles") or {}):
-        raise ParamsError(f"unknown profile {name!r}: choose full or one of {sorted(doc.get('profiles') or {})}")
-    text = Path(path).read_text(encoding="utf-8")
-    new, count = re.subn(r"(?m)^profile:.*$", f"profile: {name}", text, count=1)
+def profiles(conf: Path = paths.CONF_DIR) -> list[str]:
+    """Return the names of the profiles defined in `conf`/profile/*.yaml."""
+    return sorted(p.stem for p in (Path(conf) / paths.PROFILES_DIR.name).glob("*.yaml"))
+
+
+def compose(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
+    """Return the YAML text Hydra composes from `conf`/config.yaml with `overrides` (as `dvc exp run -S`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("profile=")), None)
+    if choice is not None and choice not in profiles(conf):
+        raise ParamsError(f"unknown profile {choice!r}: choose one of {profiles(conf)} ({Path(conf) / 'profile'}/)")
+    try:
+        with initialize_config_dir(str(Path(conf).resolve()), version_base=None):
+            cfg = hydra_compose(config_name=paths.CONF_CONFIG.stem, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ParamsError(f"cannot compose {Path(conf) / paths.CONF_CONFIG.name} with {overrides}: {exc}") from exc
+    return OmegaConf.to_yaml(cfg)
+
+
+def digest(text: str) -> str:
+    """Return the sha256 hex digest of `text` (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def known_to_git(path: Path) -> bool:
+    """Return whether git holds `path`'s exact content (committed, staged, or recorded by `dvc exp run`)."""
+    try:
+        blob = subprocess.run(
+            ["git", "hash-object", "--", str(path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return subprocess.run(["git", "cat-file", "-e", blob], capture_output=True).returncode == 0
+    except (OSError, subprocess.CalledProcessError):
+        return False
+
+
+def disposable(path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP) -> bool:
+    """Return whether params.yaml at `path` may be overwritten: missing, last composed here (`stamp`), or in git."""
+    if not Path(path).exists():
+        return True
+    if Path(stamp).exists() and Path(stamp).read_text().strip() == digest(Path(path).read_text(encoding="utf-8")):
+        return True
+    return known_to_git(path)
+
+
+def write_params(
+    text: str, force: bool = False, path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP
+) -> Path | None:
+    """Write the composed `text` to params.yaml and record its digest; return the backup made of a hand-edited
+    params.yaml (only with `force`, else ParamsError), or None."""
+    path, backup = Path(path), None
+    if path.exists() and path.read_text(encoding="utf-8") != text and not disposable(path, stamp):
+        if not force:
+            raise ParamsError(
+                f"{path} has changes that are neither the last composition nor in git (a hand edit?), so it is left "
+                f"as it is. Settings are edited in {paths.CONF_DIR}/ (or passed as key=value overrides); to compose "
+                f"anyway and keep this file as {path}.<time>.bak, add --force"
+            )
+        backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        write_text(backup, path.read_text(encoding="utf-8"))
+    write_text(path, text)
+    write_text(stamp, digest(text) + "\n")
+    return backup
+
+
+def set_default_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
+    """Make `name` the profile entry of `conf`/config.yaml's defaults list (what a plain `dvc exp run` composes)."""
+    config = Path(conf) / paths.CONF_CONFIG.name
+    text = config.read_text(encoding="utf-8")
+    new, count = re.subn(r"(?m)^(\s*-\s*profile:\s*)\S+", rf"\g<1>{name}", text, count=1)
     if count == 0:
-        new = f"profile: {name}\n" + text
+        raise ParamsError(f"{config}: its defaults list has no `- profile: NAME` entry")
     if new != text:
-        write_text(Path(path), new)
+        write_text(config, new)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print or set the active profile of params.yaml."""
+def main(argv: list[str] | None = None) -> int:
+    """Compose params.yaml from conf/ (a profile and overrides), or print the profile it was composed with."""
     parser = stage_parser("params", __doc__)
-    parser.add_argument("--profile", help="profile to select (full, quick, ...); omitted: print the active one")
+    parser.add_argument("--profile", help=f"compose this profile ({', '.join(profiles()) or 'conf/profile/*.yaml'})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. train.epochs=10")
+    parser.add_argument("--force", action="store_true", help="overwrite a hand-edited params.yaml (kept as .bak)")
     args = parser.parse_args(argv)
-    if args.profile:
-        set_profile(args.profile)
+    if args.profile or args.overrides:
+        overrides = ([f"profile={args.profile}"] if args.profile else []) + list(args.overrides)
+        try:
+            backup = write_params(compose(overrides), force=args.force)
+            if args.profile:
+                set_default_profile(args.profile)
+        except ParamsError as exc:
+            return fail("params", exc)
+        if backup:
+            print(f"params: your edited params.yaml is kept as {backup}")
+        print(f"params: composed {paths.PARAMS} from {paths.CONF_DIR}/ with {' '.join(overrides)}")
     print(f"profile: {profile()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
-PARAMS = Path("params.yaml")
+PARAMS = Path("params.yaml")  # the effective settings, composed from CONF_DIR (never edited by hand)
+CONF_DIR = Path("conf")  # Hydra config: config.yaml (every setting) and profile/<name>.yaml
+CONF_CONFIG = CONF_DIR / "config.yaml"
+PROFILES_DIR = CONF_DIR / "profile"
+PARAMS_STAMP = Path(".params.yaml.composed")  # sha256 of the params.yaml last composed by pipeline.params
 
 RAW_DIR = Path("data/raw")
 RAW_ZIP = RAW_DIR / "digit-recognizer.zip"

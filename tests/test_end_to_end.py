@@ -11,10 +11,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import params, paths
 from pipeline.submission import validate_submission_file
 from tests.conftest import REPO
 
-ZIP = os.environ.get("DIGIT_ZIP")
+
+def competition_zip(environ: dict[str, str], root: Path) -> str | None:
+    """Return the zip the end-to-end test uses: $DIGIT_ZIP, else `root`/data/raw/digit-recognizer.zip if present."""
+    if environ.get("DIGIT_ZIP"):
+        return environ["DIGIT_ZIP"]
+    found = root / paths.RAW_ZIP
+    return str(found) if found.is_file() else None
+
+
+ZIP = competition_zip(dict(os.environ), REPO)
+SKIP_REASON = f"put the competition zip in {paths.RAW_ZIP} or set DIGIT_ZIP=/path/to/digit-recognizer.zip to run it"
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -26,26 +37,19 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 
 def tiny_real_params() -> dict:
-    """Return the repository's params.yaml shrunk to a subset of the real data and a few epochs."""
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
-    doc["profile"] = "quick"
-    doc["ingest"].update(max_train_rows=3000, max_test_rows=1000)
-    doc["profiles"]["quick"] = {
-        "augment": {"copies": 1},
-        "train": {"folds": 2, "epochs": 3},
-        "tune": {"trials": 2, "epochs": 1, "max_train_rows": 600, "study_name": "e2e"},
-        "predict": {"tta_views": 2},
-    }
-    return doc
+    """Return the quick profile composed from conf/ and shrunk to a subset of the real data and a few epochs."""
+    overrides = ["ingest.max_train_rows=3000", "ingest.max_test_rows=1000", "augment.copies=1", "train.folds=2"]
+    overrides += ["train.epochs=3", "tune.trials=2", "tune.epochs=1", "tune.max_train_rows=600", "tune.study_name=e2e"]
+    return yaml.safe_load(params.compose(["profile=quick", *overrides, "predict.tta_views=2"], REPO / "conf"))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
     not ZIP and not os.environ.get("DIGIT_REQUIRE_ZIP"),
-    reason="set DIGIT_ZIP=/path/to/digit-recognizer.zip to run the end-to-end test",
+    reason=SKIP_REASON,
 )
 def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
-    assert ZIP and Path(ZIP).is_file(), f"DIGIT_ZIP={ZIP!r} is not a file (CI requires it)"
+    assert ZIP and Path(ZIP).is_file(), f"{ZIP!r} is not a file (CI requires it): {SKIP_REASON}"
     for name in ("pipeline", "tests"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
@@ -71,3 +75,13 @@ def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
 
     oof = json.loads((tmp_path / "reports" / "metrics.json").read_text())["oof"]["accuracy"]
     assert oof > 0.5  # 3 epochs on 1,500 rows per fold: far above chance (0.1); the quick profile reaches 0.99
+
+
+def test_the_end_to_end_test_finds_the_zip_in_data_raw(tmp_path):
+    # finding 4: with DIGIT_ZIP unset, a zip already in data/raw/ used to be ignored (the test was skipped)
+    assert competition_zip({}, tmp_path) is None
+    (tmp_path / paths.RAW_DIR).mkdir(parents=True)
+    (tmp_path / paths.RAW_ZIP).write_bytes(b"PK")
+    assert competition_zip({}, tmp_path) == str(tmp_path / paths.RAW_ZIP)
+    assert competition_zip({"DIGIT_ZIP": "/elsewhere.zip"}, tmp_path) == "/elsewhere.zip"  # the variable wins
+    assert "DIGIT_ZIP=" in SKIP_REASON and str(paths.RAW_ZIP) in SKIP_REASON

@@ -1,8 +1,11 @@
-"""Params: sections become frozen dataclasses, the profile's overrides apply, unknown keys fail."""
+"""Params: params.yaml is composed from conf/ by Hydra (as `dvc exp run` does) and read exactly as written;
+sections become frozen dataclasses, unknown keys and profiles fail, a hand edit is never lost silently."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -10,11 +13,22 @@ import yaml
 from pipeline import params
 from tests.conftest import REPO
 
+CONF = REPO / "conf"
 
-def test_every_section_of_the_repository_params_loads_in_both_profiles(tmp_path):
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
-    for profile in ("full", *doc["profiles"]):
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**doc, "profile": profile}))
+
+@pytest.fixture
+def confdir(tmp_path, monkeypatch):
+    """A project folder (the cwd) holding a copy of the repository's conf/."""
+    shutil.copytree(CONF, tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_every_section_loads_in_every_profile(tmp_path):
+    assert {"full", "quick"} <= set(params.profiles(CONF))
+    for profile in params.profiles(CONF):
+        (tmp_path / "params.yaml").write_text(params.compose([f"profile={profile}"], CONF))
+        assert params.profile(tmp_path / "params.yaml") == profile
         for section in params.SECTIONS:
             value = params.load(section, tmp_path / "params.yaml")
             assert dataclasses.is_dataclass(value)
@@ -22,25 +36,84 @@ def test_every_section_of_the_repository_params_loads_in_both_profiles(tmp_path)
                 value.__setattr__(dataclasses.fields(value)[0].name, None)
 
 
-def test_quick_profile_overrides_only_what_it_names(tmp_path):
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
-    path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text())
-    params.set_profile("quick", path)
-    assert params.profile(path) == "quick"
-    assert "# The only home" in path.read_text()  # comments survive
-    train = params.load("train", path)
-    assert train.folds == doc["profiles"]["quick"]["train"]["folds"]
-    assert train.warmup_epochs == doc["train"]["warmup_epochs"]  # not named by quick: the base value
-    params.set_profile("full", path)
-    assert params.load("train", path).folds == doc["train"]["folds"]
+def test_stages_read_exactly_what_params_yaml_says(tmp_path):
+    # finding 1: a quick profile used to be overlaid at load time, shadowing the value params.yaml shows
+    doc = yaml.safe_load(params.compose(["profile=quick"], CONF))
+    doc["predict"]["tta_views"] = 0
+    doc["profiles"] = {"quick": {"predict": {"tta_views": 2}}}  # what the old params.yaml carried
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    assert params.load("predict", tmp_path / "params.yaml").tta_views == 0
 
 
-def test_unknown_keys_and_profiles_are_refused(tmp_path):
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+def test_quick_profile_overrides_only_what_it_names_and_a_user_override_wins():
+    full = yaml.safe_load(params.compose(["profile=full"], CONF))
+    quick = yaml.safe_load(params.compose(["profile=quick"], CONF))
+    named = yaml.safe_load((CONF / "profile" / "quick.yaml").read_text())
+    assert quick["train"]["folds"] == named["train"]["folds"] != full["train"]["folds"]
+    assert quick["predict"]["tta_views"] == named["predict"]["tta_views"]
+    assert quick["train"]["warmup_epochs"] == full["train"]["warmup_epochs"]  # not named by quick: the base value
+    assert quick["tune"]["space"] == named["tune"]["space"]
+    both = yaml.safe_load(params.compose(["profile=quick", "predict.tta_views=0", "train.epochs=10"], CONF))
+    assert both["predict"]["tta_views"] == 0 and both["train"]["epochs"] == 10
+    assert both["train"]["folds"] == named["train"]["folds"]
+
+
+def test_composition_is_byte_for_byte_what_dvc_exp_run_writes(tmp_path):
+    from dvc.utils.hydra import compose_and_dump
+
+    overrides = ["profile=quick", "predict.tta_views=0"]
+    compose_and_dump(tmp_path / "params.yaml", str(CONF), None, "config", str(tmp_path), overrides)
+    assert (tmp_path / "params.yaml").read_text() == params.compose(overrides, CONF)
+
+
+def test_repository_params_yaml_is_the_composition_of_conf():
+    # edit conf/, then `python -m pipeline.params --profile full`: params.yaml must follow
+    profile = params.profile(REPO / "params.yaml")
+    assert (REPO / "params.yaml").read_text() == params.compose([f"profile={profile}"], CONF)
+
+
+def test_unknown_keys_and_profiles_are_refused(tmp_path, confdir):
+    doc = yaml.safe_load(params.compose([], CONF))
     doc["train"]["epoch"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(params.ParamsError, match="unknown keys \\['epoch'\\]"):
         params.load("train", tmp_path / "params.yaml")
-    with pytest.raises(params.ParamsError, match="unknown profile"):
-        params.set_profile("turbo", tmp_path / "params.yaml")
+    with pytest.raises(params.ParamsError, match="unknown profile 'turbo'"):
+        params.compose(["profile=turbo"], CONF)
+    with pytest.raises(params.ParamsError, match="cannot compose"):
+        params.compose(["train.epoch=3"], CONF)  # Hydra refuses a key the config does not have
+    assert params.main(["--profile", "turbo"]) == 2
+
+
+def test_profile_switch_composes_params_yaml_and_the_default_of_dvc_exp_run(confdir, capsys):
+    assert params.main(["--profile", "quick", "train.epochs=4"]) == 0
+    written = (confdir / "params.yaml").read_text()
+    assert written == params.compose(["profile=quick", "train.epochs=4"])
+    assert params.load("train").epochs == 4 and params.profile() == "quick"
+    assert "- profile: quick" in (confdir / "conf" / "config.yaml").read_text()
+    assert params.compose([]) == params.compose(["profile=quick"])  # a plain `dvc exp run` composes quick now
+    assert params.main(["--profile", "full"]) == 0  # our own last composition: replaced without asking
+    assert params.profile() == "full" and "- profile: full" in (confdir / "conf" / "config.yaml").read_text()
+
+
+def test_a_hand_edited_params_yaml_is_never_overwritten_silently(confdir, capsys):
+    assert params.main(["--profile", "full"]) == 0
+    edited = (confdir / "params.yaml").read_text().replace("epochs: 30", "epochs: 12")
+    (confdir / "params.yaml").write_text(edited)
+    assert params.main(["--profile", "quick"]) == 2
+    assert "hand edit" in capsys.readouterr().err
+    assert (confdir / "params.yaml").read_text() == edited
+    assert "- profile: full" in (confdir / "conf" / "config.yaml").read_text()  # nothing changed
+    assert params.main(["--profile", "quick", "--force"]) == 0
+    (backup,) = confdir.glob("params.yaml.*.bak")
+    assert backup.read_text() == edited and f"kept as {backup.name}" in capsys.readouterr().out
+    assert params.profile() == "quick"
+
+
+def test_a_params_yaml_that_git_holds_may_be_recomposed(confdir):
+    (confdir / "params.yaml").write_text("seed: 7\n")  # neither our composition nor ...
+    assert not params.disposable()
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "add", "params.yaml"], check=True)  # ... until git holds it (as `dvc exp run` does)
+    assert params.disposable()
+    assert params.main(["--profile", "quick"]) == 0 and params.profile() == "quick"
