@@ -115,6 +115,16 @@ class PredictParams:
     tta_views: int
     batch_size: int
     blend_by: str = "log_loss"
+    diff_images: int = 40
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """The label audit (pipeline/audit.py): cleanlab.filter.find_label_issues on the OOF probabilities."""
+
+    filter_by: str
+    rank_by: str
+    grid_images: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "tune": TuneParams,
     "predict": PredictParams,
+    "audit": AuditParams,
     "report": ReportParams,
     "compare": CompareParams,
 }
