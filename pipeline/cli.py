@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.secrets import scrub
+
 BAD_INPUT = 2
 
 
@@ -18,6 +20,7 @@ def stage_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def fail(module: str, message: object, code: int = BAD_INPUT) -> int:
-    """Print `<module>: error: <message>` to stderr; return the exit code `code`."""
-    print(f"{module}: error: {message}", file=sys.stderr)
+    """Print `<module>: error: <message>` to stderr, every URL in it masked (pipeline.secrets); return the exit
+    code `code`."""
+    print(f"{module}: error: {scrub(message)}", file=sys.stderr)
     return code

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import keras
 import numpy as np
@@ -49,6 +48,7 @@ from pipeline.device import Device, configure, gpu_present, sharing_env
 from pipeline.files import OutputError, read_npz, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
 from pipeline.plots import save_figure
+from pipeline.secrets import mask_url, scrub
 from pipeline.train import TUNABLE, fit_settings
 from pipeline.training import EpochSampler, FitSettings, fit, monitor_subset
 
@@ -208,25 +208,6 @@ def make_objective(
 def storage_url(url: str | None) -> str:
     """Return `url`, or the embedded SQLite file data/processed/optuna.db when it is empty."""
     return url or f"sqlite:///{paths.OPTUNA_DB}"
-
-
-def masked(url: str) -> str:
-    """Return `url` with any password replaced by *** (safe to print)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is still never echoed with its secret
-        return "<unparsable storage URL>"
-
-
-def scrub(text: str, url: str) -> str:
-    """Return `text` with the password of `url` (plain or URL-encoded) replaced by ***."""
-    try:
-        password = make_url(url).password
-    except sqlalchemy.exc.ArgumentError:
-        return text if "@" not in url else "<message withheld: it may hold the storage password>"
-    for secret in {password, quote(password or "", safe="")} if password else ():
-        text = text.replace(secret, "***")
-    return text
 
 
 def storage_for(url: str, cfg: TuneParams) -> optuna.storages.RDBStorage:
@@ -539,7 +520,8 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     args.workers = worker_count(args.workers, cfg)
     prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
     target = cfg.trials if args.trials is None else finished_count(study) + args.trials
-    print(f"tune: study {name} in {masked(url)}: {finished_count(study)} finished trials, target {target}", flush=True)
+    where = f"{name} in {mask_url(url)}"
+    print(f"tune: study {where}: {finished_count(study)} finished trials, target {target}", flush=True)
     codes = [0]
     if needs_workers(study, args, cfg, target):
         codes = run_rounds(study, args.workers, name, url, target, cfg)
@@ -568,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         return fail("tune", f"{exc} (PostgreSQL storage needs `pip install psycopg2-binary`)")
     except CLEAR_ERRORS as exc:
-        return fail("tune", scrub(str(exc), storage_url(args.storage)))
+        return fail("tune", scrub(exc, storage_url(args.storage)))
 
 
 if __name__ == "__main__":

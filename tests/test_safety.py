@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import keras
 import numpy as np
@@ -19,9 +20,10 @@ import pathspec
 import pytest
 
 from pipeline import getdata, ingest
+from pipeline.cli import fail
 from pipeline.files import PARTIAL, OutputError, read_npz, write_bytes, write_text, write_with
 from pipeline.models import load_model
-from pipeline.secrets import mask_url
+from pipeline.secrets import mask_url, scrub
 from pipeline.training import load_checkpoint
 from tests.conftest import REPO
 
@@ -347,12 +349,31 @@ URLS = [
     (
         "postgresql+psycopg2://alice:p%40ss%2Fw0rd@db:5432/study",
         "postgresql+psycopg2://alice:***@db:5432/study",
-        "p%40ss",
+        "p%40ss%2Fw0rd",
     ),
     ("mysql://bob:p@ss@host/db", "mysql://bob:***@host/db", "p@ss"),
-    ("postgresql://u:pa/ss#x@host/db", "postgresql://u:***@host/db", "pa/ss"),
+    ("postgresql://u:pa/ss#x@host/db", "postgresql://u:***@host/db", "pa/ss#x"),
+    ("postgresql://u:pa/ss#x@host/db?password=z9z", "postgresql://u:***@host/db?password=***", "z9z"),
     ("redis://:tok3n@localhost:6379/0", "redis://:***@localhost:6379/0", "tok3n"),
     ("postgresql://host/db?user=u&password=hunter2", "postgresql://host/db?user=u&password=***", "hunter2"),
+    (
+        "postgresql://host/db?PASSWORD=hunter2&sslmode=require",
+        "postgresql://host/db?PASSWORD=***&sslmode=require",
+        "hunter2",
+    ),
+    (
+        "sqlite:///data/processed/optuna.db?password=hunter2",
+        "sqlite:///data/processed/optuna.db?password=***",
+        "hunter2",
+    ),
+    (
+        "postgresql://u:p%40ss@h/db?password=x%26y1&sslmode=require",
+        "postgresql://u:***@h/db?password=***&sslmode=require",
+        "x%26y1",
+    ),
+    ("https://h/api?token=abc123&page=2", "https://h/api?token=***&page=2", "abc123"),
+    ("postgresql://u:hunter2@[::1/db", "<URL withheld: it may hold a password>", "hunter2"),  # unparsable host
+    ("postgresql://u:hunter2@host:99999/db", "<URL withheld: it may hold a password>", "hunter2"),  # bad port
     ("sqlite:///data/processed/optuna.db", "sqlite:///data/processed/optuna.db", None),
     ("postgresql://alice@host/db", "postgresql://alice@host/db", None),
 ]
@@ -364,6 +385,48 @@ def test_storage_url_is_never_shown_with_its_password(url: str, shown: str, secr
     assert mask_url(url) == shown
     if secret is not None:
         assert secret not in mask_url(url)
+
+
+@pytest.mark.parametrize(("url", "shown", "secret"), URLS)
+def test_error_messages_are_scrubbed_of_urls_and_their_secrets(url: str, shown: str, secret: str | None) -> None:
+    """scrub masks a URL quoted in an error message, and the URL's secrets wherever the message repeats them
+    (plain or percent-encoded), as a driver's error may."""
+    message = f"cannot open '{url}': server said: auth failed for {secret} ({quote(unquote(secret or ''), safe='')})"
+    cleaned = scrub(message, url)
+    assert f"'{shown}'" in cleaned or shown == "<URL withheld: it may hold a password>"
+    if secret is not None:
+        for form in (secret, unquote(secret), quote(unquote(secret), safe="")):
+            assert form not in cleaned, cleaned
+    assert cleaned.startswith("cannot open '") and "server said: auth failed for" in cleaned
+
+
+def test_every_stage_error_goes_through_the_masker(capsys: pytest.CaptureFixture) -> None:
+    """cli.fail, which prints every stage's error line, masks any URL in the message it is given."""
+    assert fail("tune", "cannot reach postgresql://u:hunter2@db/x?token=t0k3n: refused") == 2
+    err = capsys.readouterr().err
+    assert err == "tune: error: cannot reach postgresql://u:***@db/x?token=***: refused\n"
+
+
+def test_one_url_masker() -> None:
+    """No module masks URLs its own way (SQLAlchemy's hide_password leaves ?password= in clear)."""
+    hits = [
+        path.name
+        for path in sorted((REPO / "pipeline").glob("*.py"))
+        if re.search(r"hide_password|render_as_string", path.read_text(encoding="utf-8"))
+    ]
+    assert hits == []
+
+
+def test_tune_prints_its_storage_without_the_query_password(project: Path, capsys: pytest.CaptureFixture) -> None:
+    """tune's log line naming the study's storage masks a password passed as a query parameter."""
+    from pipeline import tune
+
+    assert ingest.main([]) == 0
+    url = "sqlite:///data/processed/optuna.db?password=hunter2"
+    assert tune.main(["--storage", url, "--trials", "0"]) == 2  # no completed trial: nothing to write, exit 2
+    out = capsys.readouterr()
+    assert "data/processed/optuna.db?password=***: 0 finished trials" in out.out
+    assert "hunter2" not in out.out + out.err
 
 
 def test_mask_url_of_nothing() -> None:

@@ -105,13 +105,6 @@ def test_defaults_outside_the_space_are_left_to_the_sampler(project: Path) -> No
     assert "batch_size" not in defaults and defaults["dropout_dense"] == 0.5
 
 
-def test_storage_password_is_masked() -> None:
-    url = "postgresql://tuner:p%40ss@db.example:5432/optuna"
-    assert tune.masked(url) == "postgresql://tuner:***@db.example:5432/optuna"
-    assert tune.scrub("could not connect with p@ss or p%40ss", url) == "could not connect with *** or ***"
-    assert tune.masked("sqlite:///data/processed/optuna.db") == "sqlite:///data/processed/optuna.db"
-
-
 # ---------------------------------------------------------------- studies on real storage
 
 
