@@ -19,12 +19,15 @@ TEST_NPZ = PROCESSED_DIR / "test.npz"
 AUGMENTED_NPZ = PROCESSED_DIR / "augmented.npz"
 BEST_PARAMS = PROCESSED_DIR / "best_params.json"
 OPTUNA_DB = PROCESSED_DIR / "optuna.db"
+EXCLUDE_ROWS = Path("data/exclude_rows.csv")  # git-tracked: training rows left out (pipeline/exclusions.py)
 
 MODELS_DIR = Path("models")
 FOLDS_DIR = MODELS_DIR / "folds"
 CHECKPOINT_DIR = MODELS_DIR / "checkpoints"
 OOF_NPZ = MODELS_DIR / "oof.npz"
 TEST_PROBS_NPZ = MODELS_DIR / "test_probs.npz"
+OOF_TTA_NPZ = MODELS_DIR / "oof_tta.npz"  # the submission's model: OOF TTA probabilities, blended
+OOF_BASELINE_NPZ = MODELS_DIR / "oof_baseline.npz"  # OOF TTA probabilities of the last run without exclusions
 
 REPORTS_DIR = Path("reports")
 AUGMENTATIONS_PNG = REPORTS_DIR / "augmentations.png"
@@ -42,6 +45,11 @@ SUMMARY_MD = REPORTS_DIR / "summary.md"
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
 WRONG_PNG = REPORTS_DIR / "wrong.png"
 TEST_GRID_PNG = REPORTS_DIR / "test_grid.png"
+LABEL_ISSUES_CSV = REPORTS_DIR / "label_issues.csv"
+LABEL_ISSUES_PNG = REPORTS_DIR / "label_issues.png"
+AUDIT_JSON = REPORTS_DIR / "audit.json"
+SUBMISSION_DIFF_JSON = REPORTS_DIR / "submission_diff.json"
+SUBMISSION_DIFF_PNG = REPORTS_DIR / "submission_diff.png"
 
 SUBMISSIONS_DIR = Path("submissions")
 LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"

@@ -2,10 +2,12 @@
 CNN) with tune's best parameters, then of each model.ensemble member (train settings plus its
 model.overrides), all on the same folds: each fold's training rows plus their augmented copies.
 
-Reads data/processed/{train,augmented}.npz and data/processed/best_params.json. Writes per model and
+Reads data/processed/{train,augmented}.npz, data/processed/best_params.json and data/exclude_rows.csv
+(rows left out of every fold's training rows, their augmented copies with them). Writes per model and
 fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and
 reports/history/<model>-fold{k}.csv; overall models/oof.npz (model.name's OOF probabilities) and
-reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models").
+reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
+"oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).
 A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
 checkpoint in models/checkpoints/<model>/."""
 
@@ -24,6 +26,7 @@ import numpy as np
 from pipeline import params, paths, progress
 from pipeline.cli import fail, stage_parser
 from pipeline.device import Device, configure
+from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import (
     OutputError,
     read_json,
@@ -101,6 +104,17 @@ def score_untuned_rows(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray,
     return {**scores(probs[keep], labels[keep]), "rows": int(keep.sum())}
 
 
+def score_kept_rows(probs: np.ndarray, labels: np.ndarray, excluded: np.ndarray) -> dict:
+    """Return OOF accuracy, loss and row count over the rows not in `excluded`, with the excluded count."""
+    keep = kept_mask(len(labels), excluded)
+    return {**scores(probs[keep], labels[keep]), "rows": int(keep.sum()), "excluded": len(labels) - int(keep.sum())}
+
+
+def fold_exclusions(folds: np.ndarray, excluded: np.ndarray, fold: int) -> list[int]:
+    """Return the `excluded` rows that would otherwise train fold `fold` (those of the other folds)."""
+    return [int(r) for r in excluded if folds[r] != fold]
+
+
 def file_digest(path: Path) -> str:
     """Return the SHA-256 of the file at `path`."""
     digest = hashlib.sha256()
@@ -151,13 +165,18 @@ def train_fold(
     cfg: FitSettings,
     seed: int,
     device: Device,
-    fingerprint: str,
+    fingerprints: tuple[str, str],
     verbose: int,
     monitor_rows: int | None = None,
+    excluded: np.ndarray | None = None,
 ) -> dict:
-    """Train fold `fold` (resuming from its checkpoint) and write its model, OOF probabilities and history."""
+    """Train fold `fold` on the other folds' rows minus `excluded` (resuming from its checkpoint) and write its
+    model, OOF probabilities (every row of the fold, excluded or not) and history. `fingerprints`: the fold's
+    fingerprint and its base fingerprint (the same settings and data, whatever rows are excluded)."""
+    fingerprint, base_fingerprint = fingerprints
     keras.utils.set_random_seed(seed + fold)
-    train_rows = np.flatnonzero(data["fold"] != fold)
+    keep = kept_mask(len(data["y"]), np.zeros(0, np.int64) if excluded is None else excluded)
+    train_rows = np.flatnonzero((data["fold"] != fold) & keep)
     val_rows = np.flatnonzero(data["fold"] == fold)
     sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed + 1000 * fold)
     start = time.perf_counter()
@@ -192,6 +211,7 @@ def train_fold(
     meta = {
         "fold": fold,
         "fingerprint": fingerprint,
+        "base_fingerprint": base_fingerprint,
         **scores(probs, data["y"][val_rows]),
         "epochs": len(history),
         "settings": asdict(cfg),
@@ -229,12 +249,18 @@ def train_model(
     verbose: int,
     bar,
     monitor_rows: int | None = None,
+    excluded: np.ndarray | None = None,
 ) -> dict[int, dict]:
-    """Train every fold of model `cfg.model` not already done (advancing progress `bar`); return each fold's meta."""
+    """Train every fold of model `cfg.model` not already done (advancing progress `bar`), leaving the `excluded`
+    rows out of its training rows; return each fold's meta. A fold's fingerprint covers the excluded rows among
+    its training rows (nothing when there are none), so only folds whose training rows changed retrain."""
     folds = {}
     n_folds = int(data["fold"].max()) + 1
+    excluded = np.zeros(0, np.int64) if excluded is None else excluded
     for fold in range(n_folds):
-        fingerprint = fingerprint_of(cfg, seed, fold, data_id)
+        left_out = fold_exclusions(data["fold"], excluded, fold)
+        base = fingerprint_of(cfg, seed, fold, data_id)  # the settings and data, whatever rows are excluded
+        fingerprint = fingerprint_of(cfg, seed, fold, data_id, {"excluded_rows": left_out}) if left_out else base
         if fold_is_done(cfg.model, fold, fingerprint):
             folds[fold] = read_json(paths.fold_meta(cfg.model, fold))
             history = history_csv(folds[fold].get("history", []))
@@ -246,7 +272,9 @@ def train_model(
             bar.update(1)
             continue
         progress.note(f"train: {cfg.model} fold {fold + 1}/{n_folds} on {device.describe()}")
-        folds[fold] = train_fold(fold, data, aug, cfg, seed, device, fingerprint, verbose, monitor_rows)
+        folds[fold] = train_fold(
+            fold, data, aug, cfg, seed, device, (fingerprint, base), verbose, monitor_rows, excluded
+        )
         progress.note(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
         bar.update(1)
     return folds
@@ -268,13 +296,18 @@ def train_all(
     if int(data["fold"].max()) + 1 != n_folds:
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
     data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ)]
+    excluded = read_exclusions(len(data["y"]))
+    if len(excluded):
+        progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
     remove_stale_partials([m.model for m in models], n_folds)
     metas, oofs = {}, {}
     with progress.progress(n_folds * len(models), "train", unit="fold", lines=False) as fold_bar:
         for cfg in models:
             if len(models) > 1:
                 progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
-            metas[cfg.model] = train_model(cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows)
+            metas[cfg.model] = train_model(
+                cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows, excluded
+            )
             oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
     primary = models[0].model
     probs, folds = oofs[primary], metas[primary]
@@ -282,6 +315,7 @@ def train_all(
     metrics = {
         "oof": scores(probs, data["y"]),
         "oof_untuned_rows": score_untuned_rows(probs, data["y"], data["fold"], scored_fold),
+        "oof_kept_rows": score_kept_rows(probs, data["y"], excluded),
         "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
         "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
         "models": {name: scores(p, data["y"]) for name, p in oofs.items()},
@@ -295,6 +329,13 @@ def describe_untuned(figures: dict, scored_fold: int | None) -> str:
     if scored_fold is None:
         return "no fold is recorded as having chosen the settings (untuned, or best_params.json predates it)"
     return f"{figures['accuracy']:.5f} on the {figures['rows']} rows outside fold {scored_fold}, which scored tuning"
+
+
+def describe_kept(figures: dict) -> str:
+    """Return how the OOF figures read on the rows not excluded, or "" when no row is excluded."""
+    if not figures["excluded"]:
+        return ""
+    return f"; {figures['accuracy']:.5f} on the {figures['rows']} rows not excluded ({figures['excluded']} excluded)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         start,
         device.describe(),
         f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} "
-        f"({describe_untuned(metrics['oof_untuned_rows'], scored_fold)}) -> {paths.METRICS_JSON}",
+        f"({describe_untuned(metrics['oof_untuned_rows'], scored_fold)}){describe_kept(metrics['oof_kept_rows'])} "
+        f"-> {paths.METRICS_JSON}",
     )
     return 0
 
