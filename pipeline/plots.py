@@ -79,3 +79,33 @@ def prediction_grid(
     captions = [f"#{int(i)} → {int(p)}\n({c:.0%} sure)" for i, p, c in zip(ids, predicted, confidence, strict=True)]
     span = f" {int(ids[0])}-{int(ids[-1])}" if len(ids) else ""
     image_grid(images, captions, path, f"Test images{span}: ImageId → predicted label")
+
+
+def label_issue_grid(
+    images: np.ndarray, rows: np.ndarray, given: np.ndarray, suggested: np.ndarray, quality: np.ndarray, path: Path
+) -> None:
+    """Save the grid of likely label issues captioned `row R: given G → S (quality)` to `path`."""
+    captions = [
+        f"row {int(r)}\ngiven {int(g)} → {int(s)}\n(p(given) {q:.3f})"
+        for r, g, s, q in zip(rows, given, suggested, quality, strict=True)
+    ]
+    title = f"The {len(images)} most likely label issues (cleanlab): given label → suggested label"
+    if len(images) == 0:
+        title = "cleanlab found no likely label issue"
+    image_grid(images, captions, path, title, color="darkblue")
+
+
+def submission_diff_grid(
+    images: np.ndarray,
+    ids: np.ndarray,
+    old: np.ndarray,
+    new: np.ndarray,
+    confidence: np.ndarray,
+    path: Path,
+    title: str,
+) -> None:
+    """Save the grid of test `images` whose label changed, captioned `#ImageId old → new (probability)`, to `path`."""
+    captions = [
+        f"#{int(i)}: {int(o)} → {int(n)}\n({c:.0%} sure)" for i, o, n, c in zip(ids, old, new, confidence, strict=True)
+    ]
+    image_grid(images, captions, path, title, color="darkgreen")

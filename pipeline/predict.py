@@ -2,11 +2,16 @@
 with an ensemble (params.yaml model.ensemble) the models are blended with weights chosen on their
 out-of-fold (OOF) TTA probabilities only (predict.blend_by), never on the test set.
 
-Reads data/processed/{train,test}.npz and models/folds/. Writes submissions/latest.csv (validated
-before it replaces the previous one) and a timestamped copy beside it, models/test_probs.npz, and
+Reads data/processed/{train,test}.npz, models/folds/ and data/exclude_rows.csv (rows left out of the
+OOF rows that fit the blend weights). Writes submissions/latest.csv (validated before it replaces the
+previous one) and a timestamped copy beside it, models/test_probs.npz, models/oof_tta.npz (the
+blended OOF TTA probabilities of every training row, which the audit stage reads), and
 reports/predict.json with model.name's OOF accuracy with and without TTA (the TTA gain, measured),
 the blend weights, each model's OOF TTA accuracy and the blend's (in-sample: the weights were chosen
-on the same OOF rows, so it is slightly optimistic).
+on the same OOF rows, so it is slightly optimistic), and the same figures on the rows not excluded
+("kept_rows"). Compares the new submission with the previous one in submissions/:
+reports/submission_diff.json (rows changed, old and new label counts) and reports/submission_diff.png
+(the changed test images with their old and new labels and the new probability).
 
 `--image digit.png` instead prints the digit in one image file (any size, dark-on-light or
 light-on-dark) and its class probabilities from the same fold models and TTA views."""
@@ -21,16 +26,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import params, paths, progress
+from pipeline import params, paths, plots, progress
 from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 from pipeline.device import configure
 from pipeline.ensemble import OBJECTIVES, blend, choose_weights, ensemble_report
+from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text
 from pipeline.image import ImageError, load_digit
 from pipeline.models import load_model
 from pipeline.params import PredictParams
-from pipeline.submission import submission_csv, validate_submission
+from pipeline.submission import (
+    describe_diff,
+    diff_with_previous,
+    previous_submission,
+    read_labels,
+    submission_csv,
+    validate_submission,
+)
 from pipeline.training import accuracy, log_loss
 from pipeline.tta import predict_views
 
@@ -62,14 +75,17 @@ def predict_folds(
 
 
 def blend_models(
-    outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray, blend_by: str
+    outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray, blend_by: str, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
     """Return the blended test views (views, n_test, 10) and the report: weights chosen on the models' OOF
-    TTA probabilities and `labels` only, then applied to their test views; the first model is model.name."""
+    TTA probabilities and `labels` of the rows in mask `keep` only (all rows when None), then applied to their
+    test views; the first model is model.name. The report's figures cover every row, "kept_rows" those in `keep`."""
     names = list(outputs)
+    keep = np.ones(len(labels), dtype=bool) if keep is None else keep
     oof = [outputs[name]["oof_views"].mean(axis=0) for name in names]
-    weights = choose_weights(oof, labels, blend_by)
+    weights = choose_weights([o[keep] for o in oof], labels[keep], blend_by)
     scores = ensemble_report(oof, labels, weights)
+    kept = ensemble_report([o[keep] for o in oof], labels[keep], weights)
     n_views = len(outputs[names[0]]["test_views"])
     views = np.stack([blend([outputs[name]["test_views"][v] for name in names], weights) for v in range(n_views)])
     report = {
@@ -82,8 +98,22 @@ def blend_models(
         },
         "oof_blend_accuracy_in_sample": scores["blend"]["accuracy"],
         "oof_blend_loss_in_sample": scores["blend"]["loss"],
+        "kept_rows": {
+            "rows": int(keep.sum()),
+            "excluded": int((~keep).sum()),
+            **tta_report(outputs[names[0]]["oof_views"][:, keep], labels[keep]),
+            "oof_blend_accuracy_in_sample": kept["blend"]["accuracy"],
+            "oof_blend_loss_in_sample": kept["blend"]["loss"],
+        },
     }
     return views, report
+
+
+def oof_blend(outputs: dict[str, dict[str, np.ndarray]], report: dict) -> np.ndarray:
+    """Return the OOF TTA probabilities (n_train, 10) of the models in `outputs` blended with the report's weights."""
+    names = list(outputs)
+    weights = np.asarray([report["weights"][name] for name in names], np.float64)
+    return blend([outputs[name]["oof_views"].mean(axis=0) for name in names], weights)
 
 
 def image_probs(image: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> np.ndarray:
@@ -150,6 +180,45 @@ def blend_note(report: dict) -> str:
     return f"; blend ({weights}) OOF accuracy {report['oof_blend_accuracy_in_sample']:.5f} (in-sample weights)"
 
 
+def diff_title(diff: dict, shown: int) -> str:
+    """Return the title of reports/submission_diff.png for `diff` showing `shown` images."""
+    if diff.get("error"):
+        return f"Not compared with {diff['old']}: {diff['error']}"
+    if diff.get("old") is None:
+        return "First submission: nothing to compare with"
+    old = Path(diff["old"]).name
+    if not diff["changed"]:
+        return f"No test label changed since {old}"
+    return f"{shown} of the {diff['changed']} test images whose label changed since {old}: #ImageId old → new"
+
+
+def write_diff(new: Path, x_test: np.ndarray, probs: np.ndarray, limit: int) -> dict:
+    """Compare the submission at `new` with the previous one and write reports/submission_diff.json and
+    reports/submission_diff.png (at most `limit` changed images, in ImageId order); return the diff. A
+    previous file that cannot be compared (another length, a damaged file) is recorded, not fatal."""
+    try:
+        diff = diff_with_previous(new)
+    except InputError as exc:
+        diff = {"old": str(previous_submission(new)), "new": str(new), "changed": None, "error": str(exc)}
+        print(f"predict: warning: {exc}", file=sys.stderr)
+    write_json(paths.SUBMISSION_DIFF_JSON, diff)
+    ids = np.asarray(diff.get("changed_ids") or [], np.int64)[:limit]
+    old = read_labels(Path(diff["old"]))[ids - 1] if len(ids) else ids
+    new_labels = np.argmax(probs[ids - 1], axis=1) if len(ids) else ids
+    confidence = probs[ids - 1, new_labels] if len(ids) else np.zeros(0)
+    plots.submission_diff_grid(
+        x_test[ids - 1], ids, old, new_labels, confidence, paths.SUBMISSION_DIFF_PNG, diff_title(diff, len(ids))
+    )
+    return diff
+
+
+def diff_note(diff: dict) -> str:
+    """Return the closing log line's words on the submission diff."""
+    if diff.get("error"):
+        return f"not compared with {diff['old']} ({diff['error']})"
+    return describe_diff(diff)
+
+
 def write_submission(labels: np.ndarray, stamp: str) -> str:
     """Validate the submission for `labels`, then write latest.csv and a timestamped copy; return the copy's path."""
     text = submission_csv(labels)
@@ -185,13 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     data, x_test = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
     try:
+        keep = kept_mask(len(data["y"]), read_exclusions(len(data["y"])))
         outputs = {m: predict_folds(data, x_test, m, n_folds, cfg) for m in models}
-        views, report = blend_models(outputs, data["y"], cfg.blend_by)
+        views, report = blend_models(outputs, data["y"], cfg.blend_by, keep)
         probs = views.mean(axis=0)
         write_npz(paths.TEST_PROBS_NPZ, probs=probs, views=views)
+        write_npz(paths.OOF_TTA_NPZ, probs=oof_blend(outputs, report), y=data["y"], fold=data["fold"])
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         stamped = write_submission(np.argmax(probs, axis=1), stamp)
         write_json(paths.PREDICT_JSON, {**report, "tta_views": cfg.tta_views, "test_rows": len(x_test)})
+        diff = write_diff(Path(stamped), x_test, probs, cfg.diff_images)
     except (OutputError, InputError, FileNotFoundError, ValueError) as exc:
         return fail("predict", exc)
     progress.finish(
@@ -200,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         device.describe(),
         f"OOF accuracy {report['oof_accuracy']:.5f} without TTA, {report['oof_tta_accuracy']:.5f} with "
         f"{cfg.tta_views} views (gain {report['tta_gain']:+.5f}){blend_note(report)} -> {paths.LATEST_SUBMISSION} "
-        f"(copy {stamped})",
+        f"(copy {stamped}); {diff_note(diff)}",
     )
     return 0
 

@@ -1,4 +1,8 @@
-"""Builds and validates Kaggle Digit Recognizer submissions (`ImageId,Label`, ids 1..n)."""
+"""Builds, validates and compares Kaggle Digit Recognizer submissions (`ImageId,Label`, ids 1..n).
+
+The comparison of a new submission with an earlier one (rows changed, old and new label counts) lives
+here only: predict writes it to reports/submission_diff.json after every run, report quotes it in
+summary.md, and submit prints it before uploading. `python -m pipeline.submission` validates a file."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 
 HEADER = ["ImageId", "Label"]
+STAMPED_GLOB = "submission-*.csv"  # the timestamped copy predict keeps of every submission
+N_CLASSES = 10
 
 
 def submission_csv(labels: np.ndarray) -> str:
@@ -72,6 +78,109 @@ def validate_submission_file(path: Path, expected_rows: int) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise InputError(str(path), f"is not UTF-8 text: {exc}") from exc
     return validate_submission(text, expected_rows, str(path))
+
+
+def data_rows(path: Path) -> int:
+    """Return the number of non-blank lines after the header of the text file at `path`."""
+    with open(path, encoding="utf-8-sig") as fh:
+        return max(0, sum(1 for line in fh if line.strip()) - 1)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """Return the labels of the submission at `path` in ImageId order 1..n, after validating it (InputError
+    naming the file, line and column otherwise)."""
+    if not Path(path).is_file():
+        raise InputError(str(path), "does not exist")
+    frame = validate_submission_file(path, data_rows(path))
+    labels = np.zeros(len(frame), np.int64)
+    labels[frame["ImageId"].astype(np.int64).to_numpy() - 1] = frame["Label"].astype(np.int64).to_numpy()
+    return labels
+
+
+def label_counts(labels: np.ndarray) -> dict[str, int]:
+    """Return how many rows carry each digit, keyed "0".."9"."""
+    return {str(d): int(c) for d, c in enumerate(np.bincount(labels, minlength=N_CLASSES))}
+
+
+def diff_labels(old: np.ndarray, new: np.ndarray) -> dict:
+    """Return how submission labels `new` differ from `old` (same length): the rows changed, their ImageIds,
+    each (old -> new) change's count and both label counts."""
+    changed = np.flatnonzero(old != new)
+    pairs: dict[str, int] = {}
+    for a, b in zip(old[changed], new[changed], strict=True):
+        pairs[f"{a}->{b}"] = pairs.get(f"{a}->{b}", 0) + 1
+    return {
+        "rows": len(new),
+        "changed": len(changed),
+        "changed_ids": (changed + 1).tolist(),
+        "changes": dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "old_counts": label_counts(old),
+        "new_counts": label_counts(new),
+    }
+
+
+def compare_submissions(old: Path, new: Path) -> dict:
+    """Return the diff (see diff_labels) of the submission at `new` against the one at `old`; raise InputError
+    naming the file that is invalid, or `old` when it holds another number of rows than `new`."""
+    new_labels, old_labels = read_labels(new), read_labels(old)
+    if len(old_labels) != len(new_labels):
+        raise InputError(str(old), f"has {len(old_labels)} rows but {new} has {len(new_labels)}: not the same test set")
+    return {"old": str(old), "new": str(new), **diff_labels(old_labels, new_labels)}
+
+
+def first_submission(new: Path) -> dict:
+    """Return the diff record of the submission at `new` when there is no earlier one to compare with."""
+    labels = read_labels(new)
+    return {"old": None, "new": str(new), "rows": len(labels), "changed": None, "new_counts": label_counts(labels)}
+
+
+def previous_submission(current: Path, folder: Path = paths.SUBMISSIONS_DIR) -> Path | None:
+    """Return the newest timestamped submission in `folder` made before `current` (itself a timestamped copy, or
+    a file such as latest.csv whose newest identical copy there marks its time); None when there is none."""
+    copies = sorted(Path(folder).glob(STAMPED_GLOB))
+    current = Path(current)
+    if current.parent.resolve() == Path(folder).resolve() and current.match(STAMPED_GLOB):
+        cut = current.name
+    else:
+        data = current.read_bytes()
+        own = [c for c in copies if c.read_bytes() == data]
+        cut = own[-1].name if own else None
+    older = [c for c in copies if cut is None or c.name < cut]
+    return older[-1] if older else None
+
+
+def diff_with_previous(current: Path, folder: Path = paths.SUBMISSIONS_DIR) -> dict:
+    """Return the diff of the submission at `current` against the previous one in `folder` (see
+    previous_submission), or the first-submission record when there is none."""
+    old = previous_submission(current, folder)
+    return first_submission(current) if old is None else compare_submissions(old, current)
+
+
+def describe_diff(diff: dict) -> str:
+    """Return one line summing up a submission diff: rows changed and the label counts that moved."""
+    if diff.get("old") is None:
+        return f"first submission: nothing to compare {diff['new']} with"
+    head = f"{diff['changed']} of {diff['rows']} labels changed since {diff['old']}"
+    if not diff["changed"]:
+        return head
+    moved = [
+        f"{d}: {diff['old_counts'][d]}→{diff['new_counts'][d]}"
+        for d in diff["new_counts"]
+        if diff["old_counts"][d] != diff["new_counts"][d]
+    ]
+    top = ", ".join(f"{k} x{v}" for k, v in list(diff["changes"].items())[:3])
+    return f"{head} (most frequent {top}" + (f"; label counts {', '.join(moved)})" if moved else ")")
+
+
+def resolve_earlier(name: Path, folder: Path = paths.SUBMISSIONS_DIR) -> Path:
+    """Return the submission `name` (a path, or a file name in `folder`); raise InputError listing the earlier
+    submissions when neither exists."""
+    for candidate in (Path(name), Path(folder) / Path(name).name):
+        if candidate.is_file():
+            return candidate
+    recent = [p.name for p in sorted(Path(folder).glob(STAMPED_GLOB))[-5:]]
+    listing = ", ".join(recent) if recent else f"none in {folder}"
+    raise InputError(str(name), f"does not exist; the latest earlier submissions: {listing}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """Submit submissions/latest.csv to Kaggle's Digit Recognizer.
 
-Validates the file first (header ImageId,Label, ids 1..N once each, labels 0-9, N rows), then
+Validates the file first (header ImageId,Label, ids 1..N once each, labels 0-9, N rows) and shows how
+it differs from the previous submission in submissions/ (or from --compare FILE, any earlier one), then
 uploads it with the kaggle package's Python API (the same as `kaggle competitions submit`).
-Exit status: 0 submitted, 1 the file is invalid, 2 no Kaggle credentials, 3 Kaggle refused or
-could not be reached."""
+Exit status: 0 submitted, 1 the file (or the --compare file) is invalid, 2 no Kaggle credentials, 3 Kaggle
+refused or could not be reached."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from typing import Any
 from pipeline import params, paths
 from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
-from pipeline.submission import validate_submission_file
+from pipeline.submission import (
+    compare_submissions,
+    describe_diff,
+    diff_with_previous,
+    resolve_earlier,
+    validate_submission_file,
+)
 
 COMPETITION = "digit-recognizer"
 UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
@@ -101,6 +108,14 @@ def submit_file(api: Any, path: Path, message: str, competition: str = COMPETITI
     return reply or "submitted"
 
 
+def diff_summary(path: Path, compare: Path | None) -> str:
+    """Return how the submission at `path` differs from `compare` (a path or a name in submissions/), or from the
+    previous submission when `compare` is None; raise InputError naming a file that cannot be compared."""
+    if compare is None:
+        return describe_diff(diff_with_previous(path))
+    return describe_diff(compare_submissions(resolve_earlier(compare), path))
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, home: Path | None = None) -> int:
     """Parse the CLI, validate the submission, and submit it to Kaggle."""
     rows = params.load("ingest").expected_test_rows
@@ -114,6 +129,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     )
     parser.add_argument("-c", "--competition", default=COMPETITION, help="competition (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the command, do not submit")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="FILE",
+        help="compare with this earlier submission (a path, or a file name in submissions/) instead of the previous",
+    )
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
     home = Path.home() if home is None else home
@@ -122,6 +143,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     except InputError as exc:
         return fail("submit", f"{exc}\nsubmit: fix the file (or rerun `dvc repro predict`) and try again", 1)
     print(f"submit: {args.file} is valid ({len(frame)} rows)")
+    try:
+        print(f"submit: {diff_summary(args.file, args.compare)}")
+    except InputError as exc:
+        return fail("submit", f"cannot compare: {exc}", 1)
     print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}")
     if args.dry_run:
         return 0
