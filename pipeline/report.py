@@ -1,9 +1,11 @@
 """Stage `report`: what a Kaggler reads after every `dvc repro`.
 
 Reads data/processed/{train,test}.npz and best_params.json, models/oof.npz, models/test_probs.npz,
-models/folds/<model.name>/fold{k}.json, reports/metrics.json, reports/predict.json and reports/timings/*.json.
+models/folds/<model.name>/fold{k}.json, reports/metrics.json, reports/predict.json, reports/audit.json,
+reports/submission_diff.json and reports/timings/*.json.
 Writes reports/summary.md (class counts, chosen parameters, fold table, OOF accuracy with and without
-TTA, the most frequent confusions, wall time per stage, the submission), reports/confusion.csv (one
+TTA, the most frequent confusions, the label audit, wall time per stage, the submission and how it
+differs from the previous one), reports/confusion.csv (one
 `actual,predicted` row per OOF prediction, for DVC's confusion template), reports/wrong.png (the most
 confidently wrong OOF images) and reports/test_grid.png (test images with their predicted labels)."""
 
@@ -19,8 +21,9 @@ from pipeline import params, paths, plots
 from pipeline.cli import fail, stage_parser
 from pipeline.files import OutputError, read_json, read_npz, write_text
 from pipeline.params import ReportParams
+from pipeline.submission import describe_diff
 
-STAGES = ("ingest", "augment", "tune", "train", "predict")
+STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
 N_CLASSES = 10
 
 
@@ -142,6 +145,10 @@ def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> s
     if untuned and untuned["rows"] < len(folds):
         label = "OOF without the fold that scored tuning"
         rows.append([label, untuned["rows"], f"{untuned['accuracy']:.5f}", f"{untuned['loss']:.4f}", "", ""])
+    kept = metrics.get("oof_kept_rows", {})
+    if kept and kept["excluded"]:
+        label = f"OOF without the {kept['excluded']} excluded rows"
+        rows.append([label, kept["rows"], f"{kept['accuracy']:.5f}", f"{kept['loss']:.4f}", "", ""])
     header = ["fold", "validation rows", "accuracy", "loss", "epochs", "training time"]
     return "## Folds\n\n" + md_table(header, rows)
 
@@ -191,6 +198,34 @@ def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int)
     )
 
 
+def audit_section(audit: dict) -> str:
+    """Return the label audit: cleanlab's issue count, the exclusion list and, with rows excluded, the OOF TTA
+    accuracy on the rows not excluded in the run without exclusions (before) and now (after)."""
+    if not audit:
+        return "## Label audit\n\nreports/audit.json not found: run the audit stage."
+    text = (
+        f"## Label audit\n\ncleanlab finds **{audit['issues']}** likely label issues among the {audit['rows']} "
+        f"training rows (filter {audit['filter_by']}, ranked by {audit['rank_by']}): "
+        "[label_issues.csv](label_issues.csv), the top ones drawn in [label_issues.png](label_issues.png)."
+    )
+    accept = (
+        "Exclude the top N from training: `python -m pipeline.audit --accept N`, review "
+        "`git diff data/exclude_rows.csv`, then `dvc repro`."
+    )
+    if not audit["excluded"]:
+        return f"{text}\n\nNo row is excluded (data/exclude_rows.csv). {accept}"
+    kept, before = audit["kept_rows"], audit["baseline_kept_rows"]
+    rows = [["after (this run)", f"{kept['accuracy']:.5f}", f"{kept['loss']:.4f}"]]
+    if before is not None:
+        rows.insert(0, ["before (the run without exclusions)", f"{before['accuracy']:.5f}", f"{before['loss']:.4f}"])
+    missing = "" if before is not None else "\n\nNo run without exclusions with these settings to compare with."
+    return (
+        f"{text}\n\n{audit['excluded']} rows are excluded from training (data/exclude_rows.csv; "
+        f"{audit['issues_excluded']} of them among the issues above). OOF TTA accuracy on the other "
+        f"{kept['rows']} rows, the same rows before and after:\n\n" + md_table(["", "accuracy", "loss"], rows) + missing
+    )
+
+
 def timings_section(timings: dict[str, dict]) -> str:
     """Return the wall time of every stage that recorded one, with the device it ran on."""
     if not timings:
@@ -205,12 +240,21 @@ def timings_section(timings: dict[str, dict]) -> str:
     return "## Wall time per stage\n\n" + md_table(["stage", "wall time", "device", "finished (UTC)"], rows) + note
 
 
-def submission_section(path: Path, rows: int | None) -> str:
-    """Return where the submission is and how to send it."""
+def diff_line(diff: dict) -> str:
+    """Return the sentence on how the submission differs from the previous one (reports/submission_diff.json)."""
+    if not diff:
+        return "reports/submission_diff.json not found: run the predict stage."
+    if diff.get("error"):
+        return f"Not compared with the previous submission {diff['old']}: {diff['error']}"
+    return f"Against the previous submission: {describe_diff(diff)} ([submission_diff.png](submission_diff.png))."
+
+
+def submission_section(path: Path, rows: int | None, diff: dict | None = None) -> str:
+    """Return where the submission is, how it differs from the previous one and how to send it."""
     if rows is None:
         return f"## Submission\n\n{path} not found: run the predict stage."
     return (
-        f"## Submission\n\n`{path}` ({rows} rows). Send it with\n\n"
+        f"## Submission\n\n`{path}` ({rows} rows). {diff_line(diff or {})}\n\nSend it with\n\n"
         f'    python -m pipeline.submit -m "your message"\n\n'
         f'(the same as `kaggle competitions submit -c digit-recognizer -f {path} -m "your message"`).'
     )
@@ -231,10 +275,12 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
         folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
         accuracy_section(predict),
         confusion_section(confusion_pairs(matrix, cfg.confusion_pairs), int((predicted != labels).sum()), len(labels)),
+        audit_section(facts.get("audit", {})),
         timings_section(facts["timings"]),
-        submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"]),
+        submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"], facts.get("submission_diff", {})),
         "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); "
-        "images: reports/wrong.png, reports/test_grid.png, reports/augmentations.png, reports/tuning/.",
+        "images: reports/wrong.png, reports/test_grid.png, reports/label_issues.png, reports/submission_diff.png, "
+        "reports/augmentations.png, reports/tuning/.",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -273,6 +319,8 @@ def gather() -> dict[str, Any]:
         "oof": read_npz(require(paths.OOF_NPZ, "train")),
         "metrics": read_json(require(paths.METRICS_JSON, "train")),
         "predict": optional_json(paths.PREDICT_JSON),
+        "audit": optional_json(paths.AUDIT_JSON),
+        "submission_diff": optional_json(paths.SUBMISSION_DIFF_JSON),
         "test_probs": read_npz(require(paths.TEST_PROBS_NPZ, "predict"))["probs"],
         "tuned": optional_json(paths.BEST_PARAMS),
         "settings": metas[min(metas)].get("settings") if metas else None,

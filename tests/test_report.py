@@ -103,7 +103,7 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     count = int(np.sum((y == y[0]) & (pred == pred[0])))
     assert f"| {y[0]} | {pred[0]} | {count} |" in summary and "4 of 30 out-of-fold predictions are wrong" in summary
     assert "| train | 2m06s | CPU (x86_64) via tensorflow |" in summary and "| ingest | 3.2s | - |" in summary
-    assert "No timing recorded for: augment, tune, predict." in summary
+    assert "No timing recorded for: augment, tune, predict, audit." in summary
     assert "`submissions/latest.csv` (12 rows)" in summary and "python -m pipeline.submit" in summary
     rows = paths.CONFUSION_CSV.read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 31
