@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 STAMP := $(VENV)/.installed
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
