@@ -84,7 +84,9 @@ def issue_table(
     from cleanlab.rank import get_label_quality_scores
 
     labels = np.asarray(labels, np.int64)
-    confidence = get_label_quality_scores(labels[issues], np.asarray(probs[issues], np.float64))
+    confidence = (
+        get_label_quality_scores(labels[issues], np.asarray(probs[issues], np.float64)) if len(issues) else []
+    )  # cleanlab refuses an empty set
     return pd.DataFrame(
         {
             "rank": np.arange(1, len(issues) + 1),
@@ -203,8 +205,8 @@ def accept(count: int, issues: Path, n_rows: int, exclude: Path = paths.EXCLUDE_
     entries = [
         (
             int(r.row),
-            f"cleanlab: given {int(r.given_label)}, suggested {int(r.suggested_label)}, "
-            f"self-confidence {float(r.self_confidence):.4f}",
+            f"cleanlab: given {int(r.given_label)} -> suggested {int(r.suggested_label)} "
+            f"(self-confidence {float(r.self_confidence):.4f})",
         )
         for r in top.itertuples()
     ]
