@@ -14,42 +14,9 @@ from pipeline import paths
 from pipeline.cli import fail, stage_parser
 from pipeline.dataio import locate_raw, missing_data_message
 from pipeline.files import OutputError, write_with
+from pipeline.kaggle_auth import exposure_warnings, find_credentials
 
 COMPETITION = "digit-recognizer"
-
-
-def kaggle_config_dir() -> Path:
-    """Return the folder the kaggle CLI reads kaggle.json from (KAGGLE_CONFIG_DIR, ~/.kaggle, or the XDG folder)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    legacy = Path.home() / ".kaggle"
-    if legacy.exists():
-        return legacy
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
-
-
-def token_files() -> list[Path]:
-    """Return the credential files the kaggle CLI reads, in its order (whether or not they exist)."""
-    home = Path.home() / ".kaggle"
-    return [kaggle_config_dir() / "kaggle.json", home / "access_token", home / "access_token.txt"]
-
-
-def has_kaggle_credentials() -> bool:
-    """Return True when the kaggle CLI would find credentials (environment or token files)."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return True
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return True
-    return any(path.is_file() for path in token_files())
-
-
-def exposure_warnings() -> list[str]:
-    """Return a warning for each credential file that users other than its owner can read (never its contents)."""
-    return [
-        f"{path} is readable by other users (mode {path.stat().st_mode & 0o777:03o}); run: chmod 600 {path}"
-        for path in token_files()
-        if path.is_file() and path.stat().st_mode & 0o044
-    ]
 
 
 def have_data(raw_dir: Path = paths.RAW_DIR) -> bool:
@@ -81,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("getdata", __doc__)
     parser.add_argument("--zip", type=Path, help="copy this competition zip to data/raw/")
     args = parser.parse_args(argv)
-    for warning in exposure_warnings():
+    for warning in exposure_warnings(os.environ, Path.home()):
         print(f"getdata: warning: {warning}", file=sys.stderr)
     try:
         if args.zip:
@@ -91,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if have_data():
         print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
         return 0
-    if has_kaggle_credentials():
+    source = find_credentials(os.environ, Path.home())
+    if source is not None:
+        print(f"getdata: downloading with the Kaggle credentials from {source}", flush=True)
         code = download()
         if code == 0 and have_data():
             return 0

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline import params, paths
 from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
+from pipeline.kaggle_auth import find_credentials
 from pipeline.submission import (
     compare_submissions,
     describe_diff,
@@ -43,32 +44,6 @@ def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str
     return f"kaggle competitions submit -c {competition} -f {path} -m {shell_quote(message)}"
 
 
-def config_dirs(env: Mapping[str, str], home: Path) -> list[Path]:
-    """Return the folders the kaggle package searches for kaggle.json, in its order."""
-    if env.get("KAGGLE_CONFIG_DIR"):
-        return [Path(env["KAGGLE_CONFIG_DIR"])]
-    xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-    return [home / ".kaggle", xdg / "kaggle"]
-
-
-def find_credentials(env: Mapping[str, str], home: Path) -> str | None:
-    """Return where Kaggle credentials are configured (never their values), or None when nowhere."""
-    if env.get("KAGGLE_API_TOKEN"):
-        return "the KAGGLE_API_TOKEN environment variable"
-    for name in ("access_token", "access_token.txt"):
-        token = home / ".kaggle" / name
-        if token.is_file() and token.read_text(encoding="utf-8", errors="replace").strip():
-            return str(token)
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "the KAGGLE_USERNAME and KAGGLE_KEY environment variables"
-    for folder in config_dirs(env, home):
-        if (folder / "kaggle.json").is_file():
-            return str(folder / "kaggle.json")
-    if (home / ".kaggle" / "credentials.json").is_file():
-        return f"{home / '.kaggle' / 'credentials.json'} (kaggle auth login)"
-    return None
-
-
 def setup_help(home: Path) -> str:
     """Return the instructions for configuring Kaggle credentials."""
     folder = home / ".kaggle"
@@ -84,24 +59,47 @@ def setup_help(home: Path) -> str:
     )
 
 
-def make_api() -> Any:
-    """Return an authenticated kaggle KaggleApi (imported here: importing kaggle reads credentials)."""
+def make_api(source: str = "the configured credentials") -> Any:
+    """Return an authenticated kaggle KaggleApi (imported here: importing kaggle reads credentials); `source`
+    names where the credentials come from in the error."""
     from kaggle.api.kaggle_api_extended import KaggleApi
 
     api = KaggleApi()
     try:
         api.authenticate()
     except SystemExit as exc:  # the kaggle package exits when no credentials work
-        raise SubmitError("Kaggle rejected the configured credentials: check them (see --help)") from exc
+        raise SubmitError(
+            f"Kaggle did not accept the credentials from {source} (an expired or revoked token?): "
+            "create a new one on https://www.kaggle.com/settings (see --help)"
+        ) from exc
     return api
 
 
-def submit_file(api: Any, path: Path, message: str, competition: str = COMPETITION) -> str:
-    """Submit `path` with `message` through the kaggle `api`; return Kaggle's reply or raise SubmitError."""
+def refusal(exc: Exception, source: str, competition: str) -> str:
+    """Return why Kaggle refused a request: its 401 and 403 replies name the credentials' `source` and the fix."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 401:
+        return (
+            f"Kaggle answered 401 Unauthorized: the credentials from {source} were not accepted; "
+            "create a new API token on https://www.kaggle.com/settings and replace them"
+        )
+    if status == 403:
+        return (
+            f"Kaggle answered 403 Forbidden to the credentials from {source}: accept the competition rules once "
+            f"at https://www.kaggle.com/c/{competition}/rules, and check that the token may submit"
+        )
+    return f"Kaggle refused the submission: {exc}"
+
+
+def submit_file(
+    api: Any, path: Path, message: str, competition: str = COMPETITION, source: str = "the configured credentials"
+) -> str:
+    """Submit `path` with `message` through the kaggle `api` (credentials from `source`); return Kaggle's reply or
+    raise SubmitError."""
     try:
         response = api.competition_submit(str(path), message, competition, quiet=False)
     except Exception as exc:  # the kaggle package raises requests' HTTPError, ValueError, ...
-        raise SubmitError(f"Kaggle refused the submission: {exc}") from exc
+        raise SubmitError(refusal(exc, source, competition)) from exc
     reply = str(getattr(response, "message", "") or "")
     if reply == UPLOAD_FAILED:
         raise SubmitError(f"the upload of {path} failed ({reply}): check your connection and try again")
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
         return fail("submit", setup_help(home))
     print(f"submit: using Kaggle credentials from {source}")
     try:
-        reply = submit_file(make_api(), args.file, args.message, args.competition)
+        reply = submit_file(make_api(source), args.file, args.message, args.competition, source)
     except SubmitError as exc:
         return fail("submit", exc, 3)
     print(f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions")

@@ -22,6 +22,7 @@ import pytest
 from pipeline import getdata, ingest
 from pipeline.cli import fail
 from pipeline.files import PARTIAL, OutputError, read_npz, write_bytes, write_text, write_with
+from pipeline.kaggle_auth import exposure_warnings
 from pipeline.models import load_model
 from pipeline.secrets import mask_url, scrub
 from pipeline.training import load_checkpoint
@@ -147,47 +148,13 @@ def write_kaggle_json(folder: Path, mode: int) -> Path:
     return path
 
 
-def test_credentials_are_found_where_the_kaggle_cli_looks(kaggle_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Environment pair, API token, KAGGLE_CONFIG_DIR, ~/.kaggle, the XDG folder and access_token all count."""
-    assert not getdata.has_kaggle_credentials()
-    assert getdata.kaggle_config_dir() == kaggle_home / ".config" / "kaggle"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(kaggle_home / "xdg"))
-    assert getdata.kaggle_config_dir() == kaggle_home / "xdg" / "kaggle"
-    write_kaggle_json(kaggle_home / "xdg" / "kaggle", 0o600)
-    assert getdata.has_kaggle_credentials()
-    (kaggle_home / ".kaggle").mkdir()  # an existing ~/.kaggle wins, as in the CLI
-    assert getdata.kaggle_config_dir() == kaggle_home / ".kaggle"
-    assert not getdata.has_kaggle_credentials()
-    (kaggle_home / ".kaggle" / "access_token").write_text(SECRET)
-    assert getdata.has_kaggle_credentials()
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(kaggle_home / "elsewhere"))
-    assert getdata.kaggle_config_dir() == kaggle_home / "elsewhere"
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": SECRET}, True),
-        ({"KAGGLE_USERNAME": "someone"}, False),
-        ({"KAGGLE_API_TOKEN": SECRET}, True),
-    ],
-)
-def test_credentials_from_environment(
-    kaggle_home: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: bool
-) -> None:
-    """Environment variables count only as the CLI reads them (both of username and key, or a token)."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert getdata.has_kaggle_credentials() is expected
-
-
 @pytest.mark.parametrize(
     ("mode", "warns"), [(0o644, True), (0o640, True), (0o604, True), (0o600, False), (0o400, False)]
 )
 def test_kaggle_json_readable_by_others_warns(kaggle_home: Path, mode: int, warns: bool) -> None:
     """A kaggle.json that group or others can read gets a warning naming the file and the fix, never the key."""
     path = write_kaggle_json(kaggle_home / ".kaggle", mode)
-    warnings = getdata.exposure_warnings()
+    warnings = exposure_warnings(os.environ, kaggle_home)
     if not warns:
         assert warnings == []
         return

@@ -1,12 +1,8 @@
-"""pipeline.submit: validation before upload, credential discovery and set-up help, and a real
+"""pipeline.submit: validation before upload, set-up help without credentials, and a real
 kaggle-package submission against a local fake Kaggle API (never the real service)."""
 
 from __future__ import annotations
 
-import base64
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +10,7 @@ import pytest
 
 from pipeline import submit
 from pipeline.submission import submission_csv
+from tests.kaggle_fake import basic, serve
 
 ROWS = 28000
 KAGGLE_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "KAGGLE_API_ENVIRONMENT")
@@ -98,22 +95,6 @@ def test_without_credentials_explains_setup_and_exits_2(
     assert "chmod 600" in err and "kaggle.json" in err and "KAGGLE_USERNAME" in err and "KAGGLE_KEY" in err
 
 
-def test_find_credentials_names_the_source_never_the_secret(tmp_path: Path) -> None:
-    home = tmp_path
-    assert submit.find_credentials({}, home) is None
-    assert submit.find_credentials({"KAGGLE_USERNAME": "u"}, home) is None
-    env = {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "s3cret"}
-    source = submit.find_credentials(env, home)
-    assert source is not None and "KAGGLE_KEY" in source and "s3cret" not in source
-    (home / ".kaggle").mkdir()
-    (home / ".kaggle" / "kaggle.json").write_text('{"username": "someone", "key": "s3cret"}')
-    assert submit.find_credentials({}, home) == str(home / ".kaggle" / "kaggle.json")
-    custom = tmp_path / "cfg"
-    custom.mkdir()
-    assert submit.find_credentials({"KAGGLE_CONFIG_DIR": str(custom)}, home) is None
-    assert "KAGGLE_API_TOKEN" in submit.find_credentials({"KAGGLE_API_TOKEN": "tok"}, home)
-
-
 class FakeApi:
     """Stands in for KaggleApi: records the call and answers like the kaggle package."""
 
@@ -137,63 +118,18 @@ def test_submit_file_reports_failures() -> None:
         submit.submit_file(FakeApi(error=RuntimeError("403 Forbidden")), Path("a.csv"), "m")
 
 
-class FakeKaggle(BaseHTTPRequestHandler):
-    """The three requests of a competition submission: start the upload, PUT the file, create it."""
-
-    log: list[dict] = []  # noqa: RUF012 (replaced per test)
-
-    def log_message(self, *args: object) -> None:
-        """Keep the test output quiet."""
-
-    def reply(self, body: dict) -> None:
-        """Answer 200 with the JSON `body`."""
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def body(self) -> bytes:
-        """Return the request body."""
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def do_POST(self) -> None:
-        entry = {"method": "POST", "path": self.path, "auth": self.headers.get("Authorization"), "json": {}}
-        entry["json"] = json.loads(self.body() or b"{}")
-        self.log.append(entry)
-        host = f"http://127.0.0.1:{self.server.server_address[1]}"
-        if self.path.endswith("/StartSubmissionUpload"):
-            self.reply({"token": "blob-token-1", "createUrl": f"{host}/upload/blob-token-1"})
-        elif self.path.endswith("/CreateSubmission"):
-            self.reply({"message": "Successfully submitted to Digit Recognizer", "ref": 7})
-        else:
-            self.send_error(404)
-
-    def do_PUT(self) -> None:
-        self.log.append({"method": "PUT", "path": self.path, "data": self.body()})
-        self.reply({})
-
-
 @pytest.fixture
 def fake_kaggle(clean_env: Path, monkeypatch: pytest.MonkeyPatch):
     """A local HTTP server standing in for api.kaggle.com, with fake legacy credentials in the env."""
     from kagglesdk import kaggle_env
 
-    FakeKaggle.log = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKaggle)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setitem(
-        kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, f"http://127.0.0.1:{server.server_port}"
-    )
-    monkeypatch.setenv("KAGGLE_USERNAME", "fake-user")
-    monkeypatch.setenv("KAGGLE_KEY", "fake-key-123")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    yield FakeKaggle.log
-    server.shutdown()
-    server.server_close()
+    with serve(keys=frozenset({("fake-user", "fake-key-123")})) as (url, log):
+        monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, url)
+        monkeypatch.setenv("KAGGLE_USERNAME", "fake-user")
+        monkeypatch.setenv("KAGGLE_KEY", "fake-key-123")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        yield log
 
 
 def test_submission_reaches_the_kaggle_api_with_the_file(
@@ -210,7 +146,7 @@ def test_submission_reaches_the_kaggle_api_with_the_file(
     assert start["json"]["competitionName"] == "digit-recognizer"
     assert start["json"]["fileName"] == "latest.csv"
     assert int(start["json"]["contentLength"]) == valid_csv.stat().st_size
-    assert start["auth"] == "Basic " + base64.b64encode(b"fake-user:fake-key-123").decode()
+    assert start["auth"] == basic("fake-user", "fake-key-123")
     assert upload["method"] == "PUT" and upload["path"] == "/upload/blob-token-1"
     assert upload["data"] == valid_csv.read_bytes()
     assert create["path"] == "/v1/competitions.CompetitionApiService/CreateSubmission"
