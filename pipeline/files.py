@@ -44,9 +44,28 @@ def remove_partials(folder: Path, name: str = "*") -> list[Path]:
     return stale
 
 
+def current_umask() -> int:
+    """Return the process's umask (from /proc/self/status where there is one, which leaves it untouched)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode() -> int:
+    """Return the mode a plain new file gets under the current umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path`, with the mode the umask gives a new file,
+    only if the block succeeds (mkstemp makes the temporary file 0600)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +76,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(path, exc) from exc
