@@ -1,0 +1,86 @@
+"""dvc.yaml declares, for every stage run as `python -m pipeline.<module>`, exactly the pipeline modules that
+module imports, transitively (the package's __init__.py included): a change to any of them is a change
+`dvc repro` must see, and a module it does not import is no dependency. Imports are read from the source
+with ast, so imports inside functions (a stage's lazily imported helpers) count too."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "pipeline"
+STAGE_CMD = re.compile(r"^python -m pipeline\.(\w+)(\s|$)")
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """Return the names of the pipeline modules the source file at `path` imports anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "pipeline":
+            found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            pytest.fail(f"{path}: relative import of {node.module}: import pipeline modules by name")
+    return found
+
+
+def module_closure(module: str) -> set[str]:
+    """Return `module` and every pipeline module it imports, transitively, plus the package __init__'s imports."""
+    seen: set[str] = set()
+    todo = [module, "__init__"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += sorted(pipeline_imports(PACKAGE / f"{name}.py") - seen)
+    return seen
+
+
+def stages() -> dict[str, tuple[str, list[str]]]:
+    """Return every dvc.yaml stage whose command is `python -m pipeline.<module>`: its module and its deps."""
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    found = {}
+    for name, stage in doc["stages"].items():
+        match = STAGE_CMD.match(str(stage.get("cmd", "")))
+        if match:
+            found[name] = (
+                match.group(1),
+                [str(next(iter(d))) if isinstance(d, dict) else str(d) for d in stage.get("deps", [])],
+            )
+    return found
+
+
+def test_every_pipeline_stage_is_checked() -> None:
+    """The check below sees the pipeline's stages (a dvc.yaml whose commands it cannot read would pass vacuously)."""
+    assert {"ingest", "augment", "tune", "train", "predict", "report"} <= set(stages())
+
+
+@pytest.mark.parametrize("stage", sorted(stages()))
+def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
+    module, deps = stages()[stage]
+    declared = {d for d in deps if d.startswith("pipeline/")}
+    expected = {f"pipeline/{name}.py" for name in module_closure(module)}
+    assert not sorted(expected - declared), f"dvc.yaml stage {stage!r} misses deps {sorted(expected - declared)}"
+    assert not sorted(declared - expected), (
+        f"dvc.yaml stage {stage!r} declares modules it never imports {sorted(declared - expected)}"
+    )
+
+
+def test_the_import_reader_follows_every_form_of_import(tmp_path: Path) -> None:
+    """Control: each way of importing a pipeline module is seen, in a function body too; other imports are not."""
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "import os\nimport pipeline.paths\nfrom pipeline import files, cli\nfrom pipeline.params import load\n"
+        "def later():\n    from pipeline import plots\n    from pipeline.models import build_model\n"
+    )
+    assert pipeline_imports(source) == {"paths", "files", "cli", "params", "plots", "models"}
