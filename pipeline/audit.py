@@ -93,7 +93,7 @@ def issue_table(
             "row": issues,
             "given_label": labels[issues],
             "suggested_label": np.argmax(probs[issues], axis=1),
-            "self_confidence": np.round(confidence, 6),
+            "self_confidence": np.asarray(confidence, np.float64),
             "fold": np.asarray(folds)[issues].astype(np.int64),
             "excluded": np.isin(issues, excluded),
         },
@@ -157,7 +157,7 @@ def run_audit(cfg: AuditParams) -> dict:
         raise ValueError(f"{paths.OOF_TTA_NPZ} has {len(oof['y'])} rows but {paths.TRAIN_NPZ} {len(images)}: rerun")
     excluded = read_exclusions(len(oof["y"]))
     table = issue_table(find_issues(oof["probs"], oof["y"], cfg), oof["probs"], oof["y"], oof["fold"], excluded)
-    write_text(paths.LABEL_ISSUES_CSV, table.to_csv(index=False, lineterminator="\n"))
+    write_text(paths.LABEL_ISSUES_CSV, table.to_csv(index=False, lineterminator="\n", float_format="%.4g"))
     top = table.head(cfg.grid_images)
     rows = top["row"].to_numpy()
     plots.label_issue_grid(
@@ -206,7 +206,7 @@ def accept(count: int, issues: Path, n_rows: int, exclude: Path = paths.EXCLUDE_
         (
             int(r.row),
             f"cleanlab: given {int(r.given_label)} -> suggested {int(r.suggested_label)} "
-            f"(self-confidence {float(r.self_confidence):.4f})",
+            f"(self-confidence {float(r.self_confidence):.2g})",
         )
         for r in top.itertuples()
     ]

@@ -84,12 +84,16 @@ def prediction_grid(
 def label_issue_grid(
     images: np.ndarray, rows: np.ndarray, given: np.ndarray, suggested: np.ndarray, quality: np.ndarray, path: Path
 ) -> None:
-    """Save the grid of likely label issues captioned `row R: given G → S (quality)` to `path`."""
+    """Save the grid of likely label issues captioned `given G → S` over `row R, p(G)=Q` to `path`, where Q is the
+    label quality score (the OOF probability of the given label G)."""
     captions = [
-        f"row {int(r)}\ngiven {int(g)} → {int(s)}\n(p(given) {q:.3f})"
+        f"given {int(g)} → {int(s)}\nrow {int(r)}, p={q:.2g}"
         for r, g, s, q in zip(rows, given, suggested, quality, strict=True)
     ]
-    title = f"The {len(images)} most likely label issues (cleanlab): given label → suggested label"
+    title = (
+        f"The {len(images)} most likely label issues (cleanlab): given label → suggested label\n"
+        "row = training row (0-based), p = out-of-fold probability of the given label"
+    )
     if len(images) == 0:
         title = "cleanlab found no likely label issue"
     image_grid(images, captions, path, title, color="darkblue")

@@ -189,7 +189,8 @@ def diff_title(diff: dict, shown: int) -> str:
     old = Path(diff["old"]).name
     if not diff["changed"]:
         return f"No test label changed since {old}"
-    return f"{shown} of the {diff['changed']} test images whose label changed since {old}: #ImageId old → new"
+    which = f"The {shown}" if shown == diff["changed"] else f"{shown} of the {diff['changed']}"
+    return f"{which} test images whose label changed since {old}: #ImageId old → new label (new probability)"
 
 
 def write_diff(new: Path, x_test: np.ndarray, probs: np.ndarray, limit: int) -> dict:
@@ -248,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"predict.blend_by must be one of {OBJECTIVES}, got {cfg.blend_by!r}")
     except ValueError as exc:
         return fail("predict", exc)
+    device = configure()
     if args.image is not None:
         return predict_image(args.image, models, n_folds, cfg)
-    device = configure()
     start = time.perf_counter()
     data, x_test = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
     try:

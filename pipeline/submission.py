@@ -168,7 +168,7 @@ def describe_diff(diff: dict) -> str:
         for d in diff["new_counts"]
         if diff["old_counts"][d] != diff["new_counts"][d]
     ]
-    top = ", ".join(f"{k} x{v}" for k, v in list(diff["changes"].items())[:3])
+    top = ", ".join(f"{k.replace('->', '→')} x{v}" for k, v in list(diff["changes"].items())[:3])
     return f"{head} (most frequent {top}" + (f"; label counts {', '.join(moved)})" if moved else ")")
 
 

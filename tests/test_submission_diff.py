@@ -46,7 +46,7 @@ def test_one_changed_row_is_found_with_the_counts(tmp_path):
     assert (diff["old_counts"]["6"], diff["new_counts"]["6"]) == (2, 1)
     assert (diff["old_counts"]["3"], diff["new_counts"]["3"]) == (2, 3)
     line = describe_diff(diff)
-    assert line.startswith("1 of 20 labels changed since ") and "6->3 x1" in line
+    assert line.startswith("1 of 20 labels changed since ") and "6→3 x1" in line
     assert "3: 2→3" in line and "6: 2→1" in line
 
 
