@@ -12,6 +12,26 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+# Settings a user may have exported that would change what the tests exercise: another tuning storage, another
+# Keras backend (chosen when keras is first imported, so cleared here, before any test module imports it),
+# verbose native logs, and real Kaggle credentials (never used by tests). Cleared again around every test.
+LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE")
+
+
+def leaky_names() -> list[str]:
+    """Return the names of the user's environment variables that tests must not see."""
+    return [name for name in os.environ if name in LEAKY_ENV or name.startswith("KAGGLE_")]
+
+
+for _name in leaky_names():
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove the user's leaky settings (LEAKY_ENV, KAGGLE_*) for the test; a test may set its own."""
+    for name in leaky_names():
+        monkeypatch.delenv(name)
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from pipeline.files import PARTIAL, read_npz
+from pipeline.live import read_history
 from pipeline.models import load_model
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
@@ -56,21 +57,50 @@ def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def run_and_kill(module: str, cwd: Path, marker: str) -> list[str]:
-    """Start `python -m module` in `cwd`, SIGKILL it as soon as it prints a line containing `marker`;
+# Runs a stage in a child process that stops for good at a chosen point and says so; the test then kills it
+# there. Killing on a progress line instead raced the child: on 20 rows it could finish first.
+TRAIN_STOPS = """
+import sys, threading
+from pipeline import train, training
+save = training.save_checkpoint
+def save_then_stop(folder, model, history, fingerprint):
+    save(folder, model, history, fingerprint)
+    if folder.name == "fold{fold}" and len(history) == {epoch}:
+        print("STOPPED: fold {fold} checkpointed after epoch {epoch}", flush=True)
+        threading.Event().wait()
+training.save_checkpoint = save_then_stop
+sys.exit(train.main([]))
+"""
+PREDICT_STOPS = """
+import sys, threading
+from pipeline import predict
+load, loads = predict.load_model, []
+def load_or_stop(path):
+    loads.append(path)
+    if len(loads) == {load}:
+        print(f"STOPPED: before loading {{path}}", flush=True)
+        threading.Event().wait()
+    return load(path)
+predict.load_model = load_or_stop
+sys.exit(predict.main([]))
+"""
+
+
+def run_and_kill(script: str, cwd: Path) -> list[str]:
+    """Run the Python `script` in `cwd`, SIGKILL it once it prints its STOPPED line (it then waits for the kill);
     return the lines it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module], cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", script], cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
-        if marker in line:
+        if line.startswith("STOPPED:"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL, f"{module} ended before {marker!r}:\n{''.join(lines)}"
+    assert proc.returncode == -signal.SIGKILL, f"the child ended before its stop point:\n{''.join(lines)}"
     return lines
 
 
@@ -87,6 +117,13 @@ def snapshot(root: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
 def partials(root: Path) -> list[Path]:
     """Return the temporary files of unfinished atomic writes anywhere in the project."""
     return sorted(root.rglob(f".*.{PARTIAL}*"))
+
+
+def sentinel_submission(produced: bytes) -> bytes:
+    """Return a valid submission with the rows of `produced` but every label changed."""
+    lines = produced.decode().splitlines()
+    rows = [f"{i},{(int(label) + 1) % 10}" for i, label in (line.split(",") for line in lines[1:])]
+    return ("\n".join([lines[0], *rows]) + "\n").encode()
 
 
 def make_project(root: Path) -> Path:
@@ -129,7 +166,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
     run_stage("pipeline.train", reference)
 
-    killed = run_and_kill("pipeline.train", resumed, f"fold {KILL_FOLD} epoch {KILL_EPOCH}/{EPOCHS}")
+    killed = run_and_kill(TRAIN_STOPS.format(fold=KILL_FOLD, epoch=KILL_EPOCH), resumed)
     after_kill = snapshot(resumed, ("models", "reports"))
     kill_partials = partials(resumed)
     state = resumed / f"models/checkpoints/{MODEL}/fold{KILL_FOLD}/state.json"
@@ -137,8 +174,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     resumed_run = run_stage("pipeline.train", resumed)
 
     run_stage("pipeline.predict", reference)
-    before = (reference / "submissions/latest.csv").read_bytes()
-    predict_lines = run_and_kill("pipeline.predict", reference, "predict: fold 1/3 done")
+    produced = (reference / "submissions/latest.csv").read_bytes()
+    before = sentinel_submission(produced)  # unlike a rerun's file: a run that rewrote it would be seen
+    (reference / "submissions/latest.csv").write_bytes(before)
+    predict_lines = run_and_kill(PREDICT_STOPS.format(load=2), reference)  # during TTA, after fold 0
     return Scenario(
         reference=reference,
         resumed=resumed,
@@ -170,7 +209,7 @@ def test_kill_leaves_only_complete_files(scenario: Scenario) -> None:
     assert load_model(str(root / f"models/folds/{MODEL}/fold0.keras")).output_shape == (None, 10)
     assert read_npz(root / f"models/folds/{MODEL}/fold0_oof.npz")["probs"].shape[1] == 10
     assert json.loads(scenario.after_kill[f"models/folds/{MODEL}/fold0.json"])["epochs"] == EPOCHS
-    assert 1 <= scenario.checkpoint_epochs < EPOCHS, scenario.killed_lines
+    assert scenario.checkpoint_epochs == KILL_EPOCH, scenario.killed_lines
     for partial in scenario.partials_after_kill:  # a write cut short stays under its temporary name
         assert PARTIAL in partial.name and partial.name.startswith(".")
 
@@ -194,8 +233,11 @@ def test_resume_continues_the_killed_fold_from_its_checkpoint(scenario: Scenario
     assert epochs == list(range(done + 1, EPOCHS + 1))
     meta = json.loads((scenario.resumed / f"models/folds/{MODEL}/fold{KILL_FOLD}.json").read_text())
     assert meta["epochs"] == EPOCHS
-    history = (scenario.resumed / f"reports/history/{MODEL}-fold{KILL_FOLD}.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
+    # the per-epoch metrics (DVCLive, reports/live/) hold each epoch once, exactly as trained, killed or not
+    logged = read_history(MODEL, KILL_FOLD, scenario.resumed / "reports/live")
+    assert [row["epoch"] for row in logged] == list(range(1, EPOCHS + 1))
+    assert logged == [{k: row[k] for k in logged[0]} for row in meta["history"]]
+    assert read_history(MODEL, 0, scenario.resumed / "reports/live")[-1]["epoch"] == EPOCHS  # the kept fold too
 
 
 def test_resume_leaves_nothing_behind(scenario: Scenario) -> None:
@@ -228,6 +270,7 @@ def test_two_processes_train_identical_folds(scenario: Scenario) -> None:
 def test_predict_killed_during_tta_keeps_previous_submission(scenario: Scenario) -> None:
     """SIGKILL during TTA leaves submissions/latest.csv byte-identical and no temporary file beside it."""
     assert any("predict: fold 1/3 done" in line for line in scenario.predict_killed_lines)
+    assert not any("predict: fold 2/3 done" in line for line in scenario.predict_killed_lines)
     assert scenario.submission_after_kill == scenario.submission_before
     assert scenario.submission_before.startswith(b"ImageId,Label\n")
     assert scenario.predict_partials == []
