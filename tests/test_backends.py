@@ -107,6 +107,7 @@ def test_dvc_repro_runs_on_jax_without_tensorflow(tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     raw = work / "data" / "raw"
     raw.mkdir(parents=True)
+    shutil.copy(REPO / "data" / "exclude_rows.csv", work / "data")  # git-tracked: a dependency of train
     (raw / "train.csv").write_text(train_csv_text(*synthetic_digits(60)))
     (raw / "test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
     env = jax_env(tmp_path)

@@ -57,13 +57,16 @@ def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_real_params(), sort_keys=False))
     (tmp_path / "data" / "raw").mkdir(parents=True)
     shutil.copy(ZIP, tmp_path / "data" / "raw" / "digit-recognizer.zip")
+    shutil.copy(REPO / "data" / "exclude_rows.csv", tmp_path / "data")  # git-tracked: a dependency of train
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
     run(["dvc", "config", "core.analytics", "false"], tmp_path)
 
     log = run(["dvc", "repro"], tmp_path)
-    for stage in ("ingest", "augment", "tune", "train", "predict", "report"):
+    for stage in ("ingest", "augment", "tune", "train", "predict", "audit", "report"):
         assert f"Running stage '{stage}'" in log
+    for name in ("label_issues.csv", "label_issues.png", "audit.json", "submission_diff.json", "submission_diff.png"):
+        assert (tmp_path / "reports" / name).is_file(), name
     frame = validate_submission_file(tmp_path / "submissions" / "latest.csv", expected_rows=1000)
     assert frame["Label"].astype(int).between(0, 9).all()
     assert "Out-of-fold accuracy" in (tmp_path / "reports" / "summary.md").read_text()
