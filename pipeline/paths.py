@@ -34,7 +34,7 @@ AUGMENTATIONS_PNG = REPORTS_DIR / "augmentations.png"
 METRICS_JSON = REPORTS_DIR / "metrics.json"
 PREDICT_JSON = REPORTS_DIR / "predict.json"
 TUNE_JSON = REPORTS_DIR / "tune.json"
-HISTORY_DIR = REPORTS_DIR / "history"
+LIVE_DIR = REPORTS_DIR / "live"  # train's DVCLive folder: per-epoch metrics (pipeline/live.py)
 TUNING_DIR = REPORTS_DIR / "tuning"
 TRIALS_CSV = TUNING_DIR / "trials.csv"
 MODELS_MD = REPORTS_DIR / "models.md"
@@ -73,11 +73,6 @@ def fold_meta(model: str, fold: int) -> Path:
 def fold_oof(model: str, fold: int) -> Path:
     """Return the path of model `model`'s fold `fold` out-of-fold probabilities (.npz)."""
     return model_dir(model) / f"fold{fold}_oof.npz"
-
-
-def fold_history(model: str, fold: int) -> Path:
-    """Return the path of model `model`'s fold `fold` per-epoch history CSV (a DVC plot)."""
-    return HISTORY_DIR / f"{model}-fold{fold}.csv"
 
 
 def fold_checkpoint_dir(model: str, fold: int) -> Path:

@@ -1,14 +1,16 @@
 """Keeps TensorFlow's and absl's C++ log lines off stderr unless asked for (DIGIT_VERBOSE=1, or --verbose on the
-command line): sets TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow loads (a TF_CPP_MIN_LOG_LEVEL already set is kept),
-and drops the lines its libraries print while they load, before absl's logging starts, which no setting silences
-(`WARNING: All log messages before absl::InitializeLog() ...`, `I0000 ... port.cc:153] oneDNN custom operations
-...`). Everything else written to stderr meanwhile (Python warnings, errors) is passed on. Not a stage:
-pipeline/__init__.py installs it, so every `python -m pipeline.<module>` is quiet before it imports Keras."""
+command line): sets TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow loads (a TF_CPP_MIN_LOG_LEVEL already set is kept)
+and TensorFlow's Python logger to errors only, and drops the lines its libraries print while they load, before
+absl's logging starts, which no setting silences (`WARNING: All log messages before absl::InitializeLog() ...`,
+`I0000 ... port.cc:153] oneDNN custom operations ...`). Everything else written to stderr meanwhile (Python
+warnings, errors) is passed on. Not a stage: pipeline/__init__.py installs it, so every
+`python -m pipeline.<module>` is quiet before it imports Keras."""
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import re
 import sys
@@ -21,7 +23,8 @@ VERBOSE_ENV = "DIGIT_VERBOSE"
 QUIETED = ("tensorflow",)  # top-level packages whose loading is filtered
 NATIVE_LOG = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*)$"
+    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*"
+    r"|To enable the following instructions: .*, in other operations, rebuild TensorFlow with .*)$"  # cpu_feature_guard
 )
 
 
@@ -105,6 +108,9 @@ def install(argv: Sequence[str] | None = None, environ: MutableMapping[str, str]
     if wants_verbose(sys.argv[1:] if argv is None else argv, environ):
         return False
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    python_logger = logging.getLogger("tensorflow")  # TensorFlow's Python warnings (tf.function retracing, ...)
+    if python_logger.level == logging.NOTSET:
+        python_logger.setLevel(logging.ERROR)
     if not any(isinstance(finder, QuietFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, QuietFinder())
     return True

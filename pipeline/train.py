@@ -4,8 +4,8 @@ model.overrides), all on the same folds: each fold's training rows plus their au
 
 Reads data/processed/{train,augmented}.npz, data/processed/best_params.json and data/exclude_rows.csv
 (rows left out of every fold's training rows, their augmented copies with them). Writes per model and
-fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and
-reports/history/<model>-fold{k}.csv; overall models/oof.npz (model.name's OOF probabilities) and
+fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and its per-epoch metrics
+through DVCLive in reports/live/ (pipeline/live.py); overall models/oof.npz (model.name's OOF probabilities) and
 reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
 "oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).
 A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import params, paths, progress
+from pipeline import live, params, paths, progress
 from pipeline.cli import fail, stage_parser
 from pipeline.device import Device, configure
 from pipeline.exclusions import kept_mask, read_exclusions
@@ -34,7 +34,6 @@ from pipeline.files import (
     remove_partials,
     write_json,
     write_npz,
-    write_text,
     write_with,
 )
 from pipeline.models import check_name
@@ -124,13 +123,6 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def history_csv(history: list[dict]) -> str:
-    """Return the per-epoch history as CSV text (epoch first)."""
-    keys = ["epoch", *sorted(k for k in history[0] if k != "epoch")] if history else ["epoch"]
-    lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" for k in keys) for row in history]
-    return "\n".join(lines) + "\n"
-
-
 def fold_is_done(model: str, fold: int, fingerprint: str) -> bool:
     """Return True when `model`'s fold `fold` already has a finished model with this `fingerprint`."""
     meta = paths.fold_meta(model, fold)
@@ -149,7 +141,7 @@ def checkpoint_epochs(model: str, fold: int, fingerprint: str) -> int:
 
 def remove_stale_partials(models: list[str], n_folds: int) -> None:
     """Delete temporary files that a killed run left beside train's outputs."""
-    own = [(paths.HISTORY_DIR, "*"), (paths.OOF_NPZ.parent, paths.OOF_NPZ.name)]
+    own = [(paths.OOF_NPZ.parent, paths.OOF_NPZ.name)]
     own += [(paths.METRICS_JSON.parent, paths.METRICS_JSON.name)]
     own += [(paths.model_dir(m), "*") for m in models]
     own += [(paths.fold_checkpoint_dir(m, k), "*") for m in models for k in range(n_folds)]
@@ -169,10 +161,12 @@ def train_fold(
     verbose: int,
     monitor_rows: int | None = None,
     excluded: np.ndarray | None = None,
+    logger: object | None = None,
 ) -> dict:
     """Train fold `fold` on the other folds' rows minus `excluded` (resuming from its checkpoint) and write its
-    model, OOF probabilities (every row of the fold, excluded or not) and history. `fingerprints`: the fold's
-    fingerprint and its base fingerprint (the same settings and data, whatever rows are excluded)."""
+    model, OOF probabilities (every row of the fold, excluded or not) and history, logging each epoch to the
+    DVCLive `logger` if given. `fingerprints`: the fold's fingerprint and its base fingerprint (the same
+    settings and data, whatever rows are excluded)."""
     fingerprint, base_fingerprint = fingerprints
     keras.utils.set_random_seed(seed + fold)
     keep = kept_mask(len(data["y"]), np.zeros(0, np.int64) if excluded is None else excluded)
@@ -186,6 +180,8 @@ def train_fold(
     def report(epoch: int, row: dict) -> None:
         bar.update(epoch + 1 - bar.n)
         bar.set_postfix_str(f"val_acc {row['val_accuracy']:.4f}")
+        if logger is not None:
+            live.log_epoch(logger, cfg.model, fold, row)
         progress.note(
             f"  fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
             f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
@@ -195,6 +191,8 @@ def train_fold(
     done = checkpoint_epochs(cfg.model, fold, fingerprint)
     if done:
         progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({checkpoint_dir})")
+        if logger is not None:
+            live.log_history(logger, cfg.model, fold, checkpoint_history(checkpoint_dir, fingerprint) or [])
     with bar:
         watch = monitor_subset(val_rows, data["y"], monitor_rows, seed + fold)
         model, history = fit(
@@ -222,7 +220,6 @@ def train_fold(
     }
     write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs)
-    write_text(paths.fold_history(cfg.model, fold), history_csv(history))
     write_json(paths.fold_meta(cfg.model, fold), meta)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return meta
@@ -250,6 +247,7 @@ def train_model(
     bar,
     monitor_rows: int | None = None,
     excluded: np.ndarray | None = None,
+    logger: object | None = None,
 ) -> dict[int, dict]:
     """Train every fold of model `cfg.model` not already done (advancing progress `bar`), leaving the `excluded`
     rows out of its training rows; return each fold's meta. A fold's fingerprint covers the excluded rows among
@@ -263,8 +261,8 @@ def train_model(
         fingerprint = fingerprint_of(cfg, seed, fold, data_id, {"excluded_rows": left_out}) if left_out else base
         if fold_is_done(cfg.model, fold, fingerprint):
             folds[fold] = read_json(paths.fold_meta(cfg.model, fold))
-            history = history_csv(folds[fold].get("history", []))
-            write_text(paths.fold_history(cfg.model, fold), history)  # DVC removed reports/history
+            if logger is not None:  # the folder was started afresh: the fold's epochs first
+                live.log_history(logger, cfg.model, fold, folds[fold].get("history", []))
             shutil.rmtree(paths.fold_checkpoint_dir(cfg.model, fold), ignore_errors=True)  # left if killed after it
             progress.note(
                 f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
@@ -273,7 +271,7 @@ def train_model(
             continue
         progress.note(f"train: {cfg.model} fold {fold + 1}/{n_folds} on {device.describe()}")
         folds[fold] = train_fold(
-            fold, data, aug, cfg, seed, device, (fingerprint, base), verbose, monitor_rows, excluded
+            fold, data, aug, cfg, seed, device, (fingerprint, base), verbose, monitor_rows, excluded, logger
         )
         progress.note(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
         bar.update(1)
@@ -301,12 +299,13 @@ def train_all(
         progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
     remove_stale_partials([m.model for m in models], n_folds)
     metas, oofs = {}, {}
+    logger = live.open_live()
     with progress.progress(n_folds * len(models), "train", unit="fold", lines=False) as fold_bar:
         for cfg in models:
             if len(models) > 1:
                 progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
             metas[cfg.model] = train_model(
-                cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows, excluded
+                cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows, excluded, logger
             )
             oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
     primary = models[0].model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ NATIVE = [
     "I0000 00:00:1795295350.705050    7730 cudart_stub.cc:31] Could not find cuda drivers on your machine.",
     "E0000 00:00:1795295354.927362    7730 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
     "W1121 21:04:05.123456   123 gpu_device.cc:2344] Cannot dlopen some GPU libraries.",
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate "
+    "compiler flags.",
 ]
 
 
@@ -48,6 +51,7 @@ def test_verbose_is_asked_for_by_the_environment_or_the_command_line():
     assert quiet.install([], env) and env["TF_CPP_MIN_LOG_LEVEL"] == "3"
     env = {"DIGIT_VERBOSE": "1"}
     assert not quiet.install([], env) and "TF_CPP_MIN_LOG_LEVEL" not in env
+    assert logging.getLogger("tensorflow").level == logging.ERROR  # its Python warnings (retracing, ...) too
 
 
 def test_filtered_stderr_passes_on_python_warnings_and_drops_native_lines(tmp_path):

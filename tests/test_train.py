@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from pipeline import augment, ingest, paths, train
+from pipeline import augment, ingest, live, paths, train
 from pipeline.device import configure
 from pipeline.files import read_npz, write_json
 from pipeline.models import load_model
@@ -45,9 +44,11 @@ def test_train_all_writes_folds_oof_history_and_metrics(prepared):
     for fold in range(3):
         part = read_npz(paths.fold_oof("dropout_cnn", fold))
         assert np.array_equal(np.sort(part["rows"]), np.flatnonzero(data["fold"] == fold))
-        rows = list(csv.DictReader(paths.fold_history("dropout_cnn", fold).open()))
-        assert [r["epoch"] for r in rows] == ["1", "2"]
-        assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(rows[0])
+        rows = live.read_history("dropout_cnn", fold)  # logged through DVCLive, epoch by epoch
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+        recorded = json.loads(paths.fold_meta("dropout_cnn", fold).read_text())["history"]
+        assert rows == [{k: r[k] for k in rows[0]} for r in recorded]
         model = load_model(str(paths.fold_model("dropout_cnn", fold)))
         assert model.output_shape == (None, 10)
     assert not any(paths.CHECKPOINT_DIR.rglob("last.keras"))  # checkpoints are removed once a fold is done
