@@ -4,6 +4,8 @@ reference measured in the same run, prints one table and writes it to reports/be
 1. training images/s: the train stage's input path and step (EpochSampler + training.fit, one
    model.fit per epoch) vs one bare model.fit on in-memory arrays (same model, batch, epochs);
 2. inference image-views/s: tta.predict_views vs bare model.predict on the same (pre-transformed) views;
+   bf16 mixed precision vs float32, training (bare model.fit) and inference (bare model.predict), alternating
+   in one run, with the precision the pipeline chose on this machine (pipeline/device.py);
 3. augmentation images/s: pipeline.augment.augment on every core vs a single-process albumentations loop;
 4. ingest seconds: dataio.parse_train/parse_test on the competition zip's CSVs vs pandas.read_csv defaults;
 5. peak resident memory of each stage's core, run in a fresh subprocess, vs that process after its imports.
@@ -21,7 +23,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,10 +80,10 @@ def steady_rate(images: int, seconds: list[float]) -> float:
     return images / min(seconds[1:] or seconds)
 
 
-def bare_fit_seconds(
+def bare_fit(
     settings: FitSettings, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray], jit: bool
-) -> list[float]:
-    """Return per-epoch seconds of one plain model.fit over float arrays prepared beforehand."""
+) -> tuple[list[float], object]:
+    """Return per-epoch seconds of one plain model.fit over float arrays prepared beforehand, and the model."""
     import keras
 
     from pipeline.training import as_input, compiled_model, one_hot
@@ -105,7 +108,7 @@ def bare_fit_seconds(
         xf, yf, batch_size=settings.batch_size, epochs=settings.epochs, shuffle=False, validation_data=val_f,
         verbose=0, callbacks=[EpochTimer()],
     )  # fmt: skip
-    return seconds
+    return seconds, model
 
 
 def bench_training(
@@ -123,7 +126,7 @@ def bench_training(
     for _ in range(repeats):
         keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
-        bare = max(bare, steady_rate(len(x), bare_fit_seconds(settings, x, y, val, jit)))
+        bare = max(bare, steady_rate(len(x), bare_fit(settings, x, y, val, jit)[0]))
         keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
         model, history = fit(settings, sampler, val, device)
@@ -161,6 +164,54 @@ def bench_inference(model, x: np.ndarray, views: int, batch_size: int, repeats: 
         "the pipeline also computes the views"
     )
     return row("inference + TTA", "image-views/s", piped, "bare model.predict", bare, ">= 0.95", note)
+
+
+@contextmanager
+def global_policy(name: str) -> Iterator[None]:
+    """Run the block under Keras dtype policy `name`, then restore the policy that was set before."""
+    import keras
+
+    before = keras.config.dtype_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def precision_rates(settings: FitSettings, x: np.ndarray, y: np.ndarray, policy: str, seed: int) -> tuple[float, float]:
+    """Return (training images/s of a bare model.fit, inference images/s of a bare model.predict) under `policy`."""
+    import keras
+
+    from pipeline.training import as_input
+
+    with global_policy(policy):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        val = (x[: settings.batch_size], y[: settings.batch_size])
+        seconds, model = bare_fit(settings, x, y, val, jit=False)
+        train, xf = steady_rate(len(x), seconds), as_input(x)
+        model.predict(xf[:1024], batch_size=1024, verbose=0)  # warm-up
+        infer = len(x) / timed(lambda: model.predict(xf, batch_size=1024, verbose=0))
+    return train, infer
+
+
+def bench_precision(settings: FitSettings, x: np.ndarray, y: np.ndarray, device: Device | None, seed: int,
+                    repeats: int = 2) -> list[dict]:  # fmt: skip
+    """Return the training and inference rows of bf16 mixed precision vs float32 (bare model.fit and model.predict,
+    alternating in this process), each noting the precision the pipeline chose here."""
+    rates: dict[str, list[tuple[float, float]]] = {"mixed_bfloat16": [], "float32": []}
+    for _ in range(repeats):
+        for policy, measured in rates.items():
+            measured.append(precision_rates(settings, x, y, policy, seed))
+    chosen = f"the pipeline chose {device.precision} ({device.reason})" if device else "no device configured"
+    note = f"{settings.model}, batch {settings.batch_size}, {len(x)} rows; best of {repeats} alternating runs; {chosen}"
+    best = {p: (max(r[0] for r in m), max(r[1] for r in m)) for p, m in rates.items()}
+    return [
+        row("training, bf16", "images/s", best["mixed_bfloat16"][0], "float32", best["float32"][0], "-", note),
+        row("inference, bf16", "images/s", best["mixed_bfloat16"][1], "float32", best["float32"][1], "-",
+            f"bare model.predict, batch 1024, {len(x)} rows; {chosen}"),
+    ]  # fmt: skip
 
 
 def augment_loop(x: np.ndarray, cfg: AugmentParams, seed: int) -> tuple[float, float]:
@@ -279,7 +330,7 @@ def stage_core(stage: str, spec: dict, inputs: dict) -> Callable[[], object]:
                                inputs["aug_source"], spec["seed"])  # fmt: skip
         from pipeline.device import configure
 
-        device = configure()
+        device = configure(spec["precision"])
         return lambda: fit(settings, sampler, (inputs["x"][:256], inputs["y"][:256]), device)
     if stage == "predict":
         from pipeline.models import build_model
@@ -339,13 +390,17 @@ def run_bench(
     log(f"bench: augmentation {aug_row['value']:,.0f} images/s")
     train_row, model = bench_training(setup.settings, x, y, aug, setup.device, setup.seed)
     log(f"bench: training {train_row['value']:,.0f} images/s")
-    table = [train_row, bench_inference(model, x, setup.views, setup.predict_batch), aug_row, bench_ingest(zip_path)]
+    table = [train_row, bench_inference(model, x, setup.views, setup.predict_batch)]
+    table += bench_precision(setup.settings, x, y, setup.device, setup.seed)
+    log(f"bench: bf16 {table[2]['value']:,.0f} vs float32 {table[2]['reference']:,.0f} training images/s")
+    table += [aug_row, bench_ingest(zip_path)]
     log("bench: inference and ingest measured")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         spec = {
             "seed": setup.seed, "folds": setup.folds, "zip": str(zip_path), "ingest": asdict(setup.ingest),
             "augment": asdict(setup.augment), "workers": workers, "settings": asdict(setup.settings),
             "views": setup.views, "batch": setup.predict_batch,
+            "precision": setup.device.precision if setup.device else "float32",
         }  # fmt: skip
         write_json(Path(tmp) / "spec.json", spec)
         write_npz(Path(tmp) / "inputs.npz", x=x, y=y, aug_x=aug["x"], aug_source=aug["source"])
@@ -404,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 16 or args.epochs < 1:
         parser.error("--rows must be at least 16 and --epochs at least 1")
-    device = configure()
+    device = configure(params.load("device").precision)
     setup = setup_from_params(args.epochs, device)
     print(f"bench: {args.rows} rows, {setup.settings.model}, on {device.describe()}", flush=True)
     table = run_bench(args.rows, args.zip, setup, tuple(args.stages), aug_rows=args.aug_rows)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, models=args.models, epochs=args.epochs)
     model_cfg = params.load("model")
     base = fit_settings(params.load("train"), model_cfg.name, None)
-    device = configure()
+    device = configure(params.load("device").precision)
     data = read_npz(paths.TRAIN_NPZ)
     aug = (
         read_npz(paths.AUGMENTED_NPZ)

@@ -144,5 +144,17 @@ def build_model(name: str, dropout_conv: float = 0.25, dropout_dense: float = 0.
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a trained `.keras` model with safe_mode on (no arbitrary code from the file)."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    """Load a trained `.keras` model with safe_mode on (no arbitrary code from the file), computing in the global
+    precision policy (`in_global_policy`)."""
+    return in_global_policy(keras.saving.load_model(path, safe_mode=True, compile=False))
+
+
+def in_global_policy(model: keras.Model) -> keras.Model:
+    """Return `model` computing in the global dtype policy: a zoo model saved under another policy (its layers keep
+    the one they were trained in) is rebuilt under the current one with the same weights; others are returned as is."""
+    policy = keras.config.dtype_policy().name
+    if model.name not in MODELS or model.get_layer("scale").dtype_policy.name == policy:
+        return model
+    twin = build_model(model.name)
+    twin.set_weights(model.get_weights())
+    return twin

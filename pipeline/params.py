@@ -128,6 +128,13 @@ class AuditParams:
 
 
 @dataclass(frozen=True)
+class DeviceParams:
+    """How the stages that run a model compute (params.yaml `device:`)."""
+
+    precision: str  # auto | float32 | mixed_bfloat16 (pipeline/device.py resolves auto per machine)
+
+
+@dataclass(frozen=True)
 class ReportParams:
     wrong_images: int
     test_images: int
@@ -143,6 +150,7 @@ class CompareParams:
 
 
 SECTIONS: dict[str, type] = {
+    "device": DeviceParams,
     "ingest": IngestParams,
     "augment": AugmentParams,
     "model": ModelParams,

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"predict.blend_by must be one of {OBJECTIVES}, got {cfg.blend_by!r}")
     except ValueError as exc:
         return fail("predict", exc)
-    device = configure()
+    device = configure(params.load("device").precision)
     if args.image is not None:
         return predict_image(args.image, models, n_folds, cfg)
     start = time.perf_counter()

@@ -257,8 +257,10 @@ def train_model(
     excluded = np.zeros(0, np.int64) if excluded is None else excluded
     for fold in range(n_folds):
         left_out = fold_exclusions(data["fold"], excluded, fold)
-        base = fingerprint_of(cfg, seed, fold, data_id)  # the settings and data, whatever rows are excluded
-        fingerprint = fingerprint_of(cfg, seed, fold, data_id, {"excluded_rows": left_out}) if left_out else base
+        # the settings, the precision they computed in and the data, whatever rows are excluded
+        base = fingerprint_of(cfg, seed, fold, data_id, device.precision)
+        excluding = {"excluded_rows": left_out}
+        fingerprint = fingerprint_of(cfg, seed, fold, data_id, device.precision, excluding) if left_out else base
         if fold_is_done(cfg.model, fold, fingerprint):
             folds[fold] = read_json(paths.fold_meta(cfg.model, fold))
             if logger is not None:  # the folder was started afresh: the fold's epochs first
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         scored_fold = read_scored_fold() if cfg.use_tuned and tuned else None
     except ValueError as exc:
         return fail("train", exc)
-    device = configure()
+    device = configure(params.load("device").precision)
     start = time.perf_counter()
     names = ", ".join(m.model for m in models)
     print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")

@@ -44,7 +44,7 @@ from pipeline.training import EpochSampler, FitSettings, fit, accuracy, predict_
 from pipeline.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
-device = configure()
+device = configure("float32")
 assert device.resident, device
 x, y = synthetic_digits(90)
 sampler = EpochSampler(x, y, np.arange(60), x[:40], np.arange(20, 60, dtype=np.int32), seed=0)
@@ -63,6 +63,34 @@ assert np.allclose(runs[True][1], runs[False][1], atol=1e-5)
 views = predict_views(model, x, 2, 64)
 assert views.shape == (3, 90, 10) and np.allclose(views.sum(-1), 1, atol=1e-4)
 print("jax ok", len(runs[True][0]), accuracy(views.mean(0), y))
+"""
+
+
+BF16_SCRIPT = """
+import sys, numpy as np, keras
+from pipeline.device import configure
+from pipeline.models import load_model
+from pipeline.training import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.tta import predict_views
+from tests.conftest import synthetic_digits
+assert keras.backend.backend() == "jax", keras.backend.backend()
+device = configure("mixed_bfloat16")
+assert device.precision == "mixed_bfloat16" and "mixed_bfloat16" in device.describe(), device
+x, y = synthetic_digits(90)
+sampler = EpochSampler(x, y, np.arange(60), x[:40], np.arange(20, 60, dtype=np.int32), seed=0)
+settings = FitSettings(model="bn_cnn", epochs=2, batch_size=16, learning_rate=0.003, warmup_epochs=0.5,
+                       dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0)
+keras.utils.set_random_seed(1)
+model, history = fit(settings, sampler, (x[60:], y[60:]), device)
+assert model.get_layer("scale").compute_dtype == "bfloat16" and model.get_layer("probs").compute_dtype == "float32"
+assert all(np.isfinite(r["loss"]) for r in history), history
+probs = predict_probs(model, x)
+model.save(sys.argv[1])
+# measured 3e-4 apart (XLA fuses the reloaded graph differently; TensorFlow reloads exactly)
+assert np.allclose(predict_probs(load_model(sys.argv[1]), x), probs, atol=1e-3)
+views = predict_views(model, x, 2, 64)
+assert views.shape == (3, 90, 10) and views.dtype == np.float32 and np.allclose(views.sum(-1), 1, atol=1e-3)
+print("jax bf16 ok", len(history))
 """
 
 
@@ -95,6 +123,13 @@ def test_resident_training_matches_the_numpy_path_on_jax(tmp_path):
     done = run([sys.executable, "-c", SCRIPT], REPO, jax_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jax ok 2" in done.stdout
+
+
+@needs_jax
+def test_bf16_training_saving_and_tta_run_on_jax(tmp_path):
+    done = run([sys.executable, "-c", BF16_SCRIPT, str(tmp_path / "m.keras")], REPO, jax_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "jax bf16 ok 2" in done.stdout
 
 
 @pytest.mark.slow
