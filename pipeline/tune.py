@@ -279,12 +279,13 @@ def fail_stale(study: optuna.Study, cfg: TuneParams) -> None:
     fail_orphans(study, cfg)
 
 
-def fail_orphans(study: optuna.Study, cfg: TuneParams) -> None:
-    """Fail and re-queue RUNNING trials that never reached the objective `cfg.grace_seconds` after they started.
+def fail_orphans(study: optuna.Study, cfg: TuneParams, now: datetime | None = None) -> None:
+    """Fail and re-queue RUNNING trials that never reached the objective `cfg.grace_seconds` before `now` (default:
+    the current time) after they started.
 
     Optuna's heartbeat check skips a trial that has no heartbeat yet, so a worker killed between
     creating a trial and its first heartbeat would otherwise leave that trial RUNNING forever."""
-    limit = datetime.now() - timedelta(seconds=cfg.grace_seconds)
+    limit = (now or datetime.now()) - timedelta(seconds=cfg.grace_seconds)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if "worker" in trial.user_attrs or trial.datetime_start is None or trial.datetime_start > limit:
             continue
@@ -442,14 +443,18 @@ def notice_figure(title: str, reason: str) -> Figure:
     return fig
 
 
-def write_plots(study: optuna.Study, seed: int) -> None:
-    """Write the optimisation history, parameter importances and parallel-coordinate PNGs to reports/tuning/."""
+def write_plots(study: optuna.Study, seed: int) -> dict[str, str]:
+    """Write the optimisation history, parameter importances and parallel-coordinate PNGs to reports/tuning/;
+    return the plots that could not be drawn yet (written as a notice saying why), with the reason."""
+    notices = {}
     for kind, filename in PLOTS.items():
         try:
             fig = plot_study(study, kind, seed)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            fig = notice_figure(kind, str(exc) or type(exc).__name__)
+            notices[kind] = str(exc) or type(exc).__name__
+            fig = notice_figure(kind, notices[kind])
         save_figure(fig, paths.TUNING_DIR / filename)
+    return notices
 
 
 def write_outputs(study: optuna.Study, seed: int, fold: int) -> dict:
@@ -458,7 +463,8 @@ def write_outputs(study: optuna.Study, seed: int, fold: int) -> dict:
     write_json(paths.BEST_PARAMS, summary)
     write_json(paths.TUNE_JSON, {"best_value": summary["value"], "finished_trials": summary["finished_trials"]})
     write_text(paths.TRIALS_CSV, study.trials_dataframe().to_csv(index=False))
-    write_plots(study, seed)
+    for kind, reason in write_plots(study, seed).items():
+        print(f"tune: the {kind} plot is a notice for now: {reason}")
     return summary
 
 

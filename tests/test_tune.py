@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -108,11 +109,12 @@ def test_defaults_outside_the_space_are_left_to_the_sampler(project: Path) -> No
 # ---------------------------------------------------------------- studies on real storage
 
 
-def test_two_workers_share_one_sqlite_study(tune_project: Path) -> None:
+def test_two_workers_share_one_sqlite_study(tune_project: Path, capsys: pytest.CaptureFixture) -> None:
     # two trials per process: neither worker can take all four, however much sooner it starts
     set_params("tune", trials_per_process=2)
     assert tune.main(["--workers", "2", "--trials", "4"]) == 0
     study = only_study()
+    assert notices_printed(capsys.readouterr().out) == expected_notices(study)  # the plots are really drawn
     assert finished(study) == 4
     assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
     per_worker = Counter(t.user_attrs["worker"] for t in study.get_trials(deepcopy=False, states=tune.FINISHED))
@@ -122,6 +124,28 @@ def test_two_workers_share_one_sqlite_study(tune_project: Path) -> None:
     rows = paths.TRIALS_CSV.read_text().strip().splitlines()
     assert len(rows) == 1 + len(study.trials)
     assert json.loads(paths.BEST_PARAMS.read_text())["finished_trials"] == 4
+
+
+def test_plots_not_drawable_yet_are_reported_as_notices(project: Path) -> None:
+    space = {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    study = optuna.create_study(direction="maximize")
+    for lr in (1e-3, 3e-3):  # the same score twice: no variance for the importances to explain
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": lr}, distributions=space, value=0.5))
+    notices = tune.write_plots(study, seed=0)
+    assert list(notices) == ["importances"] and "variance" in notices["importances"]
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 5e-3}, distributions=space, value=0.7))
+    assert tune.write_plots(study, seed=0) == {}
+
+
+def expected_notices(study: optuna.Study) -> set[str]:
+    """Return the plots of `study` that may only be a notice: the importances when every trial scored the same."""
+    values = {t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    return {"importances"} if len(values) < 2 else set()
+
+
+def notices_printed(out: str) -> set[str]:
+    """Return the plots tune's output says it wrote as a notice."""
+    return {kind for kind in tune.PLOTS if f"tune: the {kind} plot is a notice" in out}
 
 
 def test_fresh_worker_processes_take_over_after_trials_per_process(tune_project: Path) -> None:
@@ -135,17 +159,23 @@ def test_fresh_worker_processes_take_over_after_trials_per_process(tune_project:
     assert str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers}
 
 
-def test_worker_count_defaults_to_the_params_of_the_device_found(tune_project: Path) -> None:
-    set_params("tune", trials=2, trials_per_process=0, workers_cpu=2, workers_gpu=1)  # no GPU here
+def test_worker_count_defaults_to_the_params_of_the_device_found(
+    tune_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_params("tune", trials=2, trials_per_process=0, workers_cpu=2, workers_gpu=3)  # either way: worker processes
+    cfg = params.load("tune")
+    assert tune.worker_count(None, cfg) == (3 if tune.gpu_present() else 2)  # the device this machine has
     assert tune.main([]) == 0
     study = only_study()
     assert finished(study) == 2
     workers = workers_of(study)
     assert workers and str(os.getpid()) not in {w.rsplit(":", 1)[-1] for w in workers}, workers
-    cfg = params.load("tune")
     assert tune.worker_count(3, cfg) == 3
+    for gpu, expected in ((False, 2), (True, 3)):  # and the device a machine may have
+        monkeypatch.setattr(tune, "gpu_present", lambda gpu=gpu: gpu)
+        assert tune.worker_count(None, cfg) == expected
     with pytest.raises(ValueError, match="at least 1"):
-        tune.worker_count(None, replace(cfg, workers_cpu=0))
+        tune.worker_count(None, replace(cfg, workers_gpu=0))
 
 
 def test_workers_sharing_a_gpu_split_its_memory() -> None:
@@ -172,20 +202,38 @@ def test_rerun_continues_the_study_and_best_params_change_training(tune_project:
     assert tuned.learning_rate == best["params"]["learning_rate"]
 
 
+# tune in a child whose first trial stops for good once running and says so: the test kills it there (polling
+# the study for a running trial raced the trial's end on tiny data)
+TUNE_STOPS = """
+import sys, threading
+from pipeline import tune
+def fit_stops(*args, **kwargs):
+    print("STOPPED: a trial is running", flush=True)
+    threading.Event().wait()
+tune.fit = fit_stops
+sys.exit(tune.main(["--trials", "2"]))
+"""
+
+
 def test_killed_worker_leaves_no_running_trial_after_a_rerun(tune_project: Path) -> None:
     set_params("tune", grace_seconds=3)  # the rerun waits this long for the dead worker's trial to go stale
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "pipeline.tune", "--trials", "2"]
-    log = tune_project / "tune.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-c", TUNE_STOPS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
     try:
-        killed = wait_for_running_trial(proc, log)
-        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("STOPPED:"):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
     finally:
         proc.kill()
         proc.wait()
-    assert states(only_study())["RUNNING"] == 1
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    running = only_study().get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 1
+    killed = running[0].number
     assert tune.main([]) == 0  # same target (tune.trials = 2): fails the stale trial, retries it, finishes
     study = only_study()
     counts = states(study)
@@ -233,35 +281,21 @@ def open_together(url: str, folder: Path, n: int = 4) -> None:
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(project: Path) -> None:
-    set_params("tune", heartbeat_seconds=1, grace_seconds=1)
+    set_params("tune", heartbeat_seconds=1, grace_seconds=60)
     cfg = params.load("tune")
     study = tune.open_study("orphans", tune.storage_for(SQLITE, cfg), cfg, seed=0, worker=0)
     orphan = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    started = study.trials[orphan.number].datetime_start
     tune.fail_stale(study, cfg)
     assert states(study) == {"RUNNING": 1}, "a trial younger than the grace period is left alone"
-    time.sleep(1.5)
-    tune.fail_stale(study, cfg)
-    tune.fail_stale(study, cfg)  # idempotent: failed and re-queued once
+    tune.fail_orphans(study, cfg, now=started + timedelta(seconds=cfg.grace_seconds - 1))
+    assert states(study) == {"RUNNING": 1}, "a second before the grace period ends it is still left alone"
+    later = started + timedelta(seconds=cfg.grace_seconds + 1)  # the clock the check reads, moved on
+    tune.fail_orphans(study, cfg, now=later)
+    tune.fail_orphans(study, cfg, now=later)  # idempotent: failed and re-queued once
     assert states(study) == {"FAIL": 1, "WAITING": 1}
     retry = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
     assert retry.system_attrs["failed_trial"] == orphan.number and retry.params == orphan.params
-
-
-def wait_for_running_trial(proc: subprocess.Popen, log: Path, limit: float = 180.0) -> int:
-    """Return the number of the first trial seen RUNNING in the project's study while `proc` (output in `log`) runs."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and proc.poll() is None:
-        if b"finished trials, target" in log.read_bytes():  # the study exists, so reading it creates nothing
-            storage = optuna.storages.RDBStorage(SQLITE)
-            for name in optuna.get_all_study_names(storage):
-                running = optuna.load_study(study_name=name, storage=storage).get_trials(
-                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-                )
-                if running:
-                    return running[0].number
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-2000:]
-    pytest.fail(f"no trial was seen running (tune exit code {proc.poll()}); its output ends:\n{tail}")
 
 
 # ---------------------------------------------------------------- PostgreSQL
