@@ -24,8 +24,9 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
 	$(BIN)/python -m pipeline.getdata
 
-run: data ## the full competition job: dvc repro with profile full -> submissions/latest.csv
+run: data ## the full competition job (on a CPU: prints its estimated time first) -> submissions/latest.csv
 	$(BIN)/python -m pipeline.params --profile full $(SET)
+	$(BIN)/python -m pipeline.estimate
 	$(BIN)/dvc repro
 
 quick: data ## the quick profile (2-core CPU, about 15 minutes) through the same dvc.yaml

@@ -1,5 +1,6 @@
-"""Makes sure the competition data is in data/raw/: keeps what is there, else downloads the zip
-with the kaggle CLI when credentials are configured, else exits 2 naming both ways to get it.
+"""Makes sure the competition data is in data/raw/: keeps what is there, else copies the CSVs of a Kaggle
+notebook's input (/kaggle/input/digit-recognizer/, or under $DIGIT_KAGGLE_ROOT), else downloads the zip with
+the kaggle CLI when credentials are configured, else exits 2 naming both ways to get it.
 `--zip PATH` copies a zip you already have into place."""
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ def copy_zip(source: Path) -> None:
     write_with(paths.RAW_ZIP, lambda tmp: shutil.copyfile(source, tmp), suffix=".zip")
 
 
+def copy_kaggle_input(folder: Path) -> bool:
+    """Copy train.csv and test.csv from a Kaggle notebook's input `folder` to data/raw/; return whether it had both."""
+    sources = [folder / paths.RAW_TRAIN_CSV.name, folder / paths.RAW_TEST_CSV.name]
+    if not all(source.is_file() for source in sources):
+        return False
+    for source, target in zip(sources, (paths.RAW_TRAIN_CSV, paths.RAW_TEST_CSV), strict=True):
+        write_with(target, lambda tmp, source=source: shutil.copyfile(source, tmp), suffix=".csv")
+    return True
+
+
 def download() -> int:
     """Download the competition zip into data/raw/ with the kaggle CLI; return its exit code."""
     paths.RAW_DIR.mkdir(parents=True, exist_ok=True)
@@ -58,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     if have_data():
         print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
         return 0
+    try:
+        if copy_kaggle_input(paths.kaggle_input()):
+            print(f"getdata: copied train.csv and test.csv from the Kaggle notebook input {paths.kaggle_input()}")
+            return 0
+    except OutputError as exc:
+        return fail("getdata", exc)
     source = find_credentials(os.environ, Path.home())
     if source is not None:
         print(f"getdata: downloading with the Kaggle credentials from {source}", flush=True)

@@ -1,5 +1,6 @@
 """Every file and folder the pipeline reads or writes, relative to the project root (the cwd)."""
 
+import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")  # the effective settings, composed from CONF_DIR (never edited by hand)
@@ -41,6 +42,7 @@ MODELS_MD = REPORTS_DIR / "models.md"
 MODELS_JSON = REPORTS_DIR / "models.json"
 BENCH_JSON = REPORTS_DIR / "bench.json"
 TIMINGS_DIR = REPORTS_DIR / "timings"
+ESTIMATE_JSON = REPORTS_DIR / "estimate.json"  # python -m pipeline.estimate (make run on a CPU)
 SUMMARY_MD = REPORTS_DIR / "summary.md"
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
 WRONG_PNG = REPORTS_DIR / "wrong.png"
@@ -50,6 +52,10 @@ LABEL_ISSUES_PNG = REPORTS_DIR / "label_issues.png"
 AUDIT_JSON = REPORTS_DIR / "audit.json"
 SUBMISSION_DIFF_JSON = REPORTS_DIR / "submission_diff.json"
 SUBMISSION_DIFF_PNG = REPORTS_DIR / "submission_diff.png"
+
+# Kaggle Notebooks: the competition's CSVs under <root>/input/digit-recognizer/, the submission Kaggle picks up at
+# <root>/working/submission.csv; <root> is /kaggle, or $DIGIT_KAGGLE_ROOT
+KAGGLE_ROOT_ENV = "DIGIT_KAGGLE_ROOT"
 
 SUBMISSIONS_DIR = Path("submissions")
 LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
@@ -83,3 +89,18 @@ def fold_checkpoint_dir(model: str, fold: int) -> Path:
 def stage_timing(stage: str) -> Path:
     """Return the path of the JSON where stage `stage` records its last wall time."""
     return TIMINGS_DIR / f"{stage}.json"
+
+
+def kaggle_root() -> Path:
+    """Return the root of Kaggle's notebook layout: $DIGIT_KAGGLE_ROOT, else /kaggle."""
+    return Path(os.environ.get(KAGGLE_ROOT_ENV) or "/kaggle")
+
+
+def kaggle_input() -> Path:
+    """Return the folder where a Kaggle notebook finds the competition's train.csv and test.csv."""
+    return kaggle_root() / "input" / "digit-recognizer"
+
+
+def kaggle_submission() -> Path:
+    """Return the file a Kaggle notebook submits: <root>/working/submission.csv."""
+    return kaggle_root() / "working" / "submission.csv"

@@ -4,7 +4,7 @@ out-of-fold (OOF) TTA probabilities only (predict.blend_by), never on the test s
 
 Reads data/processed/{train,test}.npz, models/folds/ and data/exclude_rows.csv (rows left out of the
 OOF rows that fit the blend weights). Writes submissions/latest.csv (validated before it replaces the
-previous one) and a timestamped copy beside it, models/test_probs.npz, models/oof_tta.npz (the
+previous one) and a timestamped copy beside it (in a Kaggle notebook also /kaggle/working/submission.csv), models/test_probs.npz, models/oof_tta.npz (the
 blended OOF TTA probabilities of every training row, which the audit stage reads), and
 reports/predict.json with model.name's OOF accuracy with and without TTA (the TTA gain, measured),
 the blend weights, each model's OOF TTA accuracy and the blend's (in-sample: the weights were chosen
@@ -227,6 +227,9 @@ def write_submission(labels: np.ndarray, stamp: str) -> str:
     stamped = paths.SUBMISSIONS_DIR / f"submission-{stamp}.csv"
     write_text(stamped, text)
     write_text(paths.LATEST_SUBMISSION, text)
+    if paths.kaggle_submission().parent.is_dir():  # a Kaggle notebook: the file its "Submit" picks up
+        write_text(paths.kaggle_submission(), text)
+        print(f"predict: also wrote {paths.kaggle_submission()} (Kaggle notebook)")
     return str(stamped)
 
 

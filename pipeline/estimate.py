@@ -1,0 +1,133 @@
+"""`python -m pipeline.estimate`: before `make run` starts the long stages on a machine without a GPU, measure
+this machine for a few seconds (training and inference steps of model.name at train.batch_size on random
+images) and print how long the profile in params.yaml will take here (tune, train, predict), with the quick
+profile as the alternative; then the run proceeds. The estimate is recorded in reports/estimate.json, to
+compare with the stages' own wall times in reports/timings/. With a GPU it only says so (the full profile is
+sized for one). Not a stage."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from pipeline import params, paths, progress
+from pipeline.cli import fail, stage_parser
+from pipeline.files import write_json
+from pipeline.params import FitParams, ParamsError
+
+COMPETITION_TRAIN_ROWS = 42000
+COMPETITION_TEST_ROWS = 28000
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Measured seconds per image on this machine: one training step, one forward pass."""
+
+    train: float
+    infer: float
+
+
+def calibrate(model: str, batch_size: int, budget: float = 3.0) -> Rates:
+    """Return the seconds per image of training and of inference of `model` at `batch_size`, measured on random
+    images for about `budget` seconds after one warm-up step of each."""
+    from pipeline.device import configure
+    from pipeline.training import FitSettings, as_input, compiled_model, one_hot
+
+    device = configure()
+    train = params.load("train")
+    base = FitSettings(model=model, **{f.name: getattr(train, f.name) for f in fields(FitParams)})
+    cfg = replace(base, batch_size=batch_size)
+    net = compiled_model(cfg, steps_per_epoch=100, jit_compile=device.jit_compile)
+    rng = np.random.default_rng(0)
+    x = as_input(rng.integers(0, 256, size=(batch_size, 28, 28), dtype=np.uint8))
+    y = one_hot(rng.integers(0, 10, size=batch_size))
+    fit = per_image(lambda: net.train_on_batch(x, y), batch_size, budget * 2 / 3)
+    return Rates(train=fit, infer=per_image(lambda: net.predict_on_batch(x), batch_size, budget / 3))
+
+
+def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
+    """Return the seconds per image of `step` (one batch of `batch` images): one warm-up call, then calls until
+    `budget` seconds have passed and at least `least` were timed."""
+    step()
+    calls, start = 0, time.perf_counter()
+    while calls < least or time.perf_counter() - start < budget:
+        step()
+        calls += 1
+    return (time.perf_counter() - start) / (calls * batch)
+
+
+def workload(doc: dict) -> dict[str, tuple[float, float]]:
+    """Return the images each long stage of the settings `doc` (params.yaml) trains on and infers, per stage."""
+    rows = doc["ingest"]["max_train_rows"] or COMPETITION_TRAIN_ROWS
+    test_rows = doc["ingest"]["max_test_rows"] or COMPETITION_TEST_ROWS
+    train, tune, predict = doc["train"], doc["tune"], doc["predict"]
+    folds = train["folds"]
+    fold_rows, fit_rows = rows / folds, rows * (folds - 1) / folds
+    models = 1 + len(doc["model"].get("ensemble") or [])
+    tune_fit = min(tune["max_train_rows"] or fit_rows, fit_rows)
+    tune_val = min(tune["max_val_rows"] or fold_rows, fold_rows)
+    monitor = min(train["monitor_rows"] or fold_rows, fold_rows)
+    views = 1 + predict["tta_views"]
+    return {
+        "tune": (tune["trials"] * tune["epochs"] * tune_fit, tune["trials"] * tune["epochs"] * tune_val),
+        "train": (
+            models * folds * train["epochs"] * fit_rows,
+            models * folds * (train["epochs"] * monitor + fold_rows),
+        ),
+        "predict": (0.0, models * folds * views * (fold_rows + test_rows)),
+    }
+
+
+def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]:
+    """Return the estimated seconds of each long stage (and "total") for the settings `doc` at `rates`."""
+    seconds = {stage: fit * rates.train + infer * rates.infer for stage, (fit, infer) in workload(doc).items()}
+    seconds["tune"] /= max(1, min(tune_workers, doc["tune"]["trials"]))
+    seconds["total"] = sum(seconds.values())
+    return seconds
+
+
+def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
+    """Return the lines printed before the run: the estimate per stage and the quick alternative."""
+    parts = ", ".join(f"{stage} {progress.format_seconds(s)}" for stage, s in seconds.items() if stage != "total")
+    lines = [
+        f"estimate: profile {profile} on this machine (no GPU): about {progress.format_seconds(seconds['total'])} "
+        f"({parts}; measured {rates.train * 1e3:.2f} ms per training image, {rates.infer * 1e3:.2f} ms per inference)"
+    ]
+    if profile != "quick":
+        lines.append(
+            "estimate: for a run of about 15 minutes on a 2-core CPU, stop now (Ctrl-C) and run `make quick` "
+            "(the quick profile, conf/profile/quick.yaml); the run proceeds"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print and record the estimate of the profile in params.yaml on this machine (nothing to do on a GPU)."""
+    parser = stage_parser("estimate", __doc__)
+    parser.add_argument("--seconds", type=float, default=3.0, help="calibration budget in seconds (default 3)")
+    args = parser.parse_args(argv)
+    try:
+        doc = params.read_raw()
+        model, train = params.load("model"), params.load("train")
+        tune = params.load("tune")
+    except ParamsError as exc:
+        return fail("estimate", exc)
+    from pipeline.device import gpu_present
+
+    if gpu_present():
+        print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
+        return 0
+    rates = calibrate(model.name, train.batch_size, args.seconds)
+    seconds = estimate(doc, rates, tune.workers_cpu)
+    print(describe(seconds, params.profile(), rates), flush=True)
+    record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
+    write_json(paths.ESTIMATE_JSON, {**record, "infer_seconds_per_image": rates.infer})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""No surprise multi-hour runs: `make run` first measures this machine and prints how long the profile will take,
+with the quick profile as the alternative, and records the estimate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import yaml
+
+from pipeline import estimate, params, paths
+from tests.conftest import REPO
+
+
+def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
+    doc = yaml.safe_load(params.compose(["profile=full"], REPO / "conf"))
+    doc["ingest"].update(max_train_rows=1000, max_test_rows=500)
+    doc["train"].update(folds=4, epochs=3, monitor_rows=None)
+    doc["tune"].update(trials=5, epochs=2, max_train_rows=300, max_val_rows=None)
+    doc["predict"]["tta_views"] = 2
+    doc["model"]["ensemble"] = []
+    work = estimate.workload(doc)
+    assert work["train"] == (4 * 3 * 750, 4 * (3 * 250 + 250))  # 4 folds x 3 epochs of 750 rows; 250 held out
+    assert work["tune"] == (5 * 2 * 300, 5 * 2 * 250)
+    assert work["predict"] == (0.0, 4 * 3 * (250 + 500))  # every fold model, 3 views, its OOF rows and the test
+    seconds = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001))
+    assert seconds["train"] == 4 * 3 * 750 * 0.002 + 4 * 1000 * 0.001
+    assert seconds["total"] == seconds["tune"] + seconds["train"] + seconds["predict"]
+    doc["model"]["ensemble"] = ["bn_cnn"]
+    assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
+
+
+def test_the_full_profile_is_estimated_far_longer_than_the_quick_one():
+    rates = estimate.Rates(train=0.001, infer=0.0002)
+    full, quick = (yaml.safe_load(params.compose([f"profile={p}"], REPO / "conf")) for p in ("full", "quick"))
+    assert estimate.estimate(full, rates)["total"] > 5 * estimate.estimate(quick, rates)["total"]
+
+
+def test_estimate_measures_this_machine_prints_the_quick_alternative_and_records_it(project, capsys):
+    # finding 5: make run started the full profile on a CPU without a word about its length or `make quick`
+    assert estimate.main(["--seconds", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("estimate: profile full on this machine (no GPU): about ")
+    assert "ms per training image" in out and "`make quick`" in out
+    record = json.loads(paths.ESTIMATE_JSON.read_text())
+    assert record["profile"] == "full" and record["train_seconds_per_image"] > 0
+    assert record["seconds"]["total"] == sum(v for k, v in record["seconds"].items() if k != "total")
+
+
+def test_make_run_estimates_before_the_pipeline_starts():
+    recipe = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    lines = recipe.splitlines()
+    composed = next(i for i, line in enumerate(lines) if "pipeline.params --profile full" in line)
+    measured = next(i for i, line in enumerate(lines) if "pipeline.estimate" in line)
+    started = next(i for i, line in enumerate(lines) if "dvc repro" in line)
+    assert composed < measured < started
