@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SET ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run quick test test-fast lint format clean
+.PHONY: help install data run quick dashboard test test-fast lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ run: data ## the full competition job (on a CPU: prints its estimated time first
 quick: data ## the quick profile (2-core CPU, about 15 minutes) through the same dvc.yaml
 	$(BIN)/python -m pipeline.params --profile quick $(SET)
 	$(BIN)/dvc repro
+
+dashboard: $(STAMP) ## the tuning study in optuna-dashboard at http://127.0.0.1:8080/ (installs the pinned extra)
+	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dashboard]'
+	$(BIN)/python -m pipeline.dashboard
 
 test: $(STAMP) ## run every test (the slow end-to-end test uses data/raw/digit-recognizer.zip or DIGIT_ZIP=path)
 	$(BIN)/python -m pytest

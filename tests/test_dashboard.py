@@ -1,0 +1,45 @@
+"""make dashboard: optuna-dashboard (the pinned extra) serves the study tune wrote, from the storage tune uses."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+
+from pipeline import dashboard, paths
+from tests.conftest import REPO
+
+
+def get(app, path: str) -> tuple[str, bytes]:
+    """Call the WSGI `app` with a GET of `path`; return the status line and the body."""
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0], body
+
+
+def test_the_dashboard_lists_the_study_in_tunes_storage(project):
+    paths.OPTUNA_DB.parent.mkdir(parents=True, exist_ok=True)
+    url = dashboard.study_storage()
+    assert url == f"sqlite:///{paths.OPTUNA_DB}"  # the same file tune writes
+    study = optuna.create_study(study_name="digit-test", storage=url, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("learning_rate", 1e-4, 1e-2), n_trials=2)
+    status, body = get(dashboard.app(url), "/api/studies")
+    assert status.startswith("200")
+    (listed,) = json.loads(body)["study_summaries"]
+    assert listed["study_name"] == "digit-test"
+
+
+def test_without_a_study_it_says_what_to_run(project, capsys):
+    assert dashboard.main([]) == 2
+    assert "dvc repro tune" in capsys.readouterr().err
+
+
+def test_make_dashboard_installs_the_pinned_extra_and_serves_it():
+    recipe = subprocess.run(["make", "-n", "dashboard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert ".[dashboard]" in recipe and "pipeline.dashboard" in recipe
+    assert '"optuna-dashboard==' in (REPO / "pyproject.toml").read_text()
