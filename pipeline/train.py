@@ -51,6 +51,9 @@ from pipeline.training import (
 
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
 OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
+# The code that decides what a fold's model becomes (architecture, sampling, schedule, fit loop, rows and
+# seeds): part of every fold's fingerprint, so finished folds are not reused after it changes.
+TRAINING_CODE = tuple(Path(sys.modules[name].__file__) for name in ("pipeline.models", "pipeline.training", __name__))
 
 
 def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSettings:
@@ -123,6 +126,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def code_digest() -> str:
+    """Return the SHA-256 of the training code's source files (TRAINING_CODE)."""
+    digest = hashlib.sha256()
+    for path in TRAINING_CODE:
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()
+
+
 def fold_is_done(model: str, fold: int, fingerprint: str) -> bool:
     """Return True when `model`'s fold `fold` already has a finished model with this `fingerprint`."""
     meta = paths.fold_meta(model, fold)
@@ -189,6 +200,9 @@ def train_fold(
 
     checkpoint_dir = paths.fold_checkpoint_dir(cfg.model, fold)
     done = checkpoint_epochs(cfg.model, fold, fingerprint)
+    if not done and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+        progress.note(f"train: fold {fold} discarded {checkpoint_dir}: made with other settings, data or code")
     if done:
         progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({checkpoint_dir})")
         if logger is not None:
@@ -295,7 +309,7 @@ def train_all(
     data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
     if int(data["fold"].max()) + 1 != n_folds:
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
-    data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ)]
+    data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest()]  # data and code
     excluded = read_exclusions(len(data["y"]))
     if len(excluded):
         progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
