@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 # Settings a user may have exported that would change what the tests exercise: another tuning storage, another
 # Keras backend (chosen when keras is first imported, so cleared here, before any test module imports it),
-# verbose native logs, and real Kaggle credentials (never used by tests). Cleared again around every test.
-LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE")
+# verbose native logs, a Kaggle notebook root, and real Kaggle credentials (never used by tests). Cleared again
+# around every test.
+LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE", "DIGIT_KAGGLE_ROOT")
 
 
 def leaky_names() -> list[str]:
