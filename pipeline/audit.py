@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import params, paths, plots, progress
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.dataio import InputError
 from pipeline.exclusions import append_exclusions, kept_mask, read_exclusions
-from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text
+from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
 from pipeline.params import AuditParams
 from pipeline.training import fingerprint_of, scores
 
@@ -106,8 +106,8 @@ def setup_key(models: list[str], predict: params.PredictParams) -> str:
     fingerprint of each model (models/folds/<model>/fold{k}.json) and predict's TTA and blend settings."""
     bases = {}
     for model in models:
-        metas = sorted(paths.model_dir(model).glob("fold*.json"))
-        bases[model] = [(read_json(m).get("base_fingerprint") or read_json(m).get("fingerprint")) for m in metas]
+        metas = [read_json(path) for path in sorted(paths.model_dir(model).glob("fold*.json"))]
+        bases[model] = [meta.get("base_fingerprint") or meta.get("fingerprint") for meta in metas]
     return fingerprint_of(bases, predict.tta_views, predict.blend_by)
 
 
@@ -151,8 +151,8 @@ def audit_summary(
 def run_audit(cfg: AuditParams) -> dict:
     """Audit models/oof_tta.npz and write the issue table and grid, the baseline and reports/audit.json; return
     the summary."""
-    oof = read_npz(paths.OOF_TTA_NPZ)
-    images = read_npz(paths.TRAIN_NPZ)["x"]
+    oof = read_npz(require(paths.OOF_TTA_NPZ, "predict"))
+    images = read_npz(require(paths.TRAIN_NPZ, "ingest"))["x"]
     if len(images) != len(oof["y"]):
         raise ValueError(f"{paths.OOF_TTA_NPZ} has {len(oof['y'])} rows but {paths.TRAIN_NPZ} {len(images)}: rerun")
     excluded = read_exclusions(len(oof["y"]))
@@ -213,6 +213,7 @@ def accept(count: int, issues: Path, n_rows: int, exclude: Path = paths.EXCLUDE_
     return append_exclusions(entries, n_rows, exclude)
 
 
+@reports_errors("audit")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI; audit the OOF probabilities, or with --accept N add the top N issues to the exclusion list."""
     cfg = params.load("audit")
