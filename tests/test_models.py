@@ -7,7 +7,16 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.models import DROPOUTS_USED, INPUT_SHAPE, MODELS, PUBLISHED, build_model, load_model, search_space
+from pipeline.models import (
+    DROPOUTS_USED,
+    INPUT_SHAPE,
+    MODELS,
+    PUBLISHED,
+    build_model,
+    load_model,
+    multiply_adds,
+    search_space,
+)
 
 
 def conv(k: int, c_in: int, c_out: int) -> int:
@@ -25,6 +34,11 @@ def bn(channels: int) -> int:
     return 4 * channels
 
 
+def plain_conv(k: int, c_in: int, c_out: int) -> int:
+    """Parameters of a k x k convolution without bias followed by batch normalisation."""
+    return k * k * c_in * c_out + bn(c_out)
+
+
 EXPECTED_PARAMS = {
     # 784 pixels -> 128 -> 32 -> 10
     "mlp": dense(784, 128) + dense(128, 32) + dense(32, 10),
@@ -39,6 +53,24 @@ EXPECTED_PARAMS = {
     "bn_cnn": conv(3, 1, 32) + conv(3, 32, 32) + conv(5, 32, 32) + 3 * bn(32)
     + conv(3, 32, 64) + conv(3, 64, 64) + conv(5, 64, 64) + 3 * bn(64)
     + conv(4, 64, 128) + bn(128) + dense(128, 10),
+    # An et al. 2020: valid convs without bias, each batch-normalised; dense 10 without bias, batch-normalised
+    # 3x3 x10: 28 -> 8, flatten 8*8*176
+    "bn_plain3": sum(plain_conv(3, a, b) for a, b in zip((1, *range(32, 161, 16)), range(32, 177, 16), strict=True))
+    + 10 * 8 * 8 * 176 + bn(10),
+    # 5x5 x5: 28 -> 8, flatten 8*8*160
+    "bn_plain5": sum(plain_conv(5, a, b) for a, b in zip((1, 32, 64, 96, 128), (32, 64, 96, 128, 160), strict=True))
+    + 10 * 8 * 8 * 160 + bn(10),
+    # 7x7 x4: 28 -> 4, flatten 4*4*192
+    "bn_plain7": sum(plain_conv(7, a, b) for a, b in zip((1, 48, 96, 144), (48, 96, 144, 192), strict=True))
+    + 10 * 4 * 4 * 192 + bn(10),
+}  # fmt: skip
+
+# Multiply-adds per image of the convolutions and dense layers: output height * width * channels * inputs per output
+EXPECTED_MULTIPLY_ADDS = {
+    "dropout_cnn": 28 * 28 * 32 * (5 * 5 * 1 + 5 * 5 * 32) + 14 * 14 * 64 * (3 * 3 * 32 + 3 * 3 * 64)
+    + 7 * 7 * 64 * 256 + 256 * 10,
+    "bn_plain7": 22 * 22 * 48 * 49 * 1 + 16 * 16 * 96 * 49 * 48 + 10 * 10 * 144 * 49 * 96 + 4 * 4 * 192 * 49 * 144
+    + 3072 * 10,
 }  # fmt: skip
 
 
@@ -57,6 +89,36 @@ def test_model_builds_with_the_expected_parameter_count(name):
 def test_hand_counts_match_the_published_architectures():
     assert EXPECTED_PARAMS["dropout_cnn"] == 887_530
     assert EXPECTED_PARAMS["bn_cnn"] == 327_242
+    # the flattened features An et al.'s dense layers take (their nn.Linear(11264 / 10240 / 3072, 10))
+    plain = ("bn_plain3", "bn_plain5", "bn_plain7")
+    flat = {name: build_model(name).get_layer("logits").input.shape[-1] for name in plain}
+    assert flat == {"bn_plain3": 11264, "bn_plain5": 10240, "bn_plain7": 3072}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MULTIPLY_ADDS))
+def test_multiply_adds_count_every_convolution_and_dense_layer(name):
+    assert multiply_adds(build_model(name)) == EXPECTED_MULTIPLY_ADDS[name]
+
+
+def test_plain_bn_models_have_no_pooling_no_dropout_and_batch_norm_before_each_relu():
+    for name in ("bn_plain3", "bn_plain5", "bn_plain7"):
+        kinds = [type(layer).__name__ for layer in build_model(name, 0.4, 0.4).layers]
+        assert "MaxPooling2D" not in kinds and "Dropout" not in kinds
+        convs = [i for i, kind in enumerate(kinds) if kind == "Conv2D"]
+        assert all(kinds[i + 1 : i + 3] == ["BatchNormalization", "ReLU"] for i in convs)
+        assert kinds[-3:] == ["Dense", "BatchNormalization", "Activation"]
+
+
+def test_the_batch_normalised_head_stays_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("bn_plain7")
+        assert model.get_layer("scale").compute_dtype == "bfloat16"
+        assert {model.get_layer(n).compute_dtype for n in ("logits", "logits_bn", "probs")} == {"float32"}
+        x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
+        assert keras.ops.convert_to_numpy(model(x, training=False)).dtype == np.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
