@@ -1,5 +1,7 @@
 """Blending several models' class probabilities: non-negative weights summing to 1, chosen on
-out-of-fold (OOF) predictions only (by OOF log loss or OOF accuracy), then applied to test probabilities."""
+out-of-fold (OOF) predictions only (by OOF log loss or OOF accuracy), then applied to test probabilities.
+Cross-fitted weights blend fold k's OOF rows with weights chosen on the other folds' rows only, so the
+blend's OOF accuracy is an honest estimate of the test blend's, not an in-sample one."""
 
 from __future__ import annotations
 
@@ -123,3 +125,46 @@ def ensemble_report(oof_probs: list[np.ndarray] | np.ndarray, labels: np.ndarray
         ],
         "blend": {"accuracy": blend_accuracy(stacked, labels, w), "loss": blend_log_loss(stacked, labels, w)},
     }
+
+
+def cross_fitted_weights(
+    oof_probs: list[np.ndarray] | np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    objective: str = "log_loss",
+    steps: int = 20,
+    keep: np.ndarray | None = None,
+) -> dict[int, np.ndarray]:
+    """Return, for every fold k in `folds`, the weights chosen (`choose_weights`) on the OOF rows of the other
+    folds only, among the rows in mask `keep` (all rows when None): weights that never saw fold k's rows."""
+    stacked = stack_probs(oof_probs)
+    folds = np.asarray(folds)
+    keep = np.ones(len(folds), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if folds.shape != (stacked.shape[1],) or keep.shape != folds.shape:
+        raise ValueError(f"{stacked.shape[1]} OOF rows but {folds.shape} fold ids and {keep.shape} kept flags")
+    ids = np.unique(folds)
+    if len(ids) < 2:
+        raise ValueError(f"cross-fitted weights need OOF rows of at least two folds, got folds {ids.tolist()}")
+    weights = {}
+    for fold in ids:
+        fit_rows = (folds != fold) & keep
+        if not fit_rows.any():
+            raise ValueError(f"no kept OOF rows outside fold {fold} to choose its blend weights on")
+        weights[int(fold)] = choose_weights(stacked[:, fit_rows], np.asarray(labels)[fit_rows], objective, steps)
+    return weights
+
+
+def cross_fitted_blend(
+    oof_probs: list[np.ndarray] | np.ndarray, folds: np.ndarray, fold_weights: dict[int, np.ndarray]
+) -> np.ndarray:
+    """Return the OOF probabilities (n, classes) with each fold's rows blended by that fold's weights in
+    `fold_weights` (`cross_fitted_weights`), so no row's blend was chosen on its own label."""
+    stacked = stack_probs(oof_probs)
+    folds = np.asarray(folds)
+    out = np.full(stacked.shape[1:], np.nan, dtype=np.float32)
+    for fold, weights in fold_weights.items():
+        rows = folds == fold
+        out[rows] = blend(stacked[:, rows], weights)
+    if np.isnan(out).any():
+        raise ValueError(f"folds {sorted(set(np.unique(folds).tolist()) - set(fold_weights))} have no blend weights")
+    return out

@@ -4,14 +4,17 @@ out-of-fold (OOF) TTA probabilities only (predict.blend_by), never on the test s
 
 Reads data/processed/{train,test}.npz, models/folds/ and data/exclude_rows.csv (rows left out of the
 OOF rows that fit the blend weights). Writes submissions/latest.csv (validated before it replaces the
-previous one) and a timestamped copy beside it (in a Kaggle notebook also /kaggle/working/submission.csv), models/test_probs.npz, models/oof_tta.npz (the
-blended OOF TTA probabilities of every training row, which the audit stage reads), and
-reports/predict.json with model.name's OOF accuracy with and without TTA (the TTA gain, measured),
-the blend weights, each model's OOF TTA accuracy and the blend's (in-sample: the weights were chosen
-on the same OOF rows, so it is slightly optimistic), and the same figures on the rows not excluded
-("kept_rows"). Compares the new submission with the previous one in submissions/:
-reports/submission_diff.json (rows changed, old and new label counts) and reports/submission_diff.png
-(the changed test images with their old and new labels and the new probability).
+previous one) and a timestamped copy beside it (in a Kaggle notebook also /kaggle/working/submission.csv),
+models/test_probs.npz, models/oof_tta.npz (the blended OOF TTA probabilities of every training row, each
+fold's rows blended with weights chosen on the other folds' rows only, which the audit stage reads), and
+reports/predict.json with model.name's OOF accuracy with and without TTA (the TTA gain, measured), the
+blend weights (the test blend's and each fold's cross-fitted ones), each model's OOF TTA accuracy, the
+blend's OOF accuracy with cross-fitted weights (`oof_blend_accuracy`, an honest estimate) and with the
+test blend's weights (`oof_blend_accuracy_in_sample`: chosen on the same rows, so slightly optimistic),
+per fold, and the same figures on the rows not excluded ("kept_rows"). Compares the new submission with
+the previous one in submissions/: reports/submission_diff.json (rows changed, old and new label counts)
+and reports/submission_diff.png (the changed test images with their old and new labels and the new
+probability).
 
 `--image digit.png` instead prints the digit in one image file (any size, dark-on-light or
 light-on-dark) and its class probabilities from the same fold models and TTA views."""
@@ -30,7 +33,14 @@ from pipeline import params, paths, plots, progress
 from pipeline.cli import fail, stage_parser
 from pipeline.dataio import InputError
 from pipeline.device import configure
-from pipeline.ensemble import OBJECTIVES, blend, choose_weights, ensemble_report
+from pipeline.ensemble import (
+    OBJECTIVES,
+    blend,
+    choose_weights,
+    cross_fitted_blend,
+    cross_fitted_weights,
+    ensemble_report,
+)
 from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text
 from pipeline.image import ImageError, load_digit
@@ -75,15 +85,26 @@ def predict_folds(
 
 
 def blend_models(
-    outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray, blend_by: str, keep: np.ndarray | None = None
-) -> tuple[np.ndarray, dict]:
-    """Return the blended test views (views, n_test, 10) and the report: weights chosen on the models' OOF
-    TTA probabilities and `labels` of the rows in mask `keep` only (all rows when None), then applied to their
-    test views; the first model is model.name. The report's figures cover every row, "kept_rows" those in `keep`."""
+    outputs: dict[str, dict[str, np.ndarray]],
+    labels: np.ndarray,
+    folds: np.ndarray,
+    blend_by: str,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Return the blended test views (views, n_test, 10), the cross-fitted blend of the OOF TTA probabilities
+    (n_train, 10) and the report; the first model of `outputs` is model.name.
+
+    The test views are blended with weights chosen on the models' OOF TTA probabilities and `labels` of every
+    row in mask `keep` (all rows when None). Fold k's OOF rows are blended with weights chosen on the kept rows
+    of the other `folds` only, so "oof_blend_accuracy" is an honest estimate; "oof_blend_accuracy_in_sample"
+    scores the test weights on the rows that chose them. The figures cover every row, "kept_rows" those in
+    `keep`, "folds" each fold's rows."""
     names = list(outputs)
     keep = np.ones(len(labels), dtype=bool) if keep is None else keep
     oof = [outputs[name]["oof_views"].mean(axis=0) for name in names]
     weights = choose_weights([o[keep] for o in oof], labels[keep], blend_by)
+    fold_weights = cross_fitted_weights(oof, labels, folds, blend_by, keep=keep)
+    honest = cross_fitted_blend(oof, folds, fold_weights)
     scores = ensemble_report(oof, labels, weights)
     kept = ensemble_report([o[keep] for o in oof], labels[keep], weights)
     n_views = len(outputs[names[0]]["test_views"])
@@ -92,28 +113,33 @@ def blend_models(
         **tta_report(outputs[names[0]]["oof_views"], labels),
         "blend_by": blend_by,
         "weights": dict(zip(names, scores["weights"], strict=True)),
+        "fold_weights": {f"fold{k}": dict(zip(names, w.tolist(), strict=True)) for k, w in fold_weights.items()},
         "models": {
             name: {"oof_tta_accuracy": m["accuracy"], "oof_tta_loss": m["loss"]}
             for name, m in zip(names, scores["models"], strict=True)
         },
+        "oof_blend_accuracy": accuracy(honest, labels),
+        "oof_blend_loss": log_loss(honest, labels),
         "oof_blend_accuracy_in_sample": scores["blend"]["accuracy"],
         "oof_blend_loss_in_sample": scores["blend"]["loss"],
         "kept_rows": {
             "rows": int(keep.sum()),
             "excluded": int((~keep).sum()),
             **tta_report(outputs[names[0]]["oof_views"][:, keep], labels[keep]),
+            "oof_blend_accuracy": accuracy(honest[keep], labels[keep]),
+            "oof_blend_loss": log_loss(honest[keep], labels[keep]),
             "oof_blend_accuracy_in_sample": kept["blend"]["accuracy"],
             "oof_blend_loss_in_sample": kept["blend"]["loss"],
         },
+        "folds": {
+            f"fold{k}": {
+                "rows": int(np.sum(folds == k)),
+                "oof_blend_accuracy": accuracy(honest[folds == k], labels[folds == k]),
+            }
+            for k in fold_weights
+        },
     }
-    return views, report
-
-
-def oof_blend(outputs: dict[str, dict[str, np.ndarray]], report: dict) -> np.ndarray:
-    """Return the OOF TTA probabilities (n_train, 10) of the models in `outputs` blended with the report's weights."""
-    names = list(outputs)
-    weights = np.asarray([report["weights"][name] for name in names], np.float64)
-    return blend([outputs[name]["oof_views"].mean(axis=0) for name in names], weights)
+    return views, honest, report
 
 
 def image_probs(image: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> np.ndarray:
@@ -173,11 +199,14 @@ def tta_report(oof_views: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def blend_note(report: dict) -> str:
-    """Return a note on the blend's weights and in-sample OOF accuracy, or "" for a single model."""
+    """Return a note on the blend's weights and OOF accuracy (cross-fitted, then in-sample), or "" for one model."""
     if len(report["weights"]) < 2:
         return ""
     weights = ", ".join(f"{m} {w:.3f}" for m, w in report["weights"].items())
-    return f"; blend ({weights}) OOF accuracy {report['oof_blend_accuracy_in_sample']:.5f} (in-sample weights)"
+    return (
+        f"; blend ({weights}) OOF accuracy {report['oof_blend_accuracy']:.5f} with cross-fitted weights "
+        f"({report['oof_blend_accuracy_in_sample']:.5f} in-sample)"
+    )
 
 
 def diff_title(diff: dict, shown: int) -> str:
@@ -260,10 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keep = kept_mask(len(data["y"]), read_exclusions(len(data["y"])))
         outputs = {m: predict_folds(data, x_test, m, n_folds, cfg) for m in models}
-        views, report = blend_models(outputs, data["y"], cfg.blend_by, keep)
+        views, oof_probs, report = blend_models(outputs, data["y"], data["fold"], cfg.blend_by, keep)
         probs = views.mean(axis=0)
         write_npz(paths.TEST_PROBS_NPZ, probs=probs, views=views)
-        write_npz(paths.OOF_TTA_NPZ, probs=oof_blend(outputs, report), y=data["y"], fold=data["fold"])
+        write_npz(paths.OOF_TTA_NPZ, probs=oof_probs, y=data["y"], fold=data["fold"])
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         stamped = write_submission(np.argmax(probs, axis=1), stamp)
         write_json(paths.PREDICT_JSON, {**report, "tta_views": cfg.tta_views, "test_rows": len(x_test)})

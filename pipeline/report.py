@@ -174,15 +174,16 @@ def accuracy_section(predict: dict) -> str:
 
 
 def blend_line(predict: dict) -> str:
-    """Return the ensemble's weights and in-sample OOF accuracy, or "" for a single model."""
+    """Return the ensemble's weights and OOF accuracy (cross-fitted, then in-sample), or "" for a single model."""
     weights = predict.get("weights") or {}
     if len(weights) < 2:
         return ""
     parts = ", ".join(f"{m} {w:.3f}" for m, w in weights.items())
     return (
         f"\n\nThe submission blends {parts} (weights chosen by OOF {predict.get('blend_by')}); blend OOF accuracy "
-        f"{predict['oof_blend_accuracy_in_sample']:.5f} with TTA (in-sample: the weights were fitted on these rows). "
-        "The table above is model.name alone."
+        f"{predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights chosen on the other "
+        f"folds' rows only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample, with the submission's weights "
+        "fitted on these rows). The table above is model.name alone."
     )
 
 

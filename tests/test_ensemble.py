@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.ensemble import blend, blend_log_loss, choose_weights, ensemble_report, simplex_grid, stack_probs
+from pipeline.ensemble import (
+    blend,
+    blend_log_loss,
+    choose_weights,
+    cross_fitted_blend,
+    cross_fitted_weights,
+    ensemble_report,
+    simplex_grid,
+    stack_probs,
+)
 
 
 def noisy_probs(labels: np.ndarray, right: np.ndarray, confidence: float, seed: int) -> np.ndarray:
@@ -102,3 +111,56 @@ def test_clear_errors(labels):
         blend([p, p], np.array([1.5, -0.5]))
     with pytest.raises(ValueError, match="grid"):
         simplex_grid(8, 50)
+
+
+def fold_specialist(labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (specialist, steady): the first is confidently right on fold 0's rows only and confidently wrong
+    elsewhere; the second is right on 80% of all rows, less confidently."""
+    specialist = noisy_probs(labels, folds == 0, 0.95, seed=10)
+    steady = noisy_probs(labels, np.random.default_rng(11).random(len(labels)) < 0.8, 0.6, seed=12)
+    return specialist, steady
+
+
+@pytest.mark.parametrize("objective", ["log_loss", "accuracy"])
+def test_cross_fitted_weights_never_see_the_folds_own_rows(labels, objective):
+    folds = np.arange(200) % 4
+    specialist, steady = fold_specialist(labels, folds)
+    weights = cross_fitted_weights([specialist, steady], labels, folds, objective, steps=10)
+    assert sorted(weights) == [0, 1, 2, 3]
+    assert weights[0] == pytest.approx([0.0, 1.0], abs=0.05)  # chosen on folds 1-3, where the specialist is wrong
+    honest = cross_fitted_blend([specialist, steady], folds, weights)
+    rows = folds == 0
+    np.testing.assert_allclose(honest[rows], blend([specialist[rows], steady[rows]], weights[0]), rtol=1e-6)
+
+    # fold 0's weights do not depend on fold 0's labels or probabilities at all
+    other_labels = np.where(rows, (labels + 3) % 10, labels)
+    other_specialist = np.where(rows[:, None], np.roll(specialist, 1, axis=1), specialist)
+    again = cross_fitted_weights([other_specialist, steady], other_labels, folds, objective, steps=10)
+    np.testing.assert_array_equal(again[0], weights[0])
+    assert not np.array_equal(again[1], weights[1])  # fold 1's did see fold 0's rows
+
+
+def test_cross_fitted_weights_skip_the_rows_not_kept(labels):
+    folds = np.arange(200) % 4
+    specialist, steady = fold_specialist(labels, folds)
+    keep = folds != 0  # fold 0's rows excluded: no fold's weights may see them
+    weights = cross_fitted_weights([specialist, steady], labels, folds, keep=keep)
+    for fold in (1, 2, 3):
+        fit = (folds != fold) & keep
+        np.testing.assert_array_equal(weights[fold], choose_weights([specialist[fit], steady[fit]], labels[fit]))
+
+
+def test_one_model_cross_fits_to_its_own_probabilities(labels):
+    folds = np.arange(200) % 3
+    probs = noisy_probs(labels, np.random.default_rng(13).random(200) < 0.9, 0.8, seed=14)
+    weights = cross_fitted_weights([probs], labels, folds)
+    assert all(w.tolist() == [1.0] for w in weights.values())
+    np.testing.assert_allclose(cross_fitted_blend([probs], folds, weights), probs, rtol=1e-6)
+
+
+def test_cross_fitting_needs_two_folds(labels):
+    p = noisy_probs(labels, np.ones(200, bool), 0.9, seed=15)
+    with pytest.raises(ValueError, match="at least two folds"):
+        cross_fitted_weights([p, p], labels, np.zeros(200, int))
+    with pytest.raises(ValueError, match="fold ids"):
+        cross_fitted_weights([p, p], labels, np.zeros(10, int))

@@ -37,10 +37,36 @@ def test_tuned_values_go_to_model_name_only_and_overrides_to_each_member(project
 def test_one_model_blend_leaves_its_probabilities_unchanged():
     rng = np.random.default_rng(0)
     outputs = {"cnn_basic": {"oof_views": views_of(rng, 3, 40), "test_views": views_of(rng, 3, 7)}}
-    views, report = predict.blend_models(outputs, rng.integers(0, 10, 40), "log_loss")
+    views, oof, report = predict.blend_models(outputs, rng.integers(0, 10, 40), np.arange(40) % 3, "log_loss")
     assert report["weights"] == {"cnn_basic": 1.0}
+    assert report["fold_weights"] == {f"fold{k}": {"cnn_basic": 1.0} for k in range(3)}
     np.testing.assert_array_equal(views, outputs["cnn_basic"]["test_views"])
+    np.testing.assert_allclose(oof, outputs["cnn_basic"]["oof_views"].mean(axis=0), rtol=1e-6)
     assert report["oof_blend_accuracy_in_sample"] == pytest.approx(report["oof_tta_accuracy"])
+    assert report["oof_blend_accuracy"] == pytest.approx(report["oof_tta_accuracy"])
+
+
+def test_blended_oof_accuracy_is_cross_fitted_and_the_test_blend_uses_every_row():
+    rng = np.random.default_rng(1)
+    labels, folds = rng.integers(0, 10, 90), np.arange(90) % 3
+    right = np.eye(10, dtype=np.float32)[labels]
+    wrong = np.eye(10, dtype=np.float32)[(labels + 1) % 10]
+    uniform = np.full((90, 10), 0.1, np.float32)
+    # `lucky` is right on fold 0 only (wrong elsewhere); `guess` knows nothing: fold 0's cross-fitted weights,
+    # chosen on folds 1 and 2, go to `guess`, so fold 0 is scored at chance, not at `lucky`'s 100%
+    lucky = np.where((folds == 0)[:, None], right, wrong)
+    outputs = {
+        "lucky": {"oof_views": np.stack([lucky, lucky]), "test_views": np.stack([right[:5], right[:5]])},
+        "guess": {"oof_views": np.stack([uniform, uniform]), "test_views": np.stack([uniform[:5], uniform[:5]])},
+    }
+    views, _, report = predict.blend_models(outputs, labels, folds, "log_loss")
+    assert report["fold_weights"]["fold0"]["lucky"] == pytest.approx(0.0, abs=1e-3)
+    assert report["folds"]["fold0"]["oof_blend_accuracy"] < 0.5
+    assert report["oof_blend_accuracy"] < report["oof_blend_accuracy_in_sample"]
+    assert report["models"]["lucky"]["oof_tta_accuracy"] == pytest.approx(1 / 3)
+    test_weights = np.array([report["weights"]["lucky"], report["weights"]["guess"]])
+    np.testing.assert_allclose(views[0], test_weights[0] * right[:5] + test_weights[1] * uniform[:5], rtol=1e-5)
+    assert report["kept_rows"]["oof_blend_accuracy"] == report["oof_blend_accuracy"]  # nothing excluded
 
 
 def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
@@ -68,3 +94,5 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     again = json.loads(paths.PREDICT_JSON.read_text())
     assert again["weights"] == report["weights"]  # the test images play no part in the weights
     assert again["oof_blend_accuracy_in_sample"] == report["oof_blend_accuracy_in_sample"]
+    assert again["oof_blend_accuracy"] == report["oof_blend_accuracy"]
+    assert set(report["fold_weights"]) == {"fold0", "fold1", "fold2"}
