@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params, paths, progress
-from pipeline.cli import fail, stage_parser
-from pipeline.files import OutputError, read_npz, write_npz
+from pipeline.cli import fail, reports_errors, stage_parser
+from pipeline.files import OutputError, read_npz, require, write_npz
 from pipeline.params import AugmentParams
 
 _HELPER: dict = {}  # in a helper process: the job folder and its input and output (set by `start_helper`)
@@ -122,6 +122,7 @@ def augment(
     return {"x": x, "source": source, "copy": copy}
 
 
+@reports_errors("augment")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, augment the training images, and write the copies and the preview grid."""
     from pipeline import plots  # here, not at the top: spawned helpers import this module and need no matplotlib
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = AugmentParams(**{**cfg.__dict__, "workers": args.workers})
     start = time.perf_counter()
-    train = read_npz(paths.TRAIN_NPZ)
+    train = read_npz(require(paths.TRAIN_NPZ, "ingest"))
     workers = worker_count(cfg)
     out = augment(train["x"], cfg, params.seed(), workers, show_progress=True)
     try:

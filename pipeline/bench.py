@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import params, paths
-from pipeline.cli import stage_parser
+from pipeline.cli import reports_errors, stage_parser
 from pipeline.files import read_npz, write_json, write_npz
 from pipeline.params import AugmentParams, IngestParams
 
@@ -442,6 +442,7 @@ def setup_from_params(epochs: int, device: Device | None) -> BenchSetup:
     )  # fmt: skip
 
 
+@reports_errors("bench")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, run every measurement, print the table and write reports/bench.json."""
     from pipeline.device import configure

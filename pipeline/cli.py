@@ -5,11 +5,18 @@ on stderr and exit code 2 for bad settings, input or storage). Not a stage."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 
 from pipeline.secrets import scrub
 
 BAD_INPUT = 2
+
+
+class StageError(Exception):
+    """An error whose message tells the user all they need (a bad setting, a missing input): a stage prints it as
+    one line and exits 2 (see `reports_errors`)."""
 
 
 def stage_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -24,3 +31,20 @@ def fail(module: str, message: object, code: int = BAD_INPUT) -> int:
     code `code`."""
     print(f"{module}: error: {scrub(message)}", file=sys.stderr)
     return code
+
+
+def reports_errors(module: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate the main() of `python -m pipeline.<module>`: a StageError raised anywhere in it (settings are read
+    before anything is written) becomes one `fail` line and exit code 2 instead of a traceback."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: object, **kwargs: object) -> int:
+            try:
+                return main(*args, **kwargs)
+            except StageError as exc:
+                return fail(module, exc)
+
+        return run
+
+    return decorate

@@ -17,10 +17,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline import params, paths
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, configure
 from pipeline.ensemble import choose_weights, ensemble_report
-from pipeline.files import OutputError, read_npz, write_json, write_text
+from pipeline.files import OutputError, read_npz, require, write_json, write_text
 from pipeline.models import PUBLISHED, check_name
 from pipeline.params import CompareParams
 from pipeline.train import fit_settings, settings_for
@@ -144,6 +144,7 @@ def markdown(result: dict, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@reports_errors("compare")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, train the compared models, and write reports/models.{md,json}."""
     cfg = params.load("compare")
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = params.load("model")
     base = fit_settings(params.load("train"), model_cfg.name, None)
     device = configure(params.load("device").precision)
-    data = read_npz(paths.TRAIN_NPZ)
+    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
     aug = (
         read_npz(paths.AUGMENTED_NPZ)
         if paths.AUGMENTED_NPZ.is_file()

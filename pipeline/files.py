@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import StageError
+
 PARTIAL = "partial-"  # marks the temporary files of writes in progress (left behind only by a killed process)
 HINTS = {
     errno.ENOSPC: "the disk is full: free some space and rerun",
@@ -27,6 +29,17 @@ HINTS = {
 
 class OutputError(RuntimeError):
     """An output could not be written (read-only folder, disk full, ...)."""
+
+
+class MissingInput(StageError, FileNotFoundError):
+    """An input of a stage does not exist; the message names it and the command that makes it."""
+
+
+def require(path: Path, stage: str) -> Path:
+    """Return `path`, or raise MissingInput naming it and `dvc repro <stage>`, the command that makes it."""
+    if not Path(path).exists():
+        raise MissingInput(f"{path} not found: run `dvc repro {stage}` (or `dvc repro`) first")
+    return Path(path)
 
 
 def output_error(path: Path, exc: OSError) -> OutputError:

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline import params, paths, progress
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
 from pipeline.files import OutputError, write_npz_set
 from pipeline.params import IngestParams
@@ -22,7 +22,7 @@ def assign_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     if n_folds < 2:
         raise ValueError(f"train.folds must be at least 2, got {n_folds}")
     counts = np.bincount(labels, minlength=10)
-    if counts[counts > 0].min() < n_folds:
+    if counts.min() < n_folds:
         raise ValueError(f"every digit needs at least {n_folds} training rows for {n_folds} folds; counts {counts}")
     folds = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -39,12 +39,19 @@ def ingest(
     x_test = parse_test(read_member(source, "test.csv"), source.describe("test.csv"), cfg.expected_test_rows)
     if cfg.max_train_rows:
         x, y = x[: cfg.max_train_rows], y[: cfg.max_train_rows]
+        short = np.flatnonzero(np.bincount(y, minlength=10) < n_folds).tolist()
+        if short:
+            raise ValueError(
+                f"params.yaml ingest.max_train_rows: {cfg.max_train_rows} keeps fewer than train.folds = {n_folds} "
+                f"rows of digit(s) {short}: raise it (null keeps every row)"
+            )
     if cfg.max_test_rows:
         x_test = x_test[: cfg.max_test_rows]
     folds = assign_folds(y, n_folds, seed)
     return {"x": x, "y": y, "fold": folds}, {"x": x_test}
 
 
+@reports_errors("ingest")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, ingest the raw data, and write the processed arrays."""
     parser = stage_parser("ingest", __doc__)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params, paths, plots, progress
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.dataio import InputError
 from pipeline.device import configure
 from pipeline.ensemble import (
@@ -42,7 +42,7 @@ from pipeline.ensemble import (
     ensemble_report,
 )
 from pipeline.exclusions import kept_mask, read_exclusions
-from pipeline.files import OutputError, read_json, read_npz, write_json, write_npz, write_text
+from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
 from pipeline.image import ImageError, load_digit
 from pipeline.models import load_model
 from pipeline.params import PredictParams
@@ -170,13 +170,16 @@ def describe_probs(name: str, probs: np.ndarray) -> str:
     return "\n".join(lines)
 
 
+def require_models(models: list[str], n_folds: int) -> None:
+    """Raise MissingInput naming the first fold model of `models` that train has not written."""
+    for model in models:
+        for fold in range(n_folds):
+            require(paths.fold_model(model, fold), "train")
+
+
 def predict_image(path: Path, models: list[str], n_folds: int, cfg: PredictParams) -> int:
     """Print the digit in the image file at `path` and its class probabilities; return the exit status."""
-    files = [paths.fold_model(m, k) for m in models for k in range(n_folds)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        print(f"predict: error: no trained model {missing[0]}: run `dvc repro train` first", file=sys.stderr)
-        return 2
+    require_models(models, n_folds)
     try:
         image = load_digit(path)
     except ImageError as exc:
@@ -262,6 +265,7 @@ def write_submission(labels: np.ndarray, stamp: str) -> str:
     return str(stamped)
 
 
+@reports_errors("predict")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, run TTA through every fold model, and write the submission and TTA report."""
     cfg = params.load("predict")
@@ -285,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.image is not None:
         return predict_image(args.image, models, n_folds, cfg)
     start = time.perf_counter()
-    data, x_test = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
+    data, x_test = read_npz(require(paths.TRAIN_NPZ, "ingest")), read_npz(require(paths.TEST_NPZ, "ingest"))["x"]
     try:
         keep = kept_mask(len(data["y"]), read_exclusions(len(data["y"])))
+        require_models(models, n_folds)
         outputs = {m: predict_folds(data, x_test, m, n_folds, cfg) for m in models}
         views, oof_probs, report = blend_models(outputs, data["y"], data["fold"], cfg.blend_by, keep)
         probs = views.mean(axis=0)

@@ -18,17 +18,13 @@ from typing import Any
 import numpy as np
 
 from pipeline import params, paths, plots
-from pipeline.cli import fail, stage_parser
-from pipeline.files import OutputError, read_json, read_npz, write_text
+from pipeline.cli import fail, reports_errors, stage_parser
+from pipeline.files import MissingInput, OutputError, read_json, read_npz, require, write_text
 from pipeline.params import ReportParams
 from pipeline.submission import describe_diff
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
 N_CLASSES = 10
-
-
-class MissingInput(FileNotFoundError):
-    """An input of the report is missing; the message says which stage makes it."""
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -286,13 +282,6 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def require(path: Path, stage: str) -> Path:
-    """Return `path`, or raise MissingInput naming the stage that writes it."""
-    if not Path(path).exists():
-        raise MissingInput(f"{path} not found: run `dvc repro {stage}` (or `dvc repro`) first")
-    return Path(path)
-
-
 def optional_json(path: Path) -> dict:
     """Return the JSON document at `path`, or {} when it does not exist."""
     return read_json(path) if Path(path).is_file() else {}
@@ -348,6 +337,7 @@ def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
     return [paths.SUMMARY_MD, paths.CONFUSION_CSV, paths.WRONG_PNG, paths.TEST_GRID_PNG]
 
 
+@reports_errors("report")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, gather the pipeline's outputs, and write the summary and report images."""
     cfg = params.load("report")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import params, paths
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.dataio import InputError
 from pipeline.kaggle_auth import find_credentials
 from pipeline.submission import (
@@ -114,6 +114,7 @@ def diff_summary(path: Path, compare: Path | None) -> str:
     return describe_diff(compare_submissions(resolve_earlier(compare), path))
 
 
+@reports_errors("submit")
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, home: Path | None = None) -> int:
     """Parse the CLI, validate the submission, and submit it to Kaggle."""
     rows = params.load("ingest").expected_test_rows

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from pipeline import live, params, paths, progress
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, configure
 from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import (
@@ -32,12 +32,13 @@ from pipeline.files import (
     read_json,
     read_npz,
     remove_partials,
+    require,
     write_json,
     write_npz,
     write_with,
 )
 from pipeline.models import check_name
-from pipeline.params import FitParams, ModelParams, TrainParams
+from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
 from pipeline.training import (
     EpochSampler,
     FitSettings,
@@ -49,11 +50,15 @@ from pipeline.training import (
     scores,
 )
 
-TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
-OVERRIDABLE = {f.name for f in fields(FitSettings)} - {"model", "epochs"}
 # The code that decides what a fold's model becomes (architecture, sampling, schedule, fit loop, rows and
 # seeds): part of every fold's fingerprint, so finished folds are not reused after it changes.
 TRAINING_CODE = tuple(Path(sys.modules[name].__file__) for name in ("pipeline.models", "pipeline.training", __name__))
+
+
+def tuned_values(tuned: dict, where: str = str(paths.BEST_PARAMS)) -> dict:
+    """Return tune's best values of the tunable settings in `tuned`, each checked and typed as its setting declares
+    (never as the value it replaces: a tuned dropout of 0.25 stays 0.25 over a `dropout_conv: 0`)."""
+    return {k: fit_setting(k, v, f"{where}: tuned") for k, v in tuned.items() if k in TUNABLE}
 
 
 def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSettings:
@@ -61,17 +66,18 @@ def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSetting
     base = FitSettings(model=model, **{f.name: getattr(cfg, f.name) for f in fields(FitParams)})
     if not (cfg.use_tuned and tuned):
         return base
-    return replace(base, **{k: type(getattr(base, k))(v) for k, v in tuned.items() if k in TUNABLE})
+    return replace(base, **tuned_values(tuned))
 
 
 def settings_for(base: FitSettings, name: str, overrides: dict[str, dict]) -> FitSettings:
     """Return `base` for model `name` with its per-model overrides (params.yaml model.overrides) applied."""
     check_name(name)
+    where = f"params.yaml model.overrides.{name}:"
     extra = dict(overrides.get(name) or {})
-    unknown = sorted(set(extra) - OVERRIDABLE)
+    unknown = sorted(set(extra) - set(OVERRIDABLE))
     if unknown:
-        raise ValueError(f"model.overrides.{name}: unknown settings {unknown}; choose from {sorted(OVERRIDABLE)}")
-    return replace(base, model=name, **{k: type(getattr(base, k))(v) for k, v in extra.items()})
+        raise ParamsError(f"{where} unknown settings {unknown}; choose from {', '.join(OVERRIDABLE)}")
+    return replace(base, model=name, **{k: fit_setting(k, v, where) for k, v in extra.items()})
 
 
 def member_settings(cfg: TrainParams, model: ModelParams, tuned: dict | None) -> list[FitSettings]:
@@ -81,7 +87,7 @@ def member_settings(cfg: TrainParams, model: ModelParams, tuned: dict | None) ->
     for name in model.members():
         settings = settings_for(fit_settings(cfg, name, None), name, model.overrides)
         if name == model.name and cfg.use_tuned and tuned:
-            settings = replace(settings, **{k: type(getattr(settings, k))(v) for k, v in tuned.items() if k in TUNABLE})
+            settings = replace(settings, **tuned_values(tuned))
         out.append(settings)
     return out
 
@@ -246,7 +252,10 @@ def collect_oof(model: str, n_rows: int, n_folds: int) -> np.ndarray:
         part = read_npz(paths.fold_oof(model, fold))
         probs[part["rows"]] = part["probs"]
     if np.isnan(probs).any():
-        raise RuntimeError(f"some rows have no out-of-fold prediction of {model}: fold files are incomplete")
+        raise ValueError(
+            f"some rows have no out-of-fold prediction of {model}: its fold files in {paths.model_dir(model)} are "
+            "incomplete or from other data; delete them and rerun `dvc repro train`"
+        )
     return probs
 
 
@@ -306,7 +315,8 @@ def train_all(
     """Train every model's folds not already done (the first model is model.name), then write model.name's
     OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"; "oof_untuned_rows"
     leaves out `scored_fold`, the rows that chose the tuned settings); return the metrics."""
-    data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
+    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
+    aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
     if int(data["fold"].max()) + 1 != n_folds:
         raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
     data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest()]  # data and code
@@ -353,6 +363,7 @@ def describe_kept(figures: dict) -> str:
     return f"; {figures['accuracy']:.5f} on the {figures['rows']} rows not excluded ({figures['excluded']} excluded)"
 
 
+@reports_errors("train")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, train every fold, and print the OOF accuracy."""
     cfg = params.load("train")

@@ -43,13 +43,13 @@ from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import make_url
 
 from pipeline import params, paths, progress
-from pipeline.cli import fail, stage_parser
+from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, configure, gpu_present, sharing_env
-from pipeline.files import OutputError, read_npz, write_json, write_text
+from pipeline.files import OutputError, read_npz, require, write_json, write_text
 from pipeline.params import TrainParams, TuneParams
 from pipeline.plots import save_figure
 from pipeline.secrets import mask_url, scrub
-from pipeline.train import TUNABLE, fit_settings
+from pipeline.train import fit_settings
 from pipeline.training import EpochSampler, FitSettings, fit, monitor_subset
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -83,30 +83,15 @@ class TakenOver(Exception):
 
 
 def resolve_space(cfg: TuneParams, model: str) -> dict:
-    """Return `cfg.space` with `cfg.model_space[model]` applied (null drops a parameter), validated."""
+    """Return `cfg.space` with `cfg.model_space[model]` applied (null drops a parameter); both were validated when
+    params.yaml was read (params.check_space)."""
     space = dict(cfg.space)
     for name, spec in (cfg.model_space.get(model) or {}).items():
         if spec is None:
             space.pop(name, None)
         else:
             space[name] = spec
-    for name, spec in space.items():
-        check_spec(name, spec)
     return space
-
-
-def check_spec(name: str, spec: object) -> None:
-    """Raise ValueError unless `name` is a tunable setting and `spec` a valid range or choice list."""
-    where = f"params.yaml tune.space.{name}"
-    if name not in TUNABLE:
-        raise ValueError(f"{where}: not a tunable setting; choose from {', '.join(TUNABLE)}")
-    if isinstance(spec, dict):
-        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ValueError(f"{where}: a choice must be written {{choices: [a, b, ...]}}, got {spec!r}")
-        return
-    numbers = isinstance(spec, list) and len(spec) in (2, 3) and all(isinstance(v, int | float) for v in spec[:2])
-    if not numbers or spec[0] >= spec[1] or (len(spec) == 3 and spec[2] != "log"):
-        raise ValueError(f"{where}: expected [low, high] or [low, high, log] with low < high, got {spec!r}")
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -505,7 +490,8 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
 
 def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Callable[[optuna.Trial], float]:
     """Load the data once for this process, pick the device, and return the objective."""
-    data, aug = read_npz(paths.TRAIN_NPZ), read_npz(paths.AUGMENTED_NPZ)
+    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
+    aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
     device = configure()
     base = fit_settings(params.load("train"), params.load("model").name, None)
     print(f"tune: worker {os.getpid()} on {device.describe()}", flush=True)
@@ -515,9 +501,12 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
 def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     """Open the study, run its trials here or in worker processes, and write the outputs; return the exit code."""
     start = time.perf_counter()
+    require(paths.TRAIN_NPZ, "ingest")  # both inputs, before the study is opened
+    require(paths.AUGMENTED_NPZ, "augment")
     model, seed = params.load("model").name, params.seed()
     space = resolve_space(cfg, model)
-    name = args.study_name or study_name_for(cfg, model, space, data_id_of(read_npz(paths.TRAIN_NPZ)))
+    data_id = data_id_of(read_npz(require(paths.TRAIN_NPZ, "ingest")))
+    name = args.study_name or study_name_for(cfg, model, space, data_id)
     url = storage_url(args.storage)
     study = open_study(name, storage_for(url, cfg), cfg, seed, args.worker)
     if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
@@ -547,6 +536,7 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     return 0
 
 
+@reports_errors("tune")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI and tune; print a clear error (exit code 2) for bad settings, data or storage."""
     cfg = params.load("tune")

@@ -143,4 +143,4 @@ def test_accept_needs_an_audit_and_bad_settings_are_named(project, capsys):
     doc["audit"]["filter_by"] = "by_magic"
     paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert audit.main([]) == 2
-    assert "audit.filter_by must be one of" in capsys.readouterr().err
+    assert "params.yaml audit.filter_by: got 'by_magic', expected one of" in capsys.readouterr().err
