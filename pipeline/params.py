@@ -68,10 +68,6 @@ class ModelParams:
             raise ParamsError(f"params.yaml model: name and ensemble must not repeat a model, got {names}")
         return names
 
-    def overrides_for(self, name: str) -> dict[str, Any]:
-        """Return the train settings model `name` overrides (params.yaml model.overrides.<name>), if any."""
-        return dict(self.overrides.get(name) or {})
-
 
 @dataclass(frozen=True)
 class FitParams:

@@ -39,10 +39,6 @@ class EpochSampler:
         self.starts = np.searchsorted(aug_source[order], self.rows, side="left")
         self.counts = np.searchsorted(aug_source[order], self.rows, side="right") - self.starts
 
-    def copy_indices(self) -> np.ndarray:
-        """Return the indices (into the augmented arrays) of every copy this sampler may draw."""
-        return np.concatenate([self.aug_order[s : s + c] for s, c in zip(self.starts, self.counts, strict=True)])
-
     def sample_indices(self, epoch: int, aug_prob: float) -> tuple[np.ndarray, np.ndarray]:
         """Return epoch `epoch`'s shuffled indices into the pool [x; aug_x] (see `pool`) and their labels,
         the same for the same seed."""

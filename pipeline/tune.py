@@ -46,6 +46,7 @@ from pipeline import params, paths, progress
 from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, configure, gpu_present, sharing_env
 from pipeline.files import OutputError, read_npz, require, write_json, write_text
+from pipeline.models import search_space
 from pipeline.params import TrainParams, TuneParams
 from pipeline.plots import save_figure
 from pipeline.secrets import mask_url, scrub
@@ -83,15 +84,15 @@ class TakenOver(Exception):
 
 
 def resolve_space(cfg: TuneParams, model: str) -> dict:
-    """Return `cfg.space` with `cfg.model_space[model]` applied (null drops a parameter); both were validated when
-    params.yaml was read (params.check_space)."""
+    """Return `cfg.space` with `cfg.model_space[model]` applied (null drops a parameter), without the dropout
+    rates `model` does not read (models.search_space); both were validated when params.yaml was read."""
     space = dict(cfg.space)
     for name, spec in (cfg.model_space.get(model) or {}).items():
         if spec is None:
             space.pop(name, None)
         else:
             space[name] = spec
-    return space
+    return search_space(model, space)
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -309,7 +310,7 @@ def state_counts(study: optuna.Study) -> Counter:
 def finished_count(study: optuna.Study) -> int:
     """Return the number of completed or pruned trials in `study`."""
     counts = state_counts(study)
-    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    return sum(counts[state] for state in FINISHED)
 
 
 def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneParams, limit: int = 0) -> None:
@@ -322,7 +323,7 @@ def run_trials(study: optuna.Study, objective: Callable, target: int, cfg: TuneP
     while not limit or ran < limit:
         fail_stale(study, cfg)
         counts = state_counts(study)
-        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        finished = sum(counts[state] for state in FINISHED)
         if finished >= target:
             return
         if finished + counts[TrialState.RUNNING] >= target:

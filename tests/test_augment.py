@@ -45,7 +45,9 @@ def test_copies_of_validation_rows_never_reach_training(digits):
     folds = np.arange(60) % 3
     train_rows = np.flatnonzero(folds != 0)
     sampler = EpochSampler(images, labels, train_rows, out["x"], out["source"], seed=3)
-    assert set(out["source"][sampler.copy_indices()].tolist()) == set(train_rows.tolist())
+    index, _ = sampler.sample_indices(0, aug_prob=1.0)  # every training row replaced by one of its copies
+    assert index.min() >= len(images)
+    assert set(out["source"][index - len(images)].tolist()) == set(train_rows.tolist())
     val_copies = {out["x"][i].tobytes() for i in np.flatnonzero(folds[out["source"]] == 0)}
     train_images = {images[i].tobytes() for i in train_rows}
     for epoch in range(4):

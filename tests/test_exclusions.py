@@ -84,7 +84,8 @@ class SpySampler(EpochSampler):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        SpySampler.built.append((self.rows.copy(), self.copy_indices()))
+        drawable = [self.aug_order[s : s + c] for s, c in zip(self.starts, self.counts, strict=True)]
+        SpySampler.built.append((self.rows.copy(), np.concatenate(drawable)))
 
 
 def train_once(monkeypatch, excluded_text: str) -> tuple[list, dict, dict]:
