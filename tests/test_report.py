@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from pipeline import augment, ingest, paths, progress, report
-from pipeline.files import read_json, write_json, write_npz, write_text
+from pipeline import augment, ingest, paths, predict, progress, report, train, tune
+from pipeline.files import read_json, read_npz, write_json
 from pipeline.params import ReportParams
-from pipeline.submission import submission_csv
-from tests.conftest import synthetic_digits
+from tests.conftest import synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,52 +28,32 @@ def confident(labels: np.ndarray, confidence: float = 0.9) -> np.ndarray:
     return probs
 
 
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project after ingest, augment, tune (one trial), train and predict, each run as `dvc repro` runs it:
+    the report reads what the stages really wrote, not files written for the test."""
+    root = tmp_path_factory.mktemp("ran")
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train.csv").write_text(train_csv_text(*synthetic_digits(60)))
+    (raw / "test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
+    doc = tiny_params()
+    doc["tune"].update(trials=1, epochs=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for stage in (ingest, augment, tune, train, predict):
+            assert stage.main([]) == 0, stage.__name__
+    return root
+
+
 @pytest.fixture
-def outputs(project: Path) -> dict:
-    """Every input of the report stage, written as the pipeline's stages would write them."""
-    x, y = synthetic_digits(30)
-    fold = np.arange(30) % 3
-    x_test, _ = synthetic_digits(12, seed=3)
-    write_npz(paths.TRAIN_NPZ, x=x, y=y, fold=fold)
-    write_npz(paths.TEST_NPZ, x=x_test)
-    predicted = y.astype(np.int64).copy()
-    predicted[:4] = (y[:4] + 1) % 10  # four mistakes ...
-    probs = confident(predicted)
-    probs[0, predicted[0]], probs[1, predicted[1]] = 0.99, 0.6  # ... row 0 the most confident
-    write_npz(paths.OOF_NPZ, probs=probs, y=y, fold=fold)
-    write_json(
-        paths.METRICS_JSON,
-        {
-            "oof": {"accuracy": 26 / 30, "loss": 0.4},
-            "oof_untuned_rows": {"accuracy": 0.85, "loss": 0.45, "rows": 20},
-            "folds": {f"fold{k}": {"accuracy": 0.8 + k / 100, "loss": 0.5 - k / 100} for k in range(3)},
-        },
-    )
-    write_json(
-        paths.PREDICT_JSON,
-        {
-            "oof_accuracy": 0.86667,
-            "oof_loss": 0.41,
-            "oof_tta_accuracy": 0.9,
-            "oof_tta_loss": 0.38,
-            "tta_gain": 0.03333,
-            "tta_views": 2,
-            "test_rows": 12,
-        },
-    )
-    write_npz(paths.TEST_PROBS_NPZ, probs=confident(np.arange(12) % 10, 0.8))
-    write_json(
-        paths.BEST_PARAMS,
-        {"study": "s", "params": {"learning_rate": 0.0012345, "batch_size": 64}, "value": 0.97, "trial": 2},
-    )
-    for k in range(3):
-        write_json(
-            paths.fold_meta("dropout_cnn", k), {"epochs": 9, "seconds": 61.0 + k, "settings": {"model": "dropout_cnn"}}
-        )
-    write_text(paths.LATEST_SUBMISSION, submission_csv(np.zeros(12, int)))
-    progress.record_timing("train", 125.5, "CPU (x86_64) via tensorflow")
-    progress.record_timing("ingest", 3.25, None)
-    return {"y": y, "predicted": predicted}
+def outputs(ran: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A copy of the ran project as the cwd; its OOF labels and predicted classes."""
+    shutil.copytree(ran, tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    oof = read_npz(paths.OOF_NPZ)
+    return {"y": oof["y"], "predicted": oof["probs"].argmax(axis=1)}
 
 
 def test_confusion_pairs_and_most_confident_wrong() -> None:
@@ -90,27 +72,45 @@ def test_confusion_pairs_and_most_confident_wrong() -> None:
 def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest.CaptureFixture) -> None:
     assert report.main([]) == 0
     summary = paths.SUMMARY_MD.read_text()
+    data, test_x = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
+    metrics, tta, tuned = read_json(paths.METRICS_JSON), read_json(paths.PREDICT_JSON), read_json(paths.BEST_PARAMS)
     counts = np.bincount(outputs["y"], minlength=10)
-    assert "| train rows | " + " | ".join(map(str, counts)) + " | 30 |" in summary
-    assert "Test rows: 12." in summary
-    assert "| learning_rate" not in summary and "learning_rate=0.001234" in summary and "batch_size=64" in summary
-    assert "| 0 | 10 | 0.80000 | 0.5000 | 9 | 1m01s |" in summary
-    assert "| 2 | 10 | 0.82000 | 0.4800 | 9 | 1m03s |" in summary
-    assert "| OOF without the fold that scored tuning | 20 | 0.85000 | 0.4500 |" in summary
-    assert "| without TTA | 0.86667 | 0.4100 |" in summary and "| with TTA (2 views) | 0.90000 | 0.3800 |" in summary
-    assert "TTA gain: +0.03333" in summary
+    assert "| train rows | " + " | ".join(map(str, counts)) + f" | {len(data['y'])} |" in summary
+    assert f"Test rows: {len(test_x)}." in summary
+    values = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["params"].items()]
+    assert f"best trial {tuned['trial']} of {tuned['finished_trials']} finished" in summary
+    assert all(value in summary for value in values) and values
+    for fold in range(3):
+        meta, scores = read_json(paths.fold_meta("dropout_cnn", fold)), metrics["folds"][f"fold{fold}"]
+        row = f"| {fold} | {int(np.sum(data['fold'] == fold))} | {scores['accuracy']:.5f} | {scores['loss']:.4f} |"
+        assert f"{row} {meta['epochs']} | {report.duration(meta['seconds'])} |" in summary
+    untuned = metrics["oof_untuned_rows"]
+    assert untuned["rows"] == int(np.sum(data["fold"] != tuned["scored_fold"]))
+    assert f"| OOF without the fold that scored tuning | {untuned['rows']} | {untuned['accuracy']:.5f} |" in summary
+    assert f"| without TTA | {tta['oof_accuracy']:.5f} | {tta['oof_loss']:.4f} |" in summary
+    assert f"| with TTA ({tta['tta_views']} views) | {tta['oof_tta_accuracy']:.5f} |" in summary
+    assert f"TTA gain: {tta['tta_gain']:+.5f}" in summary
     y, pred = outputs["y"], outputs["predicted"]
-    count = int(np.sum((y == y[0]) & (pred == pred[0])))
-    assert f"| {y[0]} | {pred[0]} | {count} |" in summary and "4 of 30 out-of-fold predictions are wrong" in summary
-    assert "| train | 2m06s | CPU (x86_64) via tensorflow |" in summary and "| ingest | 3.2s | - |" in summary
-    assert "No timing recorded for: augment, tune, predict, audit." in summary
-    assert "`submissions/latest.csv` (12 rows)" in summary and "python -m pipeline.submit" in summary
+    assert f"{int(np.sum(y != pred))} of {len(y)} out-of-fold predictions are wrong" in summary
+    for stage in ("ingest", "augment", "tune", "train", "predict"):  # each recorded its own wall time
+        assert re.search(rf"^\| {stage} \| [0-9.hms]+ \| ", summary, re.MULTILINE), stage
+    assert f"`submissions/latest.csv` ({len(test_x)} rows)" in summary and "python -m pipeline.submit" in summary
     rows = paths.CONFUSION_CSV.read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) == 31
-    assert rows[1:] == [f"{a},{p}" for a, p in zip(y, pred, strict=True)]
+    assert rows[0] == "actual,predicted" and rows[1:] == [f"{a},{p}" for a, p in zip(y, pred, strict=True)]
     for png in (paths.WRONG_PNG, paths.TEST_GRID_PNG):
         assert png.read_bytes()[:8] == PNG_MAGIC
     assert "reports/summary.md" in capsys.readouterr().out
+
+
+def test_report_shows_timings_and_the_missing_ones(outputs: dict) -> None:
+    for stage in ("augment", "tune", "predict"):
+        paths.stage_timing(stage).unlink()
+    progress.record_timing("train", 125.5, "CPU (x86_64) via tensorflow")
+    progress.record_timing("ingest", 3.25, None)
+    assert report.main([]) == 0
+    summary = paths.SUMMARY_MD.read_text()
+    assert "| train | 2m06s | CPU (x86_64) via tensorflow |" in summary and "| ingest | 3.2s | - |" in summary
+    assert "No timing recorded for: augment, tune, predict, audit." in summary
 
 
 def test_report_sizes_come_from_report_params(outputs: dict) -> None:
