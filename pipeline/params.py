@@ -251,6 +251,11 @@ RULES: dict[str, Allowed] = {
     "train.dropout_dense": FRACTION,
     "train.aug_prob": Allowed(0.0, 1.0),
     "train.label_smoothing": FRACTION,
+    "train.optimizer": one_of("adam", "rmsprop"),  # pipeline/training.py OPTIMIZERS
+    "train.schedule": one_of("warmup_cosine", "constant", "exponential", "plateau"),  # training.py SCHEDULES
+    "train.lr_decay": Allowed(0.0, 1.0, low_open=True),
+    "train.plateau_patience": at_least(1),
+    "train.ema_momentum": FRACTION,  # null = no weight averaging
     "train.monitor_rows": at_least(1),
     "tune.trials": at_least(1),
     "tune.fold": at_least(0),

@@ -1,5 +1,7 @@
 """The training core shared by tune and train: per-epoch sampling of originals and their
-augmented copies, a warmup + cosine schedule, and an epoch loop that checkpoints and resumes."""
+augmented copies, the optimizer (Adam or RMSprop) with its learning-rate schedule (warmup + cosine,
+constant, exponential or reduced on plateau) and optional weight averaging (Keras' use_ema), and an
+epoch loop that checkpoints and resumes."""
 
 from __future__ import annotations
 
@@ -131,8 +133,24 @@ def device_one_hot(labels: np.ndarray) -> object:
     return keras.ops.one_hot(keras.ops.convert_to_tensor(np.asarray(labels, dtype=np.int32)), N_CLASSES)
 
 
-def schedule(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Return a linear warmup to `learning_rate` followed by cosine decay over the remaining steps."""
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
+SCHEDULES = ("warmup_cosine", "constant", "exponential", "plateau")
+PLATEAU_MIN_DELTA = 1e-4  # Keras' ReduceLROnPlateau default: a smaller val_accuracy gain is no improvement
+PLATEAU_FLOOR = 0.01  # the plateau schedule never goes below this share of learning_rate (1e-3 -> 1e-5)
+
+
+def schedule(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule | float:
+    """Return the learning rate of `cfg.schedule`: warmup_cosine, a linear warmup to `learning_rate` followed by
+    cosine decay over the remaining steps; exponential, `learning_rate` times `lr_decay` after every epoch;
+    constant and plateau, `learning_rate` itself (the fit loop lowers a plateau's, `plateau_rate`)."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            cfg.learning_rate, decay_steps=steps_per_epoch, decay_rate=cfg.lr_decay, staircase=True
+        )
+    if cfg.schedule != "warmup_cosine":
+        return cfg.learning_rate
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     return keras.optimizers.schedules.CosineDecay(
@@ -144,16 +162,87 @@ def schedule(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.schedul
     )
 
 
+def plateau_rate(cfg: FitSettings, history: list[dict]) -> float:
+    """Return the learning rate of the epoch after `history` under Keras' ReduceLROnPlateau rule on val_accuracy
+    (factor `lr_decay`, patience `plateau_patience`, floor PLATEAU_FLOOR x `learning_rate`), computed from the
+    recorded epochs alone, so a resumed run continues exactly."""
+    rate, best, wait = cfg.learning_rate, -np.inf, 0
+    for row in history:
+        if row["val_accuracy"] > best + PLATEAU_MIN_DELTA:
+            best, wait = row["val_accuracy"], 0
+            continue
+        wait += 1
+        if wait >= cfg.plateau_patience:
+            rate, wait = max(rate * cfg.lr_decay, cfg.learning_rate * PLATEAU_FLOOR), 0
+    return rate
+
+
+def optimizer_for(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Return the optimizer `cfg.optimizer` on the schedule, averaging the weights (Keras' use_ema) when
+    `cfg.ema_momentum` is set."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    averaging = {} if cfg.ema_momentum is None else {"use_ema": True, "ema_momentum": cfg.ema_momentum}
+    return OPTIMIZERS[cfg.optimizer](schedule(cfg, steps_per_epoch), **averaging)
+
+
 def compiled_model(cfg: FitSettings, steps_per_epoch: int, jit_compile: bool) -> keras.Model:
-    """Return a new model built and compiled with Adam, the schedule and label smoothing."""
+    """Return a new model built and compiled with the optimizer, the schedule and label smoothing."""
     model = build_model(cfg.model, cfg.dropout_conv, cfg.dropout_dense)
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule(cfg, steps_per_epoch)),
+        optimizer=optimizer_for(cfg, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
     return model
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """For an optimizer that averages the weights (use_ema): validation scores the averaged weights, and the
+    model keeps its trained weights when a model.fit call ends (Keras replaces them with the averages there,
+    `finalize_variable_values`), so each one-epoch fit continues the trained weights, not their average.
+
+    The average lives in the optimizer's variables, so checkpoints carry it; `fit` swaps it in at the very end.
+    (keras.callbacks.SwapEMAWeights swaps by addition on TensorFlow, which is not exact, and keeps the
+    average in the model after a fit of one epoch.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trained: list[np.ndarray] | None = None
+
+    def keep_trained(self) -> None:
+        """Remember the trained weights (copies)."""
+        self.trained = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+
+    def restore_trained(self) -> None:
+        """Put the remembered trained weights back into the model."""
+        for variable, value in zip(self.model.trainable_variables, self.trained or [], strict=True):
+            variable.assign(value)
+        self.trained = None
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        """Score validation with the averaged weights."""
+        self.keep_trained()
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        """Go back to the trained weights after validation."""
+        self.restore_trained()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Remember the trained weights before model.fit replaces them with the averages."""
+        self.keep_trained()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Undo model.fit's replacement: the model continues from its trained weights."""
+        self.restore_trained()
+
+
+def use_averaged_weights(model: keras.Model) -> None:
+    """Replace `model`'s weights with the optimizer's average of them when it keeps one (use_ema)."""
+    if getattr(model.optimizer, "use_ema", False):
+        model.optimizer.finalize_variable_values(model.trainable_variables)
 
 
 def current_lr(model: keras.Model) -> float:
@@ -218,7 +307,8 @@ def fit(
     verbose: int = 0,
 ) -> tuple[keras.Model, list[dict]]:
     """Train for `cfg.epochs` on `device` (None: plain CPU settings), evaluating on `val` each epoch; resume
-    from `checkpoint` if it matches.
+    from `checkpoint` if it matches. With weight averaging (`cfg.ema_momentum`) the returned model holds the
+    averaged weights (checkpoints hold the trained ones and the average), and validation scores the average.
 
     A resident device keeps the images on the accelerator (`ResidentFeed`); otherwise each epoch is built
     in NumPy and model.fit copies it batch by batch (fastest on a CPU, where there is no copy)."""
@@ -232,6 +322,8 @@ def fit(
     for epoch in range(len(history), cfg.epochs):
         start = time.perf_counter()
         reseed(model, sampler.seed, epoch)
+        if cfg.schedule == "plateau":
+            model.optimizer.learning_rate = plateau_rate(cfg, history)
         lr = current_lr(model)
         logs = fit_epoch(model, cfg, sampler, val_in, epoch, feed, verbose)
         row = {k: float(v[-1]) for k, v in logs.items()}
@@ -241,6 +333,7 @@ def fit(
             save_checkpoint(checkpoint, model, history, fingerprint)
         if on_epoch is not None:
             on_epoch(epoch, row)
+    use_averaged_weights(model)
     return model, history
 
 
@@ -255,9 +348,12 @@ def fit_epoch(
 ) -> dict[str, list[float]]:
     """Run one model.fit epoch on epoch `epoch`'s sample, from `feed` when resident, else from NumPy arrays
     validated on the model inputs `val_in`; return its history."""
+    callbacks = [AveragedWeights()] if cfg.ema_momentum is not None else []
     if feed is not None:
         batches = feed.epoch(epoch, cfg.aug_prob)
-        return model.fit(batches, epochs=1, shuffle=False, validation_data=feed.val, verbose=verbose).history
+        return model.fit(
+            batches, epochs=1, shuffle=False, validation_data=feed.val, callbacks=callbacks, verbose=verbose
+        ).history
     x_ep, y_ep = sampler.sample(epoch, cfg.aug_prob)
     return model.fit(
         as_input(x_ep),
@@ -267,6 +363,7 @@ def fit_epoch(
         shuffle=False,
         validation_data=val_in,
         validation_batch_size=EVAL_BATCH,
+        callbacks=callbacks,
         verbose=verbose,
     ).history
 

@@ -133,7 +133,8 @@ def make_project(root: Path) -> Path:
     (root / "data/raw/train.csv").write_text(train_csv_text(images, labels))
     (root / "data/raw/test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
     doc = tiny_params()
-    doc["train"].update(epochs=EPOCHS, use_tuned=False)
+    # weight averaging on: the checkpoint carries the trained weights and their average, the fold model the average
+    doc["train"].update(epochs=EPOCHS, use_tuned=False, ema_momentum=0.9)
     (root / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return root
 
