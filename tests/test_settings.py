@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -469,3 +470,24 @@ def test_train_refuses_a_bad_tuned_value_in_one_line(project: Path, tuned: dict,
     code, _, err = run_main(train.main, [])
     assert code == 2 and re.search(message, err) and err.count("\n") == 1, err
     assert json.loads(paths.BEST_PARAMS.read_text())["params"] == tuned
+
+
+def test_a_row_limit_that_leaves_a_digit_short_is_refused(project: Path) -> None:
+    """ingest.max_train_rows keeping fewer rows of some digit than train.folds stops ingest (it used to pass when
+    the digit had no row at all), naming the setting and the digits."""
+    apply(setting("ingest.max_train_rows", 12))  # the first 12 of 60 shuffled rows: some digit has under 3
+    code, _, err = run_main(ingest.main, [])
+    assert code == 2 and not paths.TRAIN_NPZ.exists()
+    assert re.fullmatch(
+        r"ingest: error: params\.yaml ingest\.max_train_rows: 12 keeps fewer than train\.folds = 3 rows of digit\(s\) "
+        r"\[[0-9, ]+\]: raise it \(null keeps every row\)\n",
+        err,
+    ), err
+
+
+def test_folds_need_every_digit() -> None:
+    """A training set without some digit is refused (it used to be accepted when the other digits had enough rows)."""
+    labels = np.repeat(np.arange(9), 3)  # no 9
+    with pytest.raises(ValueError, match=r"every digit needs at least 3 training rows for 3 folds"):
+        ingest.assign_folds(labels, 3, seed=0)
+    assert len(ingest.assign_folds(np.repeat(np.arange(10), 3), 3, seed=0)) == 30
