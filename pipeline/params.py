@@ -155,6 +155,7 @@ class CompareParams:
     folds: list[int]
     epochs: int
     max_train_rows: int | None
+    published_copies: int = 8  # --published: transformed copies per image that stand in for online augmentation
 
 
 SECTIONS: dict[str, type] = {
@@ -291,6 +292,7 @@ RULES: dict[str, Allowed] = {
     "compare.folds": at_least(0),  # each entry
     "compare.epochs": at_least(1),
     "compare.max_train_rows": at_least(1),
+    "compare.published_copies": at_least(1),
 }
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline import compare as cmp
 from pipeline import ingest, paths
-from pipeline.models import build_model
-from pipeline.params import CompareParams
+from pipeline.models import MODELS, PUBLISHED, build_model, multiply_adds
+from pipeline.params import AugmentParams, CompareParams
 from pipeline.training import FitSettings
 
 BASE = FitSettings(
@@ -45,6 +45,11 @@ def test_compare_trains_each_model_on_the_same_rows_and_budget(data):
         assert r["seconds_per_epoch"] > 0
         assert r["published"]
     assert sum(result["blend"]["weights"]) == pytest.approx(1.0)
+    assert 0.0 <= result["blend"]["cross_fitted"]["accuracy"] <= 1.0  # two folds: fold 0 blended on fold 2's weights
+    for r in rows:
+        assert r["multiply_adds"] == multiply_adds(build_model(r["model"]))
+        assert len(r["held_out_by_epoch"]) == 1
+        assert r["held_out_by_epoch"][-1] == pytest.approx(r["oof_accuracy"], abs=1e-6)  # the last epoch's model
     assert len(logs) == 2
     text = cmp.markdown(result, "CPU")
     assert "| mlp |" in text and "| cnn_basic |" in text and "blend" in text
@@ -81,3 +86,79 @@ def test_main_writes_both_reports_without_augmented_copies(project):
     assert [r["model"] for r in report["rows"]] == ["mlp"]
     assert report["blend"] is None
     assert "| mlp |" in paths.MODELS_MD.read_text()
+
+
+AUGMENT = AugmentParams(copies=1, rotate_deg=0.0, scale=0.0, shift=0.0, chunk_rows=16, workers=1, preview_rows=1)
+
+
+def test_every_model_has_a_published_recipe_that_train_can_run():
+    assert set(cmp.RECIPES) == set(MODELS) == set(PUBLISHED)
+    for name, recipe in cmp.RECIPES.items():
+        settings = cmp.recipe_settings(cmp.settings_for(BASE, name, {}), recipe)
+        assert (settings.epochs, settings.batch_size, settings.learning_rate) == (
+            recipe.epochs,
+            recipe.batch_size,
+            recipe.learning_rate,
+        )
+        assert settings.aug_prob == (1.0 if recipe.augments() else 0.0)
+        assert all(1 <= epoch <= recipe.epochs and 0.9 < figure < 1 for epoch, figure in recipe.published_at)
+    an_et_al = cmp.recipe_settings(cmp.settings_for(BASE, "bn_plain5", {}), cmp.RECIPES["bn_plain5"])
+    assert (an_et_al.schedule, an_et_al.lr_decay, an_et_al.ema_momentum, an_et_al.epochs) == (
+        "exponential",
+        0.98,
+        0.999,
+        150,
+    )
+    plateau = cmp.recipe_settings(cmp.settings_for(BASE, "dropout_cnn", {}), cmp.RECIPES["dropout_cnn"], 4)
+    assert (plateau.optimizer, plateau.schedule, plateau.epochs, plateau.dropout_conv) == (
+        "rmsprop",
+        "plateau",
+        4,
+        BASE.dropout_conv,
+    )
+
+
+def test_recipe_copies_use_the_recipes_transform(data):
+    recipe = cmp.RECIPES["bn_plain3"]  # rotation 20, shift 0.2
+    copies = cmp.recipe_copies(data["x"], recipe, AUGMENT, 3, seed=0)
+    assert copies["x"].shape == (180, 28, 28) and np.array_equal(copies["source"], np.repeat(np.arange(60), 3))
+    assert not np.array_equal(copies["x"][::3], data["x"])
+    none = cmp.recipe_copies(data["x"], cmp.RECIPES["mlp"], AUGMENT, 3, seed=0)
+    assert len(none["x"]) == 0 and len(none["source"]) == 0
+
+
+def test_published_figures_compare_ours_after_the_same_epoch():
+    recipe = cmp.RECIPES["cnn_basic"]  # 98.57% after 3 epochs, 99% after 10
+    figures = cmp.published_figures(recipe, [0.97, 0.98, 0.984, 0.99])
+    assert figures[0] == {
+        "epoch": 3, "published": 0.9857, "ours": 0.984, "gap": pytest.approx(-0.0017), "reproduced": True
+    }  # fmt: skip
+    assert figures[1] == {"epoch": 10, "published": 0.99, "ours": None, "gap": None, "reproduced": None}
+    assert cmp.published_figures(recipe, [0.9, 0.95, 0.97])[0]["reproduced"] is False  # 1.57 points short
+
+
+def test_published_recipes_train_on_every_row_of_the_other_folds(data):
+    cfg = CompareParams(models=["dropout_cnn", "bn_plain7"], folds=[0, 1], epochs=9, max_train_rows=10)
+    logs = []
+    result = cmp.compare_published(BASE, data, cfg, {}, 1, AUGMENT, max_epochs=1, log=logs.append)
+    assert result["mode"] == "published" and len(logs) == 2
+    for r in result["rows"]:
+        recipe = cmp.RECIPES[r["model"]]
+        assert r["epochs"] == 1 and r["train_rows"] == [40, 40]  # every row: max_train_rows and epochs ignored
+        assert r["settings"]["optimizer"] == recipe.optimizer and r["settings"]["batch_size"] == recipe.batch_size
+        assert r["settings"]["ema_momentum"] == recipe.ema_momentum
+        assert r["recipe"]["source"] == recipe.source
+        assert [f["epoch"] for f in r["figures"]] == [e for e, _ in recipe.published_at]
+        assert all(f["ours"] is None for f in r["figures"])  # one epoch trained: no published epoch reached
+    text = cmp.markdown_published(result, "CPU")
+    assert "| dropout_cnn | RMSprop" in text and "| bn_plain7 | An et al." in text and "cross-fitted" in text
+
+
+def test_main_published_writes_the_reports(project):
+    assert ingest.main([]) == 0
+    assert cmp.main(["--published", "--models", "cnn_basic", "--max-epochs", "3"]) == 0
+    report = json.loads(paths.MODELS_JSON.read_text())
+    (row,) = report["rows"]
+    assert report["mode"] == "published" and row["epochs"] == 3
+    assert row["figures"][0]["epoch"] == 3 and row["figures"][0]["ours"] == pytest.approx(row["held_out_by_epoch"][2])
+    assert "98.57%" in paths.MODELS_MD.read_text()
