@@ -38,6 +38,11 @@ CHANGED = {  # another value for every fit setting
     "dropout_dense": 0.3,
     "aug_prob": 0.9,
     "label_smoothing": 0.1,
+    "optimizer": "rmsprop",
+    "schedule": "constant",
+    "lr_decay": 0.5,
+    "plateau_patience": 2,
+    "ema_momentum": 0.9,
 }
 
 
