@@ -37,7 +37,7 @@ def calibrate(model: str, batch_size: int, budget: float = 3.0) -> Rates:
     from pipeline.device import configure
     from pipeline.training import FitSettings, as_input, compiled_model, one_hot
 
-    device = configure()
+    device = configure(params.load("device").precision)
     train = params.load("train")
     base = FitSettings(model=model, **{f.name: getattr(train, f.name) for f in fields(FitParams)})
     cfg = replace(base, batch_size=batch_size)
