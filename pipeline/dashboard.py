@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 from typing import Any
+from wsgiref.simple_server import make_server
 
 from pipeline import params, paths
 from pipeline.cli import fail, stage_parser
@@ -44,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if url == f"sqlite:///{paths.OPTUNA_DB}" and not paths.OPTUNA_DB.is_file():
         return fail("dashboard", f"no study yet in {paths.OPTUNA_DB}: run `dvc repro tune` (or make quick) first")
     try:
-        import optuna_dashboard
+        import optuna_dashboard  # noqa: F401  (only: is it installed?)
     except ImportError:
         return fail("dashboard", "optuna-dashboard is not installed: pip install -e '.[dashboard]' (make dashboard)")
     print(f"dashboard: {mask_url(url)} at http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
-        optuna_dashboard.run_server(url, host=args.host, port=args.port)
+    with make_server(args.host, args.port, app(url)) as server, contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()  # until Ctrl-C
     return 0
 
 

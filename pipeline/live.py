@@ -7,7 +7,6 @@ new epochs as they end, so after a kill and resume it holds exactly the epochs t
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +36,3 @@ def log_history(live: Any, model: str, fold: int, history: list[dict]) -> None:
     """Log every row of a recorded `history` of `model`'s fold `fold`, in epoch order."""
     for row in history:
         log_epoch(live, model, fold, row)
-
-
-def fold_series(model: str, fold: int, folder: Path = paths.LIVE_DIR) -> Path:
-    """Return the folder of `model`'s fold `fold` per-epoch series (<metric>.tsv)."""
-    return Path(folder) / "plots" / "metrics" / model / f"fold{fold}"
-
-
-def read_history(model: str, fold: int, folder: Path = paths.LIVE_DIR) -> list[dict]:
-    """Return the logged epochs of `model`'s fold `fold` as rows {epoch, metric: value, ...}; ValueError if an epoch
-    repeats or the epochs are out of order."""
-    rows: dict[int, dict] = {}
-    for name in LOGGED:
-        path = fold_series(model, fold, folder) / f"{name}.tsv"
-        if not path.is_file():
-            continue
-        with path.open(newline="", encoding="utf-8") as fh:
-            steps = [(int(r["step"]), float(r[name])) for r in csv.DictReader(fh, delimiter="\t")]
-        if [s for s, _ in steps] != sorted({s for s, _ in steps}):
-            raise ValueError(f"{path}: epochs out of order or logged twice: {[s for s, _ in steps]}")
-        for step, value in steps:
-            rows.setdefault(step, {"epoch": step})[name] = value
-    return [rows[step] for step in sorted(rows)]

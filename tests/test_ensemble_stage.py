@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import augment, ingest, live, paths, predict, train
+from pipeline import augment, ingest, paths, predict, train
 from pipeline.files import read_npz, write_npz
 from pipeline.params import ModelParams, ParamsError, load
 from pipeline.submission import validate_submission
+from tests.dvclive_files import read_history
 
 
 def views_of(rng: np.random.Generator, views: int, rows: int) -> np.ndarray:
@@ -76,7 +77,7 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     assert ingest.main([]) == 0 and augment.main([]) == 0
     assert train.main([]) == 0
     for name in ("cnn_basic", "mlp"):
-        assert all(paths.fold_model(name, k).is_file() and live.read_history(name, k) for k in range(3))
+        assert all(paths.fold_model(name, k).is_file() and read_history(name, k) for k in range(3))
     metrics = json.loads(paths.METRICS_JSON.read_text())
     assert set(metrics["models"]) == {"cnn_basic", "mlp"} and metrics["models"]["cnn_basic"] == metrics["oof"]
 

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from pipeline.files import PARTIAL, read_npz
-from pipeline.live import read_history
 from pipeline.models import load_model
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
+from tests.dvclive_files import read_history
 
 EPOCHS = 5
 KILL_FOLD, KILL_EPOCH = 1, 2

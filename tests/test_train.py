@@ -8,12 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline import augment, ingest, live, paths, train
+from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
 from pipeline.files import read_npz, write_json
 from pipeline.models import load_model
 from pipeline.params import load
 from pipeline.training import FitSettings, fit, schedule
+from tests.dvclive_files import read_history
 
 SETTINGS = FitSettings(
     model="dropout_cnn", epochs=4, batch_size=32, learning_rate=0.01, warmup_epochs=1.0,
@@ -44,7 +45,7 @@ def test_train_all_writes_folds_oof_history_and_metrics(prepared):
     for fold in range(3):
         part = read_npz(paths.fold_oof("dropout_cnn", fold))
         assert np.array_equal(np.sort(part["rows"]), np.flatnonzero(data["fold"] == fold))
-        rows = live.read_history("dropout_cnn", fold)  # logged through DVCLive, epoch by epoch
+        rows = read_history("dropout_cnn", fold)  # logged through DVCLive, epoch by epoch
         assert [r["epoch"] for r in rows] == [1, 2]
         assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
         recorded = json.loads(paths.fold_meta("dropout_cnn", fold).read_text())["history"]
