@@ -167,7 +167,11 @@ def make_objective(
     worker = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker)  # first: a RUNNING trial without it never started (see fail_orphans)
+        # first, and in this order: a trial marked with its worker has a heartbeat (Optuna's heartbeat thread
+        # races the objective for its first record), so the dead are failed by fail_stale, and a RUNNING trial
+        # without the mark never started (fail_orphans)
+        trial.storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("worker", worker)
         check_claim(trial, target)
         settings = replace(base, epochs=cfg.epochs, **suggest(trial, space))
         pruning = KerasPruningCallback(trial, "val_accuracy")
