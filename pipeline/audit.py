@@ -36,16 +36,8 @@ from pipeline.files import OutputError, read_json, read_npz, require, write_json
 from pipeline.params import AuditParams
 from pipeline.training import fingerprint_of, scores
 
-FILTERS = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-)
-RANKINGS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+FILTERS = params.AUDIT_FILTERS
+RANKINGS = params.AUDIT_RANKINGS
 COLUMNS = ["rank", "row", "given_label", "suggested_label", "self_confidence", "fold", "excluded"]
 
 

@@ -230,6 +230,18 @@ def one_of(*choices: object) -> Allowed:
 FRACTION = Allowed(0.0, 1.0, high_open=True)  # a dropout rate, a label smoothing, a share of the image
 POSITIVE = Allowed(low=0.0, low_open=True)
 
+# cleanlab.filter.find_label_issues' filter_by values and cleanlab.rank's orderings (pipeline/audit.py uses them)
+AUDIT_FILTERS = (
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+    "low_self_confidence",
+)
+AUDIT_RANKINGS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+
 RULES: dict[str, Allowed] = {
     "seed": at_least(0),
     "ingest.max_train_rows": at_least(1),  # null for all rows (0 would silently mean all rows too)
@@ -275,16 +287,8 @@ RULES: dict[str, Allowed] = {
     "predict.batch_size": at_least(1),
     "predict.blend_by": one_of("log_loss", "accuracy", "equal"),  # pipeline/ensemble.py OBJECTIVES
     "predict.diff_images": at_least(0),
-    "audit.filter_by": one_of(  # pipeline/audit.py FILTERS: cleanlab.filter.find_label_issues filter_by
-        "prune_by_noise_rate",
-        "prune_by_class",
-        "both",
-        "confident_learning",
-        "predicted_neq_given",
-        "low_normalized_margin",
-        "low_self_confidence",
-    ),
-    "audit.rank_by": one_of("self_confidence", "normalized_margin", "confidence_weighted_entropy"),
+    "audit.filter_by": one_of(*AUDIT_FILTERS),
+    "audit.rank_by": one_of(*AUDIT_RANKINGS),
     "audit.grid_images": at_least(0),
     "report.wrong_images": at_least(0),
     "report.test_images": at_least(0),
