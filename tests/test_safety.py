@@ -386,9 +386,9 @@ def test_one_url_masker() -> None:
 
 def test_tune_prints_its_storage_without_the_query_password(project: Path, capsys: pytest.CaptureFixture) -> None:
     """tune's log line naming the study's storage masks a password passed as a query parameter."""
-    from pipeline import tune
+    from pipeline import augment, tune
 
-    assert ingest.main([]) == 0
+    assert ingest.main([]) == 0 and augment.main([]) == 0
     url = "sqlite:///data/processed/optuna.db?password=hunter2"
     assert tune.main(["--storage", url, "--trials", "0"]) == 2  # no completed trial: nothing to write, exit 2
     out = capsys.readouterr()
