@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import yaml
 
 from pipeline import estimate, params, paths
@@ -24,8 +25,8 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert work["tune"] == (5 * 2 * 300, 5 * 2 * 250)
     assert work["predict"] == (0.0, 4 * 3 * (250 + 500))  # every fold model, 3 views, its OOF rows and the test
     seconds = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001))
-    assert seconds["train"] == 4 * 3 * 750 * 0.002 + 4 * 1000 * 0.001
-    assert seconds["total"] == seconds["tune"] + seconds["train"] + seconds["predict"]
+    assert seconds["train"] == pytest.approx(4 * 3 * 750 * 0.002 + 4 * 1000 * 0.001)
+    assert seconds["total"] == pytest.approx(seconds["tune"] + seconds["train"] + seconds["predict"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
 
@@ -44,7 +45,7 @@ def test_estimate_measures_this_machine_prints_the_quick_alternative_and_records
     assert "ms per training image" in out and "`make quick`" in out
     record = json.loads(paths.ESTIMATE_JSON.read_text())
     assert record["profile"] == "full" and record["train_seconds_per_image"] > 0
-    assert record["seconds"]["total"] == sum(v for k, v in record["seconds"].items() if k != "total")
+    assert record["seconds"]["total"] == pytest.approx(sum(v for k, v in record["seconds"].items() if k != "total"))
 
 
 def test_make_run_estimates_before_the_pipeline_starts():
