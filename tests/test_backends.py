@@ -146,7 +146,10 @@ def test_dvc_repro_runs_on_jax_without_tensorflow(tmp_path):
     (raw / "train.csv").write_text(train_csv_text(*synthetic_digits(60)))
     (raw / "test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
     env = jax_env(tmp_path)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+    # a clone has a commit: DVCLive (train) reads the baseline revision
+    commit = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "a clone"]
+    setup = (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"])
+    for cmd in (*setup, ["git", "add", "-A"], commit):
         assert run(cmd, work, env).returncode == 0
     done = run(["dvc", "repro"], work, env)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

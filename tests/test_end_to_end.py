@@ -40,6 +40,9 @@ def tiny_real_params() -> dict:
     """Return the quick profile composed from conf/ and shrunk to a subset of the real data and a few epochs."""
     overrides = ["ingest.max_train_rows=3000", "ingest.max_test_rows=1000", "augment.copies=1", "train.folds=2"]
     overrides += ["train.epochs=3", "tune.trials=2", "tune.epochs=1", "tune.max_train_rows=600", "tune.study_name=e2e"]
+    # the dropout CNN: on 3 epochs of 1,500 rows per fold the quick profile's bn_cnn scores anywhere from 0.70 to 0.89
+    # (its batch-norm statistics have not settled), too noisy for the accuracy floor below
+    overrides += ["model.name=dropout_cnn"]
     return yaml.safe_load(params.compose(["profile=quick", *overrides, "predict.tta_views=2"], REPO / "conf"))
 
 
@@ -61,6 +64,8 @@ def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
     run(["dvc", "config", "core.analytics", "false"], tmp_path)
+    run(["git", "add", "-A"], tmp_path)  # a clone has a commit: DVCLive (train) reads the baseline revision
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "a clone"], tmp_path)
 
     log = run(["dvc", "repro"], tmp_path)
     for stage in ("ingest", "augment", "tune", "train", "predict", "audit", "report"):
@@ -77,7 +82,9 @@ def test_dvc_repro_from_the_competition_zip_to_a_submission(tmp_path):
     import json
 
     oof = json.loads((tmp_path / "reports" / "metrics.json").read_text())["oof"]["accuracy"]
-    assert oof > 0.5  # 3 epochs on 1,500 rows per fold: far above chance (0.1); the quick profile reaches 0.99
+    # measured on this subset (2 folds of 1,500 rows, 3 epochs): 0.928, 0.940, 0.937 for seeds 42, 1, 2 in float32
+    # and 0.929, 0.940, 0.932 in bf16; a pipeline that mixes up rows, labels, folds or augmented copies falls below
+    assert oof >= 0.90
 
 
 def test_the_end_to_end_test_finds_the_zip_in_data_raw(tmp_path):
