@@ -497,7 +497,7 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
     """Load the data once for this process, pick the device, and return the objective."""
     data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
     aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
-    device = configure()
+    device = configure(params.load("device").precision)
     base = fit_settings(params.load("train"), params.load("model").name, None)
     print(f"tune: worker {os.getpid()} on {device.describe()}", flush=True)
     return make_objective(data, aug, base, cfg, space, seed, device, target)
