@@ -16,7 +16,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,jax]'
+	$(BIN)/pip install --quiet -e '.[dev,jax,dashboard]'
 	touch $@
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
@@ -33,8 +33,7 @@ quick: data ## the quick profile (2-core CPU, about 15 minutes) through the same
 	$(BIN)/python -m pipeline.params --profile quick $(SET)
 	$(BIN)/dvc repro
 
-dashboard: $(STAMP) ## the tuning study in optuna-dashboard at http://127.0.0.1:8080/ (installs the pinned extra)
-	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dashboard]'
+dashboard: $(STAMP) ## the tuning study in optuna-dashboard at http://127.0.0.1:8080/
 	$(BIN)/python -m pipeline.dashboard
 
 test: $(STAMP) ## run every test (the slow end-to-end test uses data/raw/digit-recognizer.zip or DIGIT_ZIP=path)
