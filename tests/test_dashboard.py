@@ -39,7 +39,14 @@ def test_without_a_study_it_says_what_to_run(project, capsys):
     assert "dvc repro tune" in capsys.readouterr().err
 
 
-def test_make_dashboard_installs_the_pinned_extra_and_serves_it():
+def test_make_install_brings_the_pinned_dashboard_extra_and_make_dashboard_serves_it():
+    # -W pyproject.toml: as if it had changed, so make prints the .venv recipe even where .venv is up to date
+    install = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "install"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    (pip_line,) = [line for line in install.splitlines() if "pip install" in line and " -e " in line]
+    extras = pip_line.split(".[", 1)[1].split("]", 1)[0].split(",")
+    assert "dashboard" in extras and "dev" in extras
     recipe = subprocess.run(["make", "-n", "dashboard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert ".[dashboard]" in recipe and "pipeline.dashboard" in recipe
+    assert "pipeline.dashboard" in recipe
     assert '"optuna-dashboard==' in (REPO / "pyproject.toml").read_text()
