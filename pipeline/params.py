@@ -53,6 +53,9 @@ class AugmentParams:
     chunk_rows: int
     workers: int
     preview_rows: int
+    elastic_prob: float = 0.0  # chance that a copy is also elastically distorted (Simard et al. 2003)
+    elastic_alpha: float = 34.0
+    elastic_sigma: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ RULES: dict[str, Allowed] = {
     "augment.chunk_rows": at_least(1),
     "augment.workers": at_least(0),
     "augment.preview_rows": at_least(1),
+    "augment.elastic_prob": Allowed(0.0, 1.0),
+    "augment.elastic_alpha": at_least(0.0),
+    "augment.elastic_sigma": POSITIVE,
     "device.precision": one_of("auto", "float32", "mixed_bfloat16"),  # pipeline/device.py PRECISIONS
     "train.folds": at_least(2),
     "train.epochs": at_least(1),

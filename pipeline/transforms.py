@@ -10,9 +10,21 @@ from pipeline.params import AugmentParams
 
 
 def build_transform(cfg: AugmentParams, seed: int) -> A.Compose:
-    """Return a seeded affine transform (rotation, zoom, shift; never a flip) for 28x28 digits."""
+    """Return a seeded transform for 28x28 digits: an elastic distortion with probability `cfg.elastic_prob`
+    (Simard et al. 2003: uniform displacements in [-1, 1] smoothed by a Gaussian of `elastic_sigma` pixels and
+    scaled by `elastic_alpha`), then an affine one (rotation, zoom, shift; never a flip)."""
+    elastic = A.ElasticTransform(
+        alpha=cfg.elastic_alpha,
+        sigma=cfg.elastic_sigma,
+        interpolation=cv2.INTER_LINEAR,
+        noise_distribution="uniform",
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        p=cfg.elastic_prob,
+    )
     return A.Compose(
         [
+            *([elastic] if cfg.elastic_prob > 0 else []),
             A.Affine(
                 rotate=(-cfg.rotate_deg, cfg.rotate_deg),
                 scale=(1.0 - cfg.scale, 1.0 + cfg.scale),
@@ -21,7 +33,7 @@ def build_transform(cfg: AugmentParams, seed: int) -> A.Compose:
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 p=1.0,
-            )
+            ),
         ],
         seed=seed,
     )

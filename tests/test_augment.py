@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,6 +38,29 @@ def test_augmentation_is_seeded_and_independent_of_worker_count(digits):
     two = augment.augment(images, CFG, seed=5, workers=2)
     assert np.array_equal(one["x"], two["x"])
     assert not np.array_equal(one["x"], augment.augment(images, CFG, seed=6)["x"])
+
+
+def centre(image: np.ndarray) -> np.ndarray:
+    """Return the (row, column) centre of mass of `image`'s ink."""
+    ink = image.astype(float)
+    return np.array([(ink.sum(axis=1) * np.arange(28)).sum(), (ink.sum(axis=0) * np.arange(28)).sum()]) / ink.sum()
+
+
+def test_elastic_distortion_moves_strokes_locally_seeded_and_only_when_asked(digits):
+    images, _ = digits
+    still = replace(CFG, rotate_deg=0.0, scale=0.0, shift=0.0)  # no affine change: only the elastic one is left
+    assert np.array_equal(augment.augment(images, still, seed=4)["x"], np.repeat(images, 3, axis=0))
+    elastic = replace(still, elastic_prob=1.0)
+    one = augment.augment(images, elastic, seed=4)
+    changed = np.abs(one["x"].astype(int) - np.repeat(images, 3, axis=0)).mean(axis=(1, 2)) > 0
+    assert changed.all()  # every copy distorted
+    # local, not global: on average the ink keeps its centre of mass within a pixel (a shift of 10% moves it ~3)
+    drifts = [np.abs(centre(copy) - centre(images[row])) for copy, row in zip(one["x"], one["source"], strict=True)]
+    assert np.mean(drifts) < 1.0
+    assert np.array_equal(one["x"], augment.augment(images, elastic, seed=4, workers=2)["x"])
+    half = augment.augment(images, replace(still, elastic_prob=0.5), seed=4)
+    untouched = (half["x"] == np.repeat(images, 3, axis=0)).all(axis=(1, 2))
+    assert 0.2 < untouched.mean() < 0.8
 
 
 def test_copies_of_validation_rows_never_reach_training(digits):
