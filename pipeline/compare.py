@@ -29,7 +29,7 @@ from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, configure
 from pipeline.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
 from pipeline.files import OutputError, read_npz, require, write_json, write_text
-from pipeline.models import PUBLISHED, check_name, multiply_adds
+from pipeline.models import PUBLISHED, base_name, check_name, multiply_adds
 from pipeline.params import AugmentParams, CompareParams
 from pipeline.train import fit_settings, settings_for
 from pipeline.training import EpochSampler, FitSettings, accuracy, fit, log_loss, predict_probs
@@ -142,6 +142,10 @@ def check_compare(cfg: CompareParams, n_folds: int) -> None:
     """Raise ValueError unless every model exists and every fold is one of the `n_folds` in train.npz."""
     for name in cfg.models:
         check_name(name)
+        if name != base_name(name):
+            raise ValueError(
+                f"compare.models: {name!r} is a seed member (model.ensemble); compare runs each model once"
+            )
     if not cfg.models or not cfg.folds:
         raise ValueError("compare.models and compare.folds must each name at least one entry")
     bad = [f for f in cfg.folds if not 0 <= f < n_folds]

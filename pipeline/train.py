@@ -37,7 +37,7 @@ from pipeline.files import (
     write_npz,
     write_with,
 )
-from pipeline.models import check_name
+from pipeline.models import base_name, check_name, seed_offset
 from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
 from pipeline.training import (
     EpochSampler,
@@ -70,10 +70,12 @@ def fit_settings(cfg: TrainParams, model: str, tuned: dict | None) -> FitSetting
 
 
 def settings_for(base: FitSettings, name: str, overrides: dict[str, dict]) -> FitSettings:
-    """Return `base` for model `name` with its per-model overrides (params.yaml model.overrides) applied."""
+    """Return `base` for model `name` with its per-model overrides (params.yaml model.overrides) applied; a seed
+    member (`bn_cnn@2`) takes its model's overrides unless it has its own."""
     check_name(name)
-    where = f"params.yaml model.overrides.{name}:"
-    extra = dict(overrides.get(name) or {})
+    own = name if name in overrides else base_name(name)
+    where = f"params.yaml model.overrides.{own}:"
+    extra = dict(overrides.get(own) or {})
     unknown = sorted(set(extra) - set(OVERRIDABLE))
     if unknown:
         raise ParamsError(f"{where} unknown settings {unknown}; choose from {', '.join(OVERRIDABLE)}")
@@ -116,6 +118,12 @@ def score_kept_rows(probs: np.ndarray, labels: np.ndarray, excluded: np.ndarray)
     """Return OOF accuracy, loss and row count over the rows not in `excluded`, with the excluded count."""
     keep = kept_mask(len(labels), excluded)
     return {**scores(probs[keep], labels[keep]), "rows": int(keep.sum()), "excluded": len(labels) - int(keep.sum())}
+
+
+def member_seed(seed: int, name: str) -> int:
+    """Return the seed model `name` trains from: `seed` itself, or for seed member `name@N` one far from the seeds
+    any fold of the plain model uses (seed + fold, seed + 1000 x fold)."""
+    return seed + 100_003 * seed_offset(name)
 
 
 def fold_exclusions(folds: np.ndarray, excluded: np.ndarray, fold: int) -> list[int]:
@@ -331,8 +339,9 @@ def train_all(
             if len(models) > 1:
                 progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
             metas[cfg.model] = train_model(
-                cfg, data, aug, data_id, seed, device, verbose, fold_bar, monitor_rows, excluded, logger
-            )
+                cfg, data, aug, data_id, member_seed(seed, cfg.model), device, verbose, fold_bar, monitor_rows,
+                excluded, logger,
+            )  # fmt: skip
             oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
     primary = models[0].model
     probs, folds = oofs[primary], metas[primary]

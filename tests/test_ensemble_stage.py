@@ -97,3 +97,27 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     assert again["oof_blend_accuracy_in_sample"] == report["oof_blend_accuracy_in_sample"]
     assert again["oof_blend_accuracy"] == report["oof_blend_accuracy"]
     assert set(report["fold_weights"]) == {"fold0", "fold1", "fold2"}
+
+
+def test_a_seed_member_is_its_model_with_its_overrides_and_other_seeds(project):
+    model = ModelParams("dropout_cnn", ["dropout_cnn@1", "dropout_cnn@2"], {"dropout_cnn@2": {"dropout_conv": 0.1}})
+    primary, again, own = train.member_settings(load("train"), model, None)
+    assert (again.model, again.dropout_conv) == ("dropout_cnn@1", primary.dropout_conv)  # no overrides of its own
+    assert (own.model, own.dropout_conv) == ("dropout_cnn@2", 0.1)
+    seeds = {train.member_seed(42, name) + offset for name in model.members() for offset in (0, 1, 2, 1000, 2000)}
+    assert len(seeds) == 15  # no fold of one member draws another member's seeds
+    with pytest.raises(ValueError, match="@N"):
+        train.settings_for(primary, "dropout_cnn@0", {})
+
+
+def test_seed_members_train_apart_and_blend(project):
+    doc = yaml.safe_load(paths.PARAMS.read_text())
+    doc["model"].update(name="mlp", ensemble=["mlp@1"])
+    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert ingest.main([]) == 0 and augment.main([]) == 0
+    assert train.main([]) == 0
+    first, second = (read_npz(paths.fold_oof(name, 0))["probs"] for name in ("mlp", "mlp@1"))
+    assert first.shape == second.shape and not np.allclose(first, second)  # other initial weights and batches
+    assert predict.main([]) == 0
+    report = json.loads(paths.PREDICT_JSON.read_text())
+    assert list(report["weights"]) == ["mlp", "mlp@1"] and set(report["models"]) == {"mlp", "mlp@1"}

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline import models
 from pipeline.models import (
     DROPOUTS_USED,
     INPUT_SHAPE,
@@ -164,7 +165,7 @@ def test_search_space_drops_the_dropouts_a_model_ignores():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown model\.name 'resnet'.*bn_cnn"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'.*bn_cnn"):
         build_model("resnet")
 
 
@@ -173,3 +174,12 @@ def test_batch_norm_statistics_settle_within_a_short_cpu_run():
         layer.momentum for layer in build_model("bn_cnn").layers if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert momenta == [0.9] * 7  # at Keras' 0.99, 3 epochs of 63 steps left bn_cnn at 37% held-out accuracy
+
+
+def test_seed_member_names_build_their_model_and_bad_ones_are_refused():
+    assert (models.base_name("bn_cnn@2"), models.seed_offset("bn_cnn@2")) == ("bn_cnn", 2)
+    assert (models.base_name("bn_cnn"), models.seed_offset("bn_cnn")) == ("bn_cnn", 0)
+    assert models.build_model("mlp@3").name == "mlp"
+    for bad in ("mlp@", "mlp@0", "mlp@x", "nope@1", "mlp@-1"):
+        with pytest.raises(ValueError, match="unknown model"):
+            models.check_name(bad)
