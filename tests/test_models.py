@@ -54,6 +54,10 @@ EXPECTED_PARAMS = {
     "bn_cnn": conv(3, 1, 32) + conv(3, 32, 32) + conv(5, 32, 32) + 3 * bn(32)
     + conv(3, 32, 64) + conv(3, 64, 64) + conv(5, 64, 64) + 3 * bn(64)
     + conv(4, 64, 128) + bn(128) + dense(128, 10),
+    # bn_cnn without the batch normalisation of its four unstrided 3x3 convs
+    "bn_lite": conv(3, 1, 32) + conv(3, 32, 32) + conv(5, 32, 32) + bn(32)
+    + conv(3, 32, 64) + conv(3, 64, 64) + conv(5, 64, 64) + bn(64)
+    + conv(4, 64, 128) + bn(128) + dense(128, 10),
     # An et al. 2020: valid convs without bias, each batch-normalised; dense 10 without bias, batch-normalised
     # 3x3 x10: 28 -> 8, flatten 8*8*176
     "bn_plain3": sum(plain_conv(3, a, b) for a, b in zip((1, *range(32, 161, 16)), range(32, 177, 16), strict=True))
