@@ -20,16 +20,22 @@ def test_bench_core_measures_every_figure_with_a_reference(project):
     table = bench.run_bench(32, zipped, setup, stages=("ingest", "augment"), log=logs.append)
     figures = [r["figure"] for r in table]
     assert figures[:2] == ["training", "inference + TTA"]
-    assert figures[2:4] == ["training, bf16", "inference, bf16"]
-    assert table[2]["reference_name"] == table[3]["reference_name"] == "float32"
-    assert figures[4].startswith("augmentation (")
-    assert figures[5:] == ["ingest (parse + validate)", "peak memory: ingest", "peak memory: augment"]
+    assert figures[2:6] == [
+        "training, bf16",
+        "training, bf16, CPU time",
+        "inference, bf16",
+        "inference, bf16, CPU time",
+    ]
+    assert {table[k]["reference_name"] for k in range(2, 6)} == {"float32"}
+    assert table[3]["unit"] == table[5]["unit"] == "images/CPU-s"
+    assert figures[6].startswith("augmentation (")
+    assert figures[7:] == ["ingest (parse + validate)", "peak memory: ingest", "peak memory: augment"]
     for r in table:
         assert r["value"] > 0 and r["reference"] > 0, r
         assert r["ratio"] == r["value"] / r["reference"]
         assert r["unit"] and r["reference_name"] and r["note"]
-    assert "60 + 20 rows" in table[5]["note"]
-    assert table[6]["value"] >= table[6]["reference"]  # a peak is never below the level it started from
+    assert "60 + 20 rows" in table[7]["note"]
+    assert table[8]["value"] >= table[8]["reference"]  # a peak is never below the level it started from
     assert logs
     text = bench.format_table(table)
     assert all(f in text for f in figures)
