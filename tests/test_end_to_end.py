@@ -40,8 +40,9 @@ def tiny_real_params() -> dict:
     """Return the quick profile composed from conf/ and shrunk to a subset of the real data and a few epochs."""
     overrides = ["ingest.max_train_rows=3000", "ingest.max_test_rows=1000", "augment.copies=1", "train.folds=2"]
     overrides += ["train.epochs=3", "tune.trials=2", "tune.epochs=1", "tune.max_train_rows=600", "tune.study_name=e2e"]
-    # the dropout CNN: on 3 epochs of 1,500 rows per fold the quick profile's bn_cnn scores anywhere from 0.70 to 0.89
-    # (its batch-norm statistics have not settled), too noisy for the accuracy floor below
+    # the dropout CNN: on 3 epochs of 1,500 rows per fold bn_cnn (the quick profile's bn_lite has 3 of its 7 batch
+    # normalisations) scored anywhere from 0.70 to 0.89 (its batch-norm statistics have not settled), too noisy for
+    # the accuracy floor below
     overrides += ["model.name=dropout_cnn"]
     return yaml.safe_load(params.compose(["profile=quick", *overrides, "predict.tta_views=2"], REPO / "conf"))
 
