@@ -99,8 +99,8 @@ def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
     ]
     if profile != "quick":
         lines.append(
-            "estimate: for a run of about 15 minutes on a 2-core CPU, stop now (Ctrl-C) and run `make quick` "
-            "(the quick profile, conf/profile/quick.yaml); the run proceeds"
+            "estimate: for a run of about 7-14 minutes on a 2-core CPU (bf16 or float32), stop now (Ctrl-C) and run "
+            "`make quick` (the quick profile, conf/profile/quick.yaml); the run proceeds"
         )
     return "\n".join(lines)
 
