@@ -120,6 +120,7 @@ def bench_training(
     """Return the training row (pipeline path vs bare model.fit, alternating runs) and a pipeline-trained model."""
     import keras
 
+    from pipeline.device import clear_session
     from pipeline.training import EpochSampler, fit
 
     val = (x[: settings.batch_size], y[: settings.batch_size])
@@ -127,10 +128,10 @@ def bench_training(
     sampler = EpochSampler(x, y, np.arange(len(x)), aug["x"], aug["source"], seed)
     bare, piped = 0.0, 0.0
     for _ in range(repeats):
-        keras.backend.clear_session()
+        clear_session()
         keras.utils.set_random_seed(seed)
         bare = max(bare, steady_rate(len(x), bare_fit(settings, x, y, val, jit)[0]))
-        keras.backend.clear_session()
+        clear_session()
         keras.utils.set_random_seed(seed)
         model, history = fit(settings, sampler, val, device)
         piped = max(piped, steady_rate(len(x), [r["seconds"] for r in history]))
@@ -187,10 +188,11 @@ def precision_rates(settings: FitSettings, x: np.ndarray, y: np.ndarray, policy:
     together) of a bare model.fit and model.predict under `policy`."""
     import keras
 
+    from pipeline.device import clear_session
     from pipeline.training import as_input
 
     with global_policy(policy):
-        keras.backend.clear_session()
+        clear_session()
         keras.utils.set_random_seed(seed)
         val = (x[: settings.batch_size], y[: settings.batch_size])
         seconds, model, cpu_seconds = bare_fit(settings, x, y, val, jit=False)

@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import augment, params, paths
 from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.device import Device, configure
+from pipeline.device import Device, clear_session, configure
 from pipeline.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
 from pipeline.files import OutputError, read_npz, require, write_json, write_text
 from pipeline.models import PUBLISHED, base_name, check_name, multiply_adds
@@ -185,7 +185,7 @@ def compare_model(
         curves.append([row["val_accuracy"] for row in history])
         train_rows.append(len(rows))
         count, madds = model.count_params(), multiply_adds(model)
-        keras.backend.clear_session()
+        clear_session()
     oof, y = np.concatenate(probs), np.concatenate(labels)
     sizes = np.asarray([len(part) for part in labels], np.float64)
     row = {

@@ -106,6 +106,14 @@ def resolve_precision(setting: str, gpu: bool, flags: frozenset[str]) -> tuple[s
     return "float32", f"no native bf16 on this {platform.machine() or 'CPU'}"
 
 
+def clear_session() -> None:
+    """Free Keras' global state between models (keras.backend.clear_session), keeping the global precision policy:
+    Keras resets it to float32 there, which silently turned every later tuning trial and compared model float32."""
+    policy = keras.config.dtype_policy().name
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(policy)
+
+
 def configure(precision: str = "auto") -> Device:
     """Detect the device, set the global precision policy for `precision` (auto | float32 | mixed_bfloat16),
     and return the chosen settings."""

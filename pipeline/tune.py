@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline import params, paths, progress
 from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.device import Device, configure, gpu_present, sharing_env
+from pipeline.device import Device, clear_session, configure, gpu_present, sharing_env
 from pipeline.files import OutputError, read_npz, require, write_json, write_text
 from pipeline.models import search_space
 from pipeline.params import TrainParams, TuneParams
@@ -184,7 +184,7 @@ def make_objective(
         try:
             _, history = fit(settings, sampler, val, device, on_epoch)
         finally:
-            keras.backend.clear_session()
+            clear_session()
             gc.collect()
         check_running(trial)
         return history[-1]["val_accuracy"]

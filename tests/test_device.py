@@ -116,3 +116,11 @@ def test_a_bf16_model_keeps_float32_outputs_and_reloads_in_safe_mode(tmp_path: P
     # measured: at most 3e-5 (dropout_cnn) and 1.7e-3 (bn_cnn) apart on these images; bf16 keeps 8 bits of mantissa
     np.testing.assert_allclose(in_float32, in_memory, atol=1e-2)
     assert np.mean(in_float32.argmax(1) == in_memory.argmax(1)) >= 0.98
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
+def test_clear_session_keeps_the_precision_policy(policy: str):
+    keras.mixed_precision.set_global_policy(policy)
+    device.clear_session()
+    assert keras.config.dtype_policy().name == policy
+    assert device.configure(policy).precision == policy

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import keras
 import optuna
 import pytest
 import yaml
@@ -377,3 +378,24 @@ def test_two_workers_share_one_postgresql_study(tune_project: Path, postgres_url
     assert states(study)["RUNNING"] == 0 and states(study)["WAITING"] == 0
     assert len(workers_of(study)) == 2, "both worker processes should have run trials"
     assert not paths.OPTUNA_DB.exists()
+
+
+def test_every_trial_of_a_worker_computes_in_device_precision(tune_project: Path, monkeypatch) -> None:
+    # keras.backend.clear_session between trials resets Keras' global policy to float32: the second trial of a
+    # worker process silently trained in float32 under device.precision mixed_bfloat16
+    set_params("device", precision="mixed_bfloat16")
+    cfg = params.load("tune")
+    objective = tune.load_objective(cfg, tune.resolve_space(cfg, params.load("model").name), 0, 2)
+    seen, fit = [], tune.fit
+
+    def fit_noting_the_policy(*args, **kwargs):
+        seen.append(keras.config.dtype_policy().name)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "fit", fit_noting_the_policy)
+    try:
+        storage = tune.storage_for(f"sqlite:///{tune_project / 'trials.db'}", cfg)
+        optuna.create_study(storage=storage, direction="maximize").optimize(objective, n_trials=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert seen == ["mixed_bfloat16", "mixed_bfloat16"]
