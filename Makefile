@@ -50,5 +50,6 @@ format: $(STAMP) ## ruff autofix and format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean: ## remove generated data, models, reports and submissions (keeps data/raw and the study)
-	rm -rf data/processed/*.npz data/processed/best_params.json models reports submissions
+clean: ## remove generated data, models, reports and submissions (keeps data/raw, the study and the tracked files)
+	rm -rf data/processed/*.npz data/processed/best_params.json models submissions/*.csv
+	[ ! -d reports ] || find reports -mindepth 1 -maxdepth 1 ! -name ablation.md -exec rm -rf {} +
