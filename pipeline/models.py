@@ -217,8 +217,8 @@ def seed_offset(name: str) -> int:
 
 def check_name(name: str) -> None:
     """Raise ValueError unless `name` is a model of the zoo, or one followed by @N (N >= 1: its N-th extra seed)."""
-    _, mark, number = name.partition(SEED_MARK)
-    if base_name(name) not in MODELS or (mark and not (number.isdigit() and int(number) >= 1)):
+    base, mark, number = name.partition(SEED_MARK)
+    if base not in MODELS or (mark and not (number.isdigit() and int(number) >= 1)):
         raise ValueError(
             f"unknown model {name!r}; choose one of {sorted(MODELS)}, or one followed by @N (N >= 1) for the same "
             "model trained from other seeds"

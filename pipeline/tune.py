@@ -17,7 +17,6 @@ metric) and reports/tuning/ (trials.csv, history.png, importances.png, parallel.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import os
@@ -184,8 +183,7 @@ def make_objective(
         try:
             _, history = fit(settings, sampler, val, device, on_epoch)
         finally:
-            clear_session()
-            gc.collect()
+            clear_session()  # Keras' clear_session also runs gc.collect
         check_running(trial)
         return history[-1]["val_accuracy"]
 

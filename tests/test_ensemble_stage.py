@@ -70,12 +70,17 @@ def test_blended_oof_accuracy_is_cross_fitted_and_the_test_blend_uses_every_row(
     assert report["kept_rows"]["oof_blend_accuracy"] == report["oof_blend_accuracy"]  # nothing excluded
 
 
-def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
+def train_ensemble(name: str, ensemble: list[str]) -> None:
+    """Set model.name and model.ensemble in the project's params.yaml, then run ingest, augment and train."""
     doc = yaml.safe_load(paths.PARAMS.read_text())
-    doc["model"].update(name="cnn_basic", ensemble=["mlp"])
+    doc["model"].update(name=name, ensemble=ensemble)
     paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert ingest.main([]) == 0 and augment.main([]) == 0
     assert train.main([]) == 0
+
+
+def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
+    train_ensemble("cnn_basic", ["mlp"])
     for name in ("cnn_basic", "mlp"):
         assert all(paths.fold_model(name, k).is_file() and read_history(name, k) for k in range(3))
     metrics = json.loads(paths.METRICS_JSON.read_text())
@@ -111,11 +116,7 @@ def test_a_seed_member_is_its_model_with_its_overrides_and_other_seeds(project):
 
 
 def test_seed_members_train_apart_and_blend(project):
-    doc = yaml.safe_load(paths.PARAMS.read_text())
-    doc["model"].update(name="mlp", ensemble=["mlp@1"])
-    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert ingest.main([]) == 0 and augment.main([]) == 0
-    assert train.main([]) == 0
+    train_ensemble("mlp", ["mlp@1"])
     first, second = (read_npz(paths.fold_oof(name, 0))["probs"] for name in ("mlp", "mlp@1"))
     assert first.shape == second.shape and not np.allclose(first, second)  # other initial weights and batches
     assert predict.main([]) == 0
