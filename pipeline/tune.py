@@ -34,12 +34,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import optuna
+import sqlalchemy.event
 import sqlalchemy.exc
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from optuna_integration.keras import KerasPruningCallback
 from sklearn.model_selection import train_test_split
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from pipeline import params, paths, progress
 from pipeline.cli import fail, reports_errors, stage_parser
@@ -216,13 +217,36 @@ def open_storage(url: str, sqlite: bool, cfg: TuneParams) -> optuna.storages.RDB
     """Return Optuna's RDB storage at `url`, creating its tables if the database is new (one attempt)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
             heartbeat_interval=cfg.heartbeat_seconds,
             grace_period=cfg.grace_seconds,
             heartbeat_stale_trial_callback=retry_callback(cfg),
         )
+    if sqlite:
+        lock_on_begin(storage.engine)
+    return storage
+
+
+def lock_on_begin(engine: Engine) -> None:
+    """Make every transaction on the SQLite `engine` take the database's write lock when it begins.
+
+    Optuna claims a queued trial with SELECT ... FOR UPDATE, which SQLite ignores; and pysqlite runs that
+    SELECT outside any transaction. Two workers could then both claim the same enqueued trial, and the
+    second one's result failed with "Cannot tell a COMPLETE trial" (optuna#4002). BEGIN IMMEDIATE
+    serialises the read and the write (SQLAlchemy's pysqlite recipe); waiting transactions retry for
+    the connection's 60 s timeout."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def leave_begin_to_sqlalchemy(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite emits no BEGIN of its own
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened by the storage's set-up reconnect with the listeners
 
 
 def study_name_for(cfg: TuneParams, model: str, space: dict, data_id: str) -> str:

@@ -67,6 +67,7 @@ def tiny_params() -> dict:
     """Return the repository's params.yaml shrunk to a configuration that runs in seconds."""
     doc = yaml.safe_load((REPO / "params.yaml").read_text())
     doc["profile"] = "full"
+    doc["model"]["ensemble"] = []  # one model; the ensemble tests name their members
     doc["ingest"].update(max_train_rows=None, max_test_rows=None, expected_test_rows=20)
     doc["augment"].update(copies=2, chunk_rows=16, workers=1, preview_rows=3)
     doc["train"].update(folds=3, epochs=2, batch_size=16)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline import params
+from pipeline import models, params, train
 from tests.conftest import REPO
 
 CONF = REPO / "conf"
@@ -34,6 +34,11 @@ def test_every_section_loads_in_every_profile(tmp_path):
             assert dataclasses.is_dataclass(value)
             with pytest.raises(dataclasses.FrozenInstanceError):
                 value.__setattr__(dataclasses.fields(value)[0].name, None)
+        model = params.load("model", tmp_path / "params.yaml")
+        members = train.member_settings(params.load("train", tmp_path / "params.yaml"), model, None)
+        assert [m.model for m in members] == list(model.members())  # every member and its overrides resolve
+        for member in members:
+            assert models.build_model(models.base_name(member.model)).count_params() > 0
 
 
 def test_stages_read_exactly_what_params_yaml_says(tmp_path):

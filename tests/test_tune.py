@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -125,6 +126,30 @@ def test_two_workers_share_one_sqlite_study(tune_project: Path, capsys: pytest.C
     rows = paths.TRIALS_CSV.read_text().strip().splitlines()
     assert len(rows) == 1 + len(study.trials)
     assert json.loads(paths.BEST_PARAMS.read_text())["finished_trials"] == 4
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_concurrent_workers_never_claim_the_same_queued_trial(project: Path) -> None:
+    # SQLite ignores Optuna's SELECT ... FOR UPDATE: without tune's BEGIN IMMEDIATE, two workers popped the same
+    # enqueued trial and the second one's result failed with "Cannot tell a COMPLETE trial" (CI, optuna#4002)
+    cfg, url, workers, asks = params.load("tune"), tune.storage_url(None), 4, 12
+    queue = optuna.create_study(study_name="race", storage=tune.storage_for(url, cfg))
+    for value in range(workers * asks):
+        queue.enqueue_trial({"x": float(value)})
+    start, claimed = threading.Barrier(workers), []
+
+    def claim() -> None:
+        study = optuna.load_study(study_name="race", storage=tune.storage_for(url, cfg))  # own engine: a process
+        start.wait()
+        claimed.extend(study.ask().number for _ in range(asks))
+
+    threads = [threading.Thread(target=claim) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == workers * asks
+    assert sorted(claimed) == list(range(workers * asks)), "a queued trial was claimed twice (or one was skipped)"
 
 
 def test_plots_not_drawable_yet_are_reported_as_notices(project: Path) -> None:
