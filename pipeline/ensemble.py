@@ -168,3 +168,24 @@ def cross_fitted_blend(
     if np.isnan(out).any():
         raise ValueError(f"folds {sorted(set(np.unique(folds).tolist()) - set(fold_weights))} have no blend weights")
     return out
+
+
+def left_out_accuracies(
+    oof_probs: list[np.ndarray] | np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    objective: str = "log_loss",
+    keep: np.ndarray | None = None,
+) -> list[float]:
+    """Return, for each model in `oof_probs`, the OOF accuracy of the cross-fitted blend of the other models
+    (weights chosen on the kept rows of the other folds, as for the whole blend): what the ensemble scores
+    without it."""
+    stacked = stack_probs(oof_probs)
+    if len(stacked) < 2:
+        raise ValueError("leaving a model out needs a blend of at least two")
+    out = []
+    for left_out in range(len(stacked)):
+        rest = np.delete(stacked, left_out, axis=0)
+        honest = cross_fitted_blend(rest, folds, cross_fitted_weights(rest, labels, folds, objective, keep=keep))
+        out.append(float(np.mean(np.argmax(honest, axis=1) == np.asarray(labels))))
+    return out

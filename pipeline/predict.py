@@ -11,10 +11,10 @@ reports/predict.json with model.name's OOF accuracy with and without TTA (the TT
 blend weights (the test blend's and each fold's cross-fitted ones), each model's OOF TTA accuracy, the
 blend's OOF accuracy with cross-fitted weights (`oof_blend_accuracy`, an honest estimate) and with the
 test blend's weights (`oof_blend_accuracy_in_sample`: chosen on the same rows, so slightly optimistic),
-per fold, and the same figures on the rows not excluded ("kept_rows"). Compares the new submission with
-the previous one in submissions/: reports/submission_diff.json (rows changed, old and new label counts)
-and reports/submission_diff.png (the changed test images with their old and new labels and the new
-probability).
+the cross-fitted blend without each member in turn (`without`: what each model adds), per fold, and the
+same figures on the rows not excluded ("kept_rows"). Compares the new submission with the previous one
+in submissions/: reports/submission_diff.json (rows changed, old and new label counts) and
+reports/submission_diff.png (the changed test images with their old and new labels and the new probability).
 
 `--image digit.png` instead prints the digit in one image file (any size, dark-on-light or
 light-on-dark) and its class probabilities from the same fold models and TTA views."""
@@ -40,6 +40,7 @@ from pipeline.ensemble import (
     cross_fitted_blend,
     cross_fitted_weights,
     ensemble_report,
+    left_out_accuracies,
 )
 from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
@@ -122,6 +123,7 @@ def blend_models(
         "oof_blend_loss": log_loss(honest, labels),
         "oof_blend_accuracy_in_sample": scores["blend"]["accuracy"],
         "oof_blend_loss_in_sample": scores["blend"]["loss"],
+        **members_left_out(names, oof, labels, folds, blend_by, keep, accuracy(honest, labels)),
         "kept_rows": {
             "rows": int(keep.sum()),
             "excluded": int((~keep).sum()),
@@ -140,6 +142,24 @@ def blend_models(
         },
     }
     return views, honest, report
+
+
+def members_left_out(
+    names: list[str],
+    oof: list[np.ndarray],
+    labels: np.ndarray,
+    folds: np.ndarray,
+    blend_by: str,
+    keep: np.ndarray,
+    blended: float,
+) -> dict:
+    """Return {"without": {model: cross-fitted OOF accuracy of the blend of the others, and `blended` minus it}}
+    for an ensemble (what each member adds, measured the same honest way), or {} for one model."""
+    if len(names) < 2:
+        return {}
+    rest = left_out_accuracies(oof, labels, folds, blend_by, keep)
+    pairs = zip(names, rest, strict=True)
+    return {"without": {name: {"oof_blend_accuracy": acc, "member_gain": blended - acc} for name, acc in pairs}}
 
 
 def image_probs(image: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> np.ndarray:
@@ -206,9 +226,10 @@ def blend_note(report: dict) -> str:
     if len(report["weights"]) < 2:
         return ""
     weights = ", ".join(f"{m} {w:.3f}" for m, w in report["weights"].items())
+    gains = ", ".join(f"{m} {v['member_gain']:+.5f}" for m, v in report["without"].items())
     return (
         f"; blend ({weights}) OOF accuracy {report['oof_blend_accuracy']:.5f} with cross-fitted weights "
-        f"({report['oof_blend_accuracy_in_sample']:.5f} in-sample)"
+        f"({report['oof_blend_accuracy_in_sample']:.5f} in-sample); each member adds {gains}"
     )
 
 

@@ -179,8 +179,25 @@ def blend_line(predict: dict) -> str:
         f"\n\nThe submission blends {parts} (weights chosen by OOF {predict.get('blend_by')}); blend OOF accuracy "
         f"{predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights chosen on the other "
         f"folds' rows only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample, with the submission's weights "
-        "fitted on these rows). The table above is model.name alone."
+        "fitted on these rows). The table above is model.name alone." + members_table(predict)
     )
+
+
+def members_table(predict: dict) -> str:
+    """Return a table of each ensemble member's OOF TTA accuracy and the cross-fitted blend without it, or ""."""
+    without = predict.get("without") or {}
+    if not without:
+        return ""
+    rows = [
+        [
+            m,
+            f"{predict['models'][m]['oof_tta_accuracy']:.5f}",
+            f"{w['oof_blend_accuracy']:.5f}",
+            f"{w['member_gain']:+.5f}",
+        ]
+        for m, w in without.items()
+    ]
+    return "\n\n" + md_table(["member", "alone (OOF, TTA)", "blend without it", "what it adds"], rows)
 
 
 def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int) -> str:

@@ -70,6 +70,25 @@ def test_blended_oof_accuracy_is_cross_fitted_and_the_test_blend_uses_every_row(
     assert report["kept_rows"]["oof_blend_accuracy"] == report["oof_blend_accuracy"]  # nothing excluded
 
 
+def test_each_member_is_scored_by_leaving_it_out_of_the_cross_fitted_blend():
+    rng = np.random.default_rng(2)
+    labels, folds = rng.integers(0, 10, 120), np.arange(120) % 3
+    right = np.eye(10, dtype=np.float32)[labels] * 0.6 + 0.04  # right everywhere
+    half = np.where((np.arange(120) % 2 == 0)[:, None], right, views_of(rng, 1, 120)[0])  # right on half the rows
+    noise = views_of(rng, 1, 120)[0]
+    outputs = {name: {"oof_views": np.stack([p, p]), "test_views": np.stack([p[:5], p[:5]])}
+               for name, p in (("right", right), ("half", half), ("noise", noise))}  # fmt: skip
+    _, _, report = predict.blend_models(outputs, labels, folds, "log_loss")
+    without = report["without"]
+    assert list(without) == ["right", "half", "noise"]
+    assert without["right"]["oof_blend_accuracy"] < 0.8 < without["noise"]["oof_blend_accuracy"]
+    assert without["right"]["member_gain"] > 0.2 and abs(without["noise"]["member_gain"]) < 0.05
+    for left in without.values():
+        assert left["member_gain"] == pytest.approx(report["oof_blend_accuracy"] - left["oof_blend_accuracy"])
+    assert "without" not in predict.blend_models({"right": outputs["right"]}, labels, folds, "log_loss")[2]
+    assert "right +" in predict.blend_note(report)
+
+
 def train_ensemble(name: str, ensemble: list[str]) -> None:
     """Set model.name and model.ensemble in the project's params.yaml, then run ingest, augment and train."""
     doc = yaml.safe_load(paths.PARAMS.read_text())

@@ -191,3 +191,20 @@ def test_stages_record_their_wall_time(project: Path, capsys: pytest.CaptureFixt
     assert timing["seconds"] > 0 and "workers" in timing["device"]
     out = capsys.readouterr().out
     assert "augment: done in " in out and "\r" not in out
+
+
+def test_an_ensemble_summary_lists_what_each_member_adds() -> None:
+    members = {"dropout_cnn": 0.9954, "bn_lite": 0.9957}
+    predict_json = {
+        "weights": {"dropout_cnn": 0.4, "bn_lite": 0.6},
+        "blend_by": "log_loss",
+        "oof_blend_accuracy": 0.9962,
+        "oof_blend_accuracy_in_sample": 0.9963,
+        "models": {m: {"oof_tta_accuracy": a} for m, a in members.items()},
+        "without": {"dropout_cnn": {"oof_blend_accuracy": 0.9957, "member_gain": 0.0005},
+                    "bn_lite": {"oof_blend_accuracy": 0.9954, "member_gain": 0.0008}},
+    }  # fmt: skip
+    text = report.blend_line(predict_json)
+    assert "| dropout_cnn | 0.99540 | 0.99570 | +0.00050 |" in text
+    assert "| bn_lite | 0.99570 | 0.99540 | +0.00080 |" in text
+    assert report.blend_line({**predict_json, "weights": {"bn_lite": 1.0}}) == ""
