@@ -1,13 +1,15 @@
 """Stage `report`: what a Kaggler reads after every `dvc repro`.
 
-Reads data/processed/{train,test}.npz and best_params.json, models/oof.npz, models/test_probs.npz,
+Reads data/processed/{train,test}.npz and best_params.json, models/oof_tta.npz (the submission's OOF
+predictions: TTA views averaged and, for an ensemble, the cross-fitted blend), models/test_probs.npz,
 models/folds/<model.name>/fold{k}.json, reports/metrics.json, reports/predict.json, reports/audit.json,
 reports/submission_diff.json and reports/timings/*.json.
-Writes reports/summary.md (class counts, chosen parameters, fold table, OOF accuracy with and without
-TTA, the most frequent confusions, the label audit, wall time per stage, the submission and how it
-differs from the previous one), reports/confusion.csv (one
-`actual,predicted` row per OOF prediction, for DVC's confusion template), reports/wrong.png (the most
-confidently wrong OOF images) and reports/test_grid.png (test images with their predicted labels)."""
+Writes reports/summary.md (the submission's OOF accuracy, class counts, chosen parameters, fold table,
+model.name's OOF accuracy with and without TTA, each ensemble member's worth, the most frequent
+confusions, the label audit, wall time per stage, the submission and how it differs from the previous
+one), reports/confusion.csv (one `actual,predicted` row per OOF prediction of the submission's model, for
+DVC's confusion template), reports/wrong.png (its most confidently wrong OOF images) and
+reports/test_grid.png (test images with their predicted labels)."""
 
 from __future__ import annotations
 
@@ -280,10 +282,12 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
     predicted = np.argmax(oof_probs, axis=1)
     matrix = confusion_matrix(labels, predicted)
     predict = facts["predict"]
-    headline = predict.get("oof_tta_accuracy", facts["metrics"].get("oof", {}).get("accuracy", float("nan")))
+    blended = len(predict.get("weights") or {}) > 1
+    what = "the ensemble's cross-fitted blend" if blended else "model.name"
     sections = [
-        f"# Digit Recognizer: run summary\n\nOut-of-fold accuracy **{headline:.5f}** "
-        f"({len(labels)} training rows, {len(facts['metrics'].get('folds', {}))} folds).",
+        f"# Digit Recognizer: run summary\n\nOut-of-fold accuracy of the submission's predictions "
+        f"**{float(np.mean(predicted == labels)):.5f}** ({what}, TTA views averaged; {len(labels)} training rows, "
+        f"{len(facts['metrics'].get('folds', {}))} folds).",
         counts_section(facts["train"]["y"], facts["test_rows"]),
         params_section(facts["settings"], facts["tuned"], predict.get("tta_views")),
         folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
@@ -323,7 +327,7 @@ def gather() -> dict[str, Any]:
         "train": train,
         "test_x": test_x,
         "test_rows": len(test_x),
-        "oof": read_npz(require(paths.OOF_NPZ, "train")),
+        "oof": read_npz(require(paths.OOF_TTA_NPZ, "predict")),
         "metrics": read_json(require(paths.METRICS_JSON, "train")),
         "predict": optional_json(paths.PREDICT_JSON),
         "audit": optional_json(paths.AUDIT_JSON),

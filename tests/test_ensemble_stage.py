@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline import augment, ingest, paths, predict, train
+from pipeline import report as summary
 from pipeline.files import read_npz, write_npz
 from pipeline.params import ModelParams, ParamsError, load
 from pipeline.submission import validate_submission
@@ -111,6 +112,9 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     assert list(report["weights"]) == ["cnn_basic", "mlp"]
     assert sum(report["weights"].values()) == pytest.approx(1.0) and min(report["weights"].values()) >= 0
     assert report["blend_by"] == "log_loss" and set(report["models"]) == {"cnn_basic", "mlp"}
+    assert summary.main([]) == 0
+    headline = f"submission's predictions **{report['oof_blend_accuracy']:.5f}** (the ensemble's cross-fitted blend"
+    assert headline in paths.SUMMARY_MD.read_text()
 
     test = read_npz(paths.TEST_NPZ)
     noise = np.random.default_rng(5).integers(0, 256, size=test["x"].shape).astype(np.uint8)

@@ -56,7 +56,7 @@ CASES: list[tuple[str, Callable[[list[str]], int], list[str], Callable[[Path], N
     ),
     ("audit without OOF TTA probabilities", audit.main, [], augmented, "models/oof_tta.npz", "predict"),
     ("report without train.npz", report.main, [], lambda root: None, "data/processed/train.npz", "ingest"),
-    ("report without the OOF probabilities", report.main, [], ingested, "models/oof.npz", "train"),
+    ("report without the OOF TTA probabilities", report.main, [], ingested, "models/oof_tta.npz", "predict"),
     ("compare without train.npz", compare.main, [], lambda root: None, "data/processed/train.npz", "ingest"),
 ]
 

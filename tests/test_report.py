@@ -52,7 +52,7 @@ def outputs(ran: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """A copy of the ran project as the cwd; its OOF labels and predicted classes."""
     shutil.copytree(ran, tmp_path / "project")
     monkeypatch.chdir(tmp_path / "project")
-    oof = read_npz(paths.OOF_NPZ)
+    oof = read_npz(paths.OOF_TTA_NPZ)  # the submission's OOF predictions, as predict wrote them
     return {"y": oof["y"], "predicted": oof["probs"].argmax(axis=1)}
 
 
@@ -92,6 +92,8 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     assert f"TTA gain: {tta['tta_gain']:+.5f}" in summary
     y, pred = outputs["y"], outputs["predicted"]
     assert f"{int(np.sum(y != pred))} of {len(y)} out-of-fold predictions are wrong" in summary
+    headline = f"submission's predictions **{tta['oof_tta_accuracy']:.5f}** (model.name, TTA views averaged"
+    assert headline in summary  # one model: its OOF TTA accuracy
     for stage in ("ingest", "augment", "tune", "train", "predict"):  # each recorded its own wall time
         assert re.search(rf"^\| {stage} \| [0-9.hms]+ \| ", summary, re.MULTILINE), stage
     assert f"`submissions/latest.csv` ({len(test_x)} rows)" in summary and "python -m pipeline.submit" in summary
