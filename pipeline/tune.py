@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from optuna_integration.keras import KerasPruningCallback
 from sklearn.model_selection import train_test_split
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from pipeline import params, paths, progress
 from pipeline.cli import fail, reports_errors, stage_parser
@@ -237,16 +238,19 @@ def lock_on_begin(engine: Engine) -> None:
     second one's result failed with "Cannot tell a COMPLETE trial" (optuna#4002). BEGIN IMMEDIATE
     serialises the read and the write (SQLAlchemy's pysqlite recipe); waiting transactions retry for
     the connection's 60 s timeout."""
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def leave_begin_to_sqlalchemy(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None  # pysqlite emits no BEGIN of its own
-
-    @sqlalchemy.event.listens_for(engine, "begin")
-    def begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
+    sqlalchemy.event.listen(engine, "connect", leave_begin_to_sqlalchemy)
+    sqlalchemy.event.listen(engine, "begin", begin_immediate)
     engine.dispose()  # connections opened by the storage's set-up reconnect with the listeners
+
+
+def leave_begin_to_sqlalchemy(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    """Stop pysqlite from emitting BEGIN (and COMMIT before DDL) itself on a new connection."""
+    dbapi_connection.isolation_level = None
+
+
+def begin_immediate(connection: Connection) -> None:
+    """Begin the SQLAlchemy `connection`'s transaction holding SQLite's write lock."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def study_name_for(cfg: TuneParams, model: str, space: dict, data_id: str) -> str:
