@@ -170,22 +170,20 @@ def cross_fitted_blend(
     return out
 
 
-def left_out_accuracies(
+def left_out_blends(
     oof_probs: list[np.ndarray] | np.ndarray,
     labels: np.ndarray,
     folds: np.ndarray,
     objective: str = "log_loss",
     keep: np.ndarray | None = None,
-) -> list[float]:
-    """Return, for each model in `oof_probs`, the OOF accuracy of the cross-fitted blend of the other models
-    (weights chosen on the kept rows of the other folds, as for the whole blend): what the ensemble scores
-    without it."""
+) -> list[np.ndarray]:
+    """Return, for each model in `oof_probs`, the cross-fitted blend (n, classes) of the other models, with
+    weights chosen on the kept rows of the other folds as for the whole blend: the ensemble without it."""
     stacked = stack_probs(oof_probs)
     if len(stacked) < 2:
         raise ValueError("leaving a model out needs a blend of at least two")
     out = []
     for left_out in range(len(stacked)):
         rest = np.delete(stacked, left_out, axis=0)
-        honest = cross_fitted_blend(rest, folds, cross_fitted_weights(rest, labels, folds, objective, keep=keep))
-        out.append(float(np.mean(np.argmax(honest, axis=1) == np.asarray(labels))))
+        out.append(cross_fitted_blend(rest, folds, cross_fitted_weights(rest, labels, folds, objective, keep=keep)))
     return out

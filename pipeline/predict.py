@@ -40,7 +40,7 @@ from pipeline.ensemble import (
     cross_fitted_blend,
     cross_fitted_weights,
     ensemble_report,
-    left_out_accuracies,
+    left_out_blends,
 )
 from pipeline.exclusions import kept_mask, read_exclusions
 from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
@@ -157,7 +157,7 @@ def members_left_out(
     for an ensemble (what each member adds, measured the same honest way), or {} for one model."""
     if len(names) < 2:
         return {}
-    rest = left_out_accuracies(oof, labels, folds, blend_by, keep)
+    rest = [accuracy(probs, labels) for probs in left_out_blends(oof, labels, folds, blend_by, keep)]
     pairs = zip(names, rest, strict=True)
     return {"without": {name: {"oof_blend_accuracy": acc, "member_gain": blended - acc} for name, acc in pairs}}
 
