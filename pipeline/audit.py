@@ -121,9 +121,7 @@ def baseline_probs(
     return stored["probs"] if same and np.array_equal(stored["fold"], oof["fold"]) else None
 
 
-def audit_summary(
-    table: pd.DataFrame, oof: dict, excluded: np.ndarray, baseline: np.ndarray | None, cfg: AuditParams
-) -> dict:
+def audit_summary(table: pd.DataFrame, oof: dict, excluded: np.ndarray, baseline: np.ndarray | None) -> dict:
     """Return reports/audit.json: the issue count and the OOF accuracy and loss on the rows not excluded, now and
     in the baseline run (None when there is no comparable one)."""
     keep = kept_mask(len(oof["y"]), excluded)
@@ -131,8 +129,6 @@ def audit_summary(
     return {
         "issues": len(table),
         "issues_excluded": int(table["excluded"].sum()),
-        "filter_by": cfg.filter_by,
-        "rank_by": cfg.rank_by,
         "rows": len(oof["y"]),
         "excluded": len(excluded),
         "kept_rows": {"rows": int(keep.sum()), **scores(oof["probs"][keep], oof["y"][keep])},
@@ -161,7 +157,7 @@ def run_audit(cfg: AuditParams) -> dict:
         paths.LABEL_ISSUES_PNG,
     )
     setup = setup_key(params.load("model").members(), params.load("predict"))
-    summary = audit_summary(table, oof, excluded, baseline_probs(oof, excluded, setup), cfg)
+    summary = audit_summary(table, oof, excluded, baseline_probs(oof, excluded, setup))
     write_json(paths.AUDIT_JSON, summary)
     return summary
 

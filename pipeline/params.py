@@ -4,9 +4,9 @@ settings as frozen dataclasses.
 params.yaml is composed by Hydra from conf/config.yaml and a profile (conf/profile/<name>.yaml):
 `python -m pipeline.params --profile quick [key=value ...]` writes it (what `make quick` runs) the
 same way `dvc exp run -S profile=quick -S key=value` does, and makes NAME the profile a plain
-`dvc exp run` composes. A params.yaml that differs from the last composition and from every version
-git holds (a hand edit) is never overwritten silently: composing stops, or with --force keeps it as
-params.yaml.<time>.bak."""
+`dvc exp run` composes (conf/local/profile.yaml, git-ignored: choosing a profile changes no tracked
+file). A params.yaml that differs from the last composition and from every version git holds (a hand
+edit) is never overwritten silently: composing stops, or with --force keeps it as params.yaml.<time>.bak."""
 
 from __future__ import annotations
 
@@ -638,15 +638,12 @@ def write_params(
     return backup
 
 
-def set_default_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
-    """Make `name` the profile entry of `conf`/config.yaml's defaults list (what a plain `dvc exp run` composes)."""
-    config = Path(conf) / paths.CONF_CONFIG.name
-    text = config.read_text(encoding="utf-8")
-    new, count = re.subn(r"(?m)^(\s*-\s*profile:\s*)\S+", rf"\g<1>{name}", text, count=1)
-    if count == 0:
-        raise ParamsError(f"{config}: its defaults list has no `- profile: NAME` entry")
-    if new != text:
-        write_text(config, new)
+def choose_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
+    """Make `name` the profile a plain `dvc exp run` composes: write `conf`/local/profile.yaml (git-ignored), which
+    overrides the profile entry of conf/config.yaml's defaults list; no tracked file changes."""
+    choice = Path(conf) / paths.PROFILE_CHOICE.relative_to(paths.CONF_DIR)
+    text = f"# @package _global_\n# written by `python -m pipeline.params --profile {name}`\ndefaults:\n"
+    write_text(choice, text + f"  - override /profile: {name}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             backup = write_params(compose(overrides), force=args.force)
             if args.profile:
-                set_default_profile(args.profile)
+                choose_profile(args.profile)
         except ParamsError as exc:
             return fail("params", exc)
         if backup:

@@ -7,6 +7,8 @@ PARAMS = Path("params.yaml")  # the effective settings, composed from CONF_DIR (
 CONF_DIR = Path("conf")  # Hydra config: config.yaml (every setting) and profile/<name>.yaml
 CONF_CONFIG = CONF_DIR / "config.yaml"
 PROFILES_DIR = CONF_DIR / "profile"
+# this machine's profile choice (git-ignored), in conf/config.yaml's defaults list as `optional local: profile`
+PROFILE_CHOICE = CONF_DIR / "local" / "profile.yaml"
 PARAMS_STAMP = Path(".params.yaml.composed")  # sha256 of the params.yaml last composed by pipeline.params
 
 RAW_DIR = Path("data/raw")
@@ -41,7 +43,8 @@ TRIALS_CSV = TUNING_DIR / "trials.csv"
 MODELS_MD = REPORTS_DIR / "models.md"
 MODELS_JSON = REPORTS_DIR / "models.json"
 BENCH_JSON = REPORTS_DIR / "bench.json"
-TIMINGS_DIR = REPORTS_DIR / "timings"
+TIMINGS_DIR = REPORTS_DIR / "timings"  # <stage>.json: wall seconds (a DVC metric: numbers only)
+RUNS_DIR = REPORTS_DIR / "runs"  # <stage>.json: the device and finish time of its last run
 ESTIMATE_JSON = REPORTS_DIR / "estimate.json"  # python -m pipeline.estimate (make run on a CPU)
 SUMMARY_MD = REPORTS_DIR / "summary.md"
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
@@ -89,6 +92,11 @@ def fold_checkpoint_dir(model: str, fold: int) -> Path:
 def stage_timing(stage: str) -> Path:
     """Return the path of the JSON where stage `stage` records its last wall time."""
     return TIMINGS_DIR / f"{stage}.json"
+
+
+def stage_run(stage: str) -> Path:
+    """Return the path of the JSON where stage `stage` records the device and finish time of its last run."""
+    return RUNS_DIR / f"{stage}.json"
 
 
 def kaggle_root() -> Path:

@@ -112,7 +112,6 @@ def blend_models(
     views = np.stack([blend([outputs[name]["test_views"][v] for name in names], weights) for v in range(n_views)])
     report = {
         **tta_report(outputs[names[0]]["oof_views"], labels),
-        "blend_by": blend_by,
         "weights": dict(zip(names, scores["weights"], strict=True)),
         "fold_weights": {f"fold{k}": dict(zip(names, w.tolist(), strict=True)) for k, w in fold_weights.items()},
         "models": {

@@ -104,24 +104,22 @@ def note(message: str, stream: TextIO | None = None) -> None:
     (sys.stdout if stream is None else stream).flush()
 
 
-def timing_record(stage: str, seconds: float, device: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Return the timing document of `stage`: wall seconds, device, finish time (UTC) and `extra`."""
-    return {
-        "stage": stage,
-        "seconds": round(float(seconds), 3),
-        "device": device,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
+def timing_record(seconds: float, **extra: float) -> dict[str, float]:
+    """Return the timing metric of a stage: its wall seconds and numeric `extra` (numbers only: dvc exp show)."""
+    return {"seconds": round(float(seconds), 3), **extra}
 
 
-def record_timing(
-    stage: str, seconds: float, device: str | None = None, folder: Path | None = None, **extra: Any
-) -> Path:
-    """Write the timing of `stage` to reports/timings/<stage>.json (or `folder`) atomically; return its path."""
-    path = paths.stage_timing(stage) if folder is None else Path(folder) / f"{stage}.json"
-    write_json(path, timing_record(stage, seconds, device, **extra))
-    return path
+def run_record(stage: str, device: str | None = None) -> dict[str, Any]:
+    """Return what a stage's run was besides its time: the stage, its device and finish time (UTC)."""
+    return {"stage": stage, "device": device, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def record_timing(stage: str, seconds: float, device: str | None = None) -> Path:
+    """Write the wall time of `stage` to reports/timings/<stage>.json (a DVC metric) and its device and finish time
+    to reports/runs/<stage>.json, atomically; return the timing's path."""
+    write_json(paths.stage_run(stage), run_record(stage, device))
+    write_json(paths.stage_timing(stage), timing_record(seconds))
+    return paths.stage_timing(stage)
 
 
 def finish(stage: str, start: float, device: str | None, result: str, stream: TextIO | None = None) -> float:

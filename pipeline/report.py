@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import params, paths, plots
 from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.files import MissingInput, OutputError, read_json, read_npz, require, write_text
-from pipeline.params import ReportParams
+from pipeline.params import AuditParams, ReportParams
 from pipeline.submission import describe_diff
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
@@ -59,9 +59,13 @@ def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, k: int) -> np.nd
     return wrong[np.argsort(-confidence, kind="stable")[:k]]
 
 
-def read_timings(folder: Path = paths.TIMINGS_DIR) -> dict[str, dict]:
-    """Return every stage timing recorded in `folder`, pipeline stages first, keyed by stage."""
+def read_timings(folder: Path = paths.TIMINGS_DIR, runs: Path = paths.RUNS_DIR) -> dict[str, dict]:
+    """Return every stage timing recorded in `folder`, with its run's device and finish time from `runs`, pipeline
+    stages first, keyed by stage."""
     found = {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))} if Path(folder).is_dir() else {}
+    for stage, timing in found.items():
+        run = Path(runs) / f"{stage}.json"
+        timing.update(read_json(run) if run.is_file() else {})
     order = [s for s in STAGES if s in found] + sorted(s for s in found if s not in STAGES)
     return {s: found[s] for s in order}
 
@@ -151,8 +155,9 @@ def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> s
     return "## Folds\n\n" + md_table(header, rows)
 
 
-def accuracy_section(predict: dict) -> str:
-    """Return OOF accuracy and loss without and with test-time augmentation."""
+def accuracy_section(predict: dict, blend_by: str) -> str:
+    """Return OOF accuracy and loss without and with test-time augmentation, and an ensemble's blend (weights chosen by
+    OOF `blend_by`)."""
     if not predict:
         return "## Out-of-fold accuracy\n\nreports/predict.json not found: run the predict stage."
     rows = [
@@ -167,18 +172,19 @@ def accuracy_section(predict: dict) -> str:
         "## Out-of-fold accuracy\n\n"
         + md_table(["", "accuracy", "loss"], rows)
         + f"\n\nTTA gain: {predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
-        + blend_line(predict)
+        + blend_line(predict, blend_by)
     )
 
 
-def blend_line(predict: dict) -> str:
-    """Return the ensemble's weights and OOF accuracy (cross-fitted, then in-sample), or "" for a single model."""
+def blend_line(predict: dict, blend_by: str) -> str:
+    """Return the ensemble's weights (chosen by OOF `blend_by`) and OOF accuracy (cross-fitted, then in-sample), or ""
+    for a single model."""
     weights = predict.get("weights") or {}
     if len(weights) < 2:
         return ""
     parts = ", ".join(f"{m} {w:.3f}" for m, w in weights.items())
     return (
-        f"\n\nThe submission blends {parts} (weights chosen by OOF {predict.get('blend_by')}); blend OOF accuracy "
+        f"\n\nThe submission blends {parts} (weights chosen by OOF {blend_by}); blend OOF accuracy "
         f"{predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights chosen on the other "
         f"folds' rows only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample, with the submission's weights "
         "fitted on these rows). The table above is model.name alone." + members_table(predict)
@@ -214,14 +220,15 @@ def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int)
     )
 
 
-def audit_section(audit: dict) -> str:
-    """Return the label audit: cleanlab's issue count, the exclusion list and, with rows excluded, the OOF TTA
-    accuracy on the rows not excluded in the run without exclusions (before) and now (after)."""
+def audit_section(audit: dict, cfg: AuditParams) -> str:
+    """Return the label audit (reports/audit.json, run with `cfg`): cleanlab's issue count, the exclusion list and,
+    with rows excluded, the OOF TTA accuracy on the rows not excluded in the run without exclusions (before) and now
+    (after)."""
     if not audit:
         return "## Label audit\n\nreports/audit.json not found: run the audit stage."
     text = (
         f"## Label audit\n\ncleanlab finds **{audit['issues']}** likely label issues among the {audit['rows']} "
-        f"training rows (filter {audit['filter_by']}, ranked by {audit['rank_by']}): "
+        f"training rows (filter {cfg.filter_by}, ranked by {cfg.rank_by}): "
         "[label_issues.csv](label_issues.csv), the top ones drawn in [label_issues.png](label_issues.png)."
     )
     accept = (
@@ -291,9 +298,9 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
         counts_section(facts["train"]["y"], facts["test_rows"]),
         params_section(facts["settings"], facts["tuned"], predict.get("tta_views")),
         folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
-        accuracy_section(predict),
+        accuracy_section(predict, facts["blend_by"]),
         confusion_section(confusion_pairs(matrix, cfg.confusion_pairs), int((predicted != labels).sum()), len(labels)),
-        audit_section(facts.get("audit", {})),
+        audit_section(facts.get("audit", {}), facts["audit_settings"]),
         timings_section(facts["timings"]),
         submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"], facts.get("submission_diff", {})),
         "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); "
@@ -330,7 +337,9 @@ def gather() -> dict[str, Any]:
         "oof": read_npz(require(paths.OOF_TTA_NPZ, "predict")),
         "metrics": read_json(require(paths.METRICS_JSON, "train")),
         "predict": optional_json(paths.PREDICT_JSON),
+        "blend_by": params.load("predict").blend_by,
         "audit": optional_json(paths.AUDIT_JSON),
+        "audit_settings": params.load("audit"),
         "submission_diff": optional_json(paths.SUBMISSION_DIFF_JSON),
         "test_probs": read_npz(require(paths.TEST_PROBS_NPZ, "predict"))["probs"],
         "tuned": optional_json(paths.BEST_PARAMS),

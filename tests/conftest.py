@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny synthetic digit data and a throw-away project folder to run stages in."""
+"""Shared fixtures: tiny synthetic digit data and a throw-away project folder to run stages in.
+
+The tests build their own world: settings are composed from the tracked conf/ with the `test` profile (never the
+user's params.yaml, profile choice in conf/local/ or overrides), and HOME, the Keras config, the Kaggle notebook root,
+the tuning storage and the Keras backend are the tests' own (set here, before any test module imports Keras)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 # Settings a user may have exported that would change what the tests exercise: another tuning storage, another
 # Keras backend (chosen when keras is first imported, so cleared here, before any test module imports it),
-# verbose native logs, a Kaggle notebook root, and real Kaggle credentials (never used by tests). Cleared again
-# around every test.
-LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE", "DIGIT_KAGGLE_ROOT")
+# verbose native logs, and real Kaggle credentials (never used by tests). Cleared again around every test.
+LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE")
+# The tests' own home: no ~/.keras/keras.json (which picks the backend when KERAS_BACKEND is unset), no
+# ~/.kaggle, and a Kaggle notebook root that does not exist, so that in a notebook (/kaggle/working) no test
+# writes the user's submission.csv. Set for the whole run and again around every test.
+WORLD = Path(tempfile.mkdtemp(prefix="digit-tests-"))
+atexit.register(shutil.rmtree, WORLD, ignore_errors=True)
+PINNED_ENV = {
+    "HOME": str(WORLD / "home"),
+    "KERAS_HOME": str(WORLD / "home" / ".keras"),
+    "DIGIT_KAGGLE_ROOT": str(WORLD / "no-kaggle"),
+}
+TEST_PROFILE = "test"  # conf/profile/test.yaml
 
 
 def leaky_names() -> list[str]:
@@ -26,13 +44,34 @@ def leaky_names() -> list[str]:
 
 for _name in leaky_names():
     del os.environ[_name]
+os.environ.update(PINNED_ENV)
+(WORLD / "home").mkdir()
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove the user's leaky settings (LEAKY_ENV, KAGGLE_*) for the test; a test may set its own."""
+    """Remove the user's leaky settings (LEAKY_ENV, KAGGLE_*) and pin PINNED_ENV for the test; a test may set its
+    own."""
     for name in leaky_names():
         monkeypatch.delenv(name)
+    for name, value in PINNED_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@functools.cache
+def tracked_conf() -> Path:
+    """Return a copy of the repository's conf/ without conf/local/ (this machine's profile choice), made once."""
+    target = WORLD / "conf"
+    shutil.copytree(REPO / "conf", target, ignore=shutil.ignore_patterns("local"))
+    return target
+
+
+@functools.cache
+def tiny_params_text() -> str:
+    """Return the YAML of the `test` profile composed from the tracked conf/, as `dvc exp run` would write it."""
+    from pipeline import params
+
+    return params.compose([f"profile={TEST_PROFILE}"], tracked_conf())
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +103,8 @@ test_csv_text.__test__ = False  # a helper, not a test
 
 
 def tiny_params() -> dict:
-    """Return the repository's params.yaml shrunk to a configuration that runs in seconds."""
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
-    doc["profile"] = "full"
-    doc["model"]["ensemble"] = []  # one model; the ensemble tests name their members
-    doc["ingest"].update(max_train_rows=None, max_test_rows=None, expected_test_rows=20)
-    doc["augment"].update(copies=2, chunk_rows=16, workers=1, preview_rows=3)
-    doc["train"].update(folds=3, epochs=2, batch_size=16)
-    doc["tune"].update(trials=2, epochs=2, max_train_rows=None, study_name="test")
-    doc["predict"].update(tta_views=2, batch_size=64)
-    return doc
+    """Return the `test` profile's settings (conf/profile/test.yaml over conf/config.yaml): every stage in seconds."""
+    return yaml.safe_load(tiny_params_text())
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_audit_stage_writes_issues_grid_summary_and_baseline(audited, capsys):
     baseline = read_npz(paths.OOF_BASELINE_NPZ)  # no row excluded: this run is the baseline
     assert np.array_equal(baseline["probs"], audited["probs"])
     assert "6 likely label issues" in capsys.readouterr().out
-    section = report.audit_section(summary)
+    section = report.audit_section(summary, CFG)
     assert "**6** likely label issues" in section and "(label_issues.png)" in section
     assert "No row is excluded" in section
 
@@ -118,7 +118,7 @@ def test_accept_appends_the_top_issues_once_then_the_audit_compares_on_the_same_
     assert summary["kept_rows"] == {"rows": 116, **scores(better[kept], audited["given"][kept])}
     assert summary["baseline_kept_rows"] == scores(audited["probs"][kept], audited["given"][kept])
     assert np.array_equal(read_npz(paths.OOF_BASELINE_NPZ)["probs"], audited["probs"])
-    section = report.audit_section(summary)
+    section = report.audit_section(summary, CFG)
     assert "before (the run without exclusions)" in section and "on the other 116 rows" in section
 
 
@@ -131,7 +131,7 @@ def test_baseline_from_other_settings_is_not_compared(audited):
     assert audit.main([]) == 0
     summary = json.loads(paths.AUDIT_JSON.read_text())
     assert summary["excluded"] == 1 and summary["baseline_kept_rows"] is None
-    assert "No run without exclusions with these settings" in report.audit_section(summary)
+    assert "No run without exclusions with these settings" in report.audit_section(summary, CFG)
 
 
 def test_accept_needs_an_audit_and_bad_settings_are_named(project, capsys):

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from pipeline import estimate, params, paths
-from tests.conftest import REPO
+from tests.conftest import REPO, tracked_conf
 
 
 def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
-    doc = yaml.safe_load(params.compose(["profile=full"], REPO / "conf"))
+    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
     doc["ingest"].update(max_train_rows=1000, max_test_rows=500)
     doc["train"].update(folds=4, epochs=3, monitor_rows=None)
     doc["tune"].update(trials=5, epochs=2, max_train_rows=300, max_val_rows=None)
@@ -33,7 +33,7 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
 
 def test_the_full_profile_is_estimated_far_longer_than_the_quick_one():
     rates = estimate.Rates(train=0.001, infer=0.0002)
-    full, quick = (yaml.safe_load(params.compose([f"profile={p}"], REPO / "conf")) for p in ("full", "quick"))
+    full, quick = (yaml.safe_load(params.compose([f"profile={p}"], tracked_conf())) for p in ("full", "quick"))
     assert estimate.estimate(full, rates)["total"] > 5 * estimate.estimate(quick, rates)["total"]
 
 
@@ -41,10 +41,10 @@ def test_estimate_measures_this_machine_prints_the_quick_alternative_and_records
     # finding 5: make run started the full profile on a CPU without a word about its length or `make quick`
     assert estimate.main(["--seconds", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("estimate: profile full on this machine (no GPU): about ")
+    assert out.startswith("estimate: profile test on this machine (no GPU): about ")  # the tests' profile
     assert "ms per training image" in out and "`make quick`" in out
     record = json.loads(paths.ESTIMATE_JSON.read_text())
-    assert record["profile"] == "full" and record["train_seconds_per_image"] > 0
+    assert record["profile"] == "test" and record["train_seconds_per_image"] > 0
     assert record["seconds"]["total"] == pytest.approx(sum(v for k, v in record["seconds"].items() if k != "total"))
 
 

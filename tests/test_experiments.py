@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from pipeline import params
-from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
+from pipeline.exclusions import header_text
+from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, tracked_conf, train_csv_text
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -31,21 +32,24 @@ def run(cmd: list[str], cwd: Path) -> str:
 def tiny_clone(root: Path) -> None:
     """Make `root` a git + DVC project like a fresh clone: the repository's code, dvc.yaml and Hydra setup, with
     conf/ shrunk to tiny settings (a quick profile of 1 epoch and 2 views) and synthetic CSVs in data/raw/."""
-    for name in ("pipeline", "conf"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tracked_conf(), root / "conf")
     (root / ".dvc").mkdir()
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data/exclude_rows.csv"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / name, root / name)
+    (root / "data").mkdir()
+    (root / "data/exclude_rows.csv").write_text(header_text())  # none excluded (not the user's list)
     base = tiny_params()
     base.update(profile="???")
     base["tune"]["trials"] = 1
-    (root / "conf/config.yaml").write_text(yaml.safe_dump({"defaults": ["_self_", {"profile": "full"}], **base}))
+    defaults = ["_self_", {"profile": "full"}, {"optional local": "profile"}]  # as conf/config.yaml's
+    (root / "conf/config.yaml").write_text(yaml.safe_dump({"defaults": defaults, **base}))
     quick = "# @package _global_\nprofile: quick\ntrain:\n  epochs: 1\npredict:\n  tta_views: 2\n"
     (root / "conf/profile/quick.yaml").write_text(quick)
     images, labels = synthetic_digits(60)
-    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw").mkdir()
     (root / "data/raw/train.csv").write_text(train_csv_text(images, labels))
     (root / "data/raw/test.csv").write_text(test_csv_text(synthetic_digits(20, seed=1)[0]))
     run(["git", "init", "-q"], root)

@@ -10,24 +10,28 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline import models, params, train
-from tests.conftest import REPO
+from pipeline import models, params, paths, train
+from tests.conftest import REPO, tracked_conf
 
-CONF = REPO / "conf"
+
+@pytest.fixture(scope="module")
+def conf_dir():
+    """The repository's tracked conf/ (a copy without conf/local/, this machine's profile choice)."""
+    return tracked_conf()
 
 
 @pytest.fixture
-def confdir(tmp_path, monkeypatch):
-    """A project folder (the cwd) holding a copy of the repository's conf/."""
-    shutil.copytree(CONF, tmp_path / "conf")
+def confdir(tmp_path, monkeypatch, conf_dir):
+    """A project folder (the cwd) holding a copy of the repository's tracked conf/."""
+    shutil.copytree(conf_dir, tmp_path / "conf")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_every_section_loads_in_every_profile(tmp_path):
-    assert {"full", "quick"} <= set(params.profiles(CONF))
-    for profile in params.profiles(CONF):
-        (tmp_path / "params.yaml").write_text(params.compose([f"profile={profile}"], CONF))
+def test_every_section_loads_in_every_profile(tmp_path, conf_dir):
+    assert {"full", "quick"} <= set(params.profiles(conf_dir))
+    for profile in params.profiles(conf_dir):
+        (tmp_path / "params.yaml").write_text(params.compose([f"profile={profile}"], conf_dir))
         assert params.profile(tmp_path / "params.yaml") == profile
         for section in params.SECTIONS:
             value = params.load(section, tmp_path / "params.yaml")
@@ -41,74 +45,86 @@ def test_every_section_loads_in_every_profile(tmp_path):
             assert models.build_model(models.base_name(member.model)).count_params() > 0
 
 
-def test_stages_read_exactly_what_params_yaml_says(tmp_path):
+def test_stages_read_exactly_what_params_yaml_says(tmp_path, conf_dir):
     # finding 1: a quick profile used to be overlaid at load time, shadowing the value params.yaml shows
-    quick = yaml.safe_load(params.compose(["profile=quick"], CONF))
+    quick = yaml.safe_load(params.compose(["profile=quick"], conf_dir))
     views = quick["predict"]["tta_views"] + 1  # not the profile's value, which an overlay would bring back
     doc = {**quick, "predict": {**quick["predict"], "tta_views": views}}  # as `dvc exp run -S predict.tta_views=N`
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
     assert params.load("predict", tmp_path / "params.yaml").tta_views == views
 
 
-def test_quick_profile_overrides_only_what_it_names_and_a_user_override_wins():
-    full = yaml.safe_load(params.compose(["profile=full"], CONF))
-    quick = yaml.safe_load(params.compose(["profile=quick"], CONF))
-    named = yaml.safe_load((CONF / "profile" / "quick.yaml").read_text())
+def test_quick_profile_overrides_only_what_it_names_and_a_user_override_wins(conf_dir):
+    full = yaml.safe_load(params.compose(["profile=full"], conf_dir))
+    quick = yaml.safe_load(params.compose(["profile=quick"], conf_dir))
+    named = yaml.safe_load((conf_dir / "profile" / "quick.yaml").read_text())
     assert quick["train"]["folds"] == named["train"]["folds"] != full["train"]["folds"]
     assert quick["predict"]["tta_views"] == named["predict"]["tta_views"]
     assert quick["train"]["warmup_epochs"] == full["train"]["warmup_epochs"]  # not named by quick: the base value
     assert quick["tune"]["space"] == named["tune"]["space"]
-    both = yaml.safe_load(params.compose(["profile=quick", "predict.tta_views=0", "train.epochs=10"], CONF))
+    both = yaml.safe_load(params.compose(["profile=quick", "predict.tta_views=0", "train.epochs=10"], conf_dir))
     assert both["predict"]["tta_views"] == 0 and both["train"]["epochs"] == 10
     assert both["train"]["folds"] == named["train"]["folds"]
 
 
-def test_composition_is_byte_for_byte_what_dvc_exp_run_writes(tmp_path):
+def test_composition_is_byte_for_byte_what_dvc_exp_run_writes(tmp_path, conf_dir):
     from dvc.utils.hydra import compose_and_dump
 
     overrides = ["profile=quick", "predict.tta_views=0"]
-    compose_and_dump(tmp_path / "params.yaml", str(CONF), None, "config", str(tmp_path), overrides)
-    assert (tmp_path / "params.yaml").read_text() == params.compose(overrides, CONF)
+    compose_and_dump(tmp_path / "params.yaml", str(conf_dir), None, "config", str(tmp_path), overrides)
+    assert (tmp_path / "params.yaml").read_text() == params.compose(overrides, conf_dir)
 
 
-def test_repository_params_yaml_is_the_composition_of_conf():
-    # edit conf/, then `python -m pipeline.params --profile full`: params.yaml must follow
-    profile = params.profile(REPO / "params.yaml")
-    assert (REPO / "params.yaml").read_text() == params.compose([f"profile={profile}"], CONF)
+def test_committed_params_yaml_is_the_composition_of_conf(conf_dir):
+    # edit conf/, then `python -m pipeline.params --profile full`: the committed params.yaml must follow. git's copy,
+    # not the workspace's, which `make quick` or `dvc exp run -S` rewrite
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == params.compose(["profile=full"], conf_dir)
 
 
-def test_unknown_keys_and_profiles_are_refused(tmp_path, confdir):
-    doc = yaml.safe_load(params.compose([], CONF))
+def test_unknown_keys_and_profiles_are_refused(tmp_path, confdir, conf_dir):
+    doc = yaml.safe_load(params.compose([], conf_dir))
     doc["train"]["epoch"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(params.ParamsError, match="unknown keys \\['epoch'\\]"):
         params.load("train", tmp_path / "params.yaml")
     with pytest.raises(params.ParamsError, match="unknown profile 'turbo'"):
-        params.compose(["profile=turbo"], CONF)
+        params.compose(["profile=turbo"], conf_dir)
     with pytest.raises(params.ParamsError, match="cannot compose"):
-        params.compose(["train.epoch=3"], CONF)  # Hydra refuses a key the config does not have
+        params.compose(["train.epoch=3"], conf_dir)  # Hydra refuses a key the config does not have
     assert params.main(["--profile", "turbo"]) == 2
 
 
 def test_profile_switch_composes_params_yaml_and_the_default_of_dvc_exp_run(confdir, capsys):
+    tracked = {p: p.read_bytes() for p in (confdir / "conf").rglob("*") if p.is_file()}
     assert params.main(["--profile", "quick", "train.epochs=4"]) == 0
     written = (confdir / "params.yaml").read_text()
     assert written == params.compose(["profile=quick", "train.epochs=4"])
     assert params.load("train").epochs == 4 and params.profile() == "quick"
-    assert "- profile: quick" in (confdir / "conf" / "config.yaml").read_text()
     assert params.compose([]) == params.compose(["profile=quick"])  # a plain `dvc exp run` composes quick now
+    assert params.compose(["profile=full"]) != params.compose(["profile=quick"])  # -S profile=full still wins
+    assert {p: p.read_bytes() for p in tracked} == tracked  # no file of conf/ that git tracks changed
     assert params.main(["--profile", "full"]) == 0  # our own last composition: replaced without asking
-    assert params.profile() == "full" and "- profile: full" in (confdir / "conf" / "config.yaml").read_text()
+    assert params.profile() == "full" and params.compose([]) == params.compose(["profile=full"])
+
+
+def test_the_profile_choice_is_a_file_git_ignores():
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(paths.PROFILE_CHOICE)], cwd=REPO)
+    assert ignored.returncode == 0
+    assert "optional local: profile" in (REPO / paths.CONF_CONFIG).read_text()
 
 
 def test_a_hand_edited_params_yaml_is_never_overwritten_silently(confdir, capsys):
     assert params.main(["--profile", "full"]) == 0
-    edited = (confdir / "params.yaml").read_text().replace("epochs: 30", "epochs: 12")
+    composed = (confdir / "params.yaml").read_text()
+    assert "  epochs: 30\n" in composed  # the edit below changes something
+    edited = composed.replace("  epochs: 30\n", "  epochs: 12\n", 1)
     (confdir / "params.yaml").write_text(edited)
     assert params.main(["--profile", "quick"]) == 2
     assert "hand edit" in capsys.readouterr().err
     assert (confdir / "params.yaml").read_text() == edited
-    assert "- profile: full" in (confdir / "conf" / "config.yaml").read_text()  # nothing changed
+    assert params.compose([]) == params.compose(["profile=full"])  # nothing changed
     assert params.main(["--profile", "quick", "--force"]) == 0
     (backup,) = confdir.glob("params.yaml.*.bak")
     assert backup.read_text() == edited and f"kept as {backup.name}" in capsys.readouterr().out

@@ -25,7 +25,7 @@ import yaml
 from pipeline import audit, augment, compare, ensemble, ingest, params, paths, predict, report, submit, train, tta, tune
 from pipeline.device import PRECISIONS
 from pipeline.files import write_json
-from tests.conftest import REPO
+from tests.conftest import REPO, tracked_conf
 from tests.test_bad_input import seed_outputs, snapshot
 
 
@@ -74,14 +74,21 @@ def renamed(key: str, new: str) -> Callable[[dict], None]:
     return damage
 
 
+def edited(text: str, old: str, new: str) -> str:
+    """Return `text` with its first `old` replaced by `new`; fail the test when `old` is not in it (a damage that
+    changes nothing would test nothing)."""
+    assert old in text, f"the damage's text {old!r} is not in params.yaml"
+    return text.replace(old, new, 1)
+
+
 def line_after(anchor: str, line: str) -> Callable[[str], str]:
     """Return a text damage inserting `line` after the first line that is `anchor`."""
-    return text(lambda t: t.replace(f"\n{anchor}\n", f"\n{anchor}\n{line}\n", 1))
+    return text(lambda t: edited(t, f"\n{anchor}\n", f"\n{anchor}\n{line}\n"))
 
 
 def replace_line(old: str, new: str) -> Callable[[str], str]:
     """Return a text damage replacing the line `old` with `new`."""
-    return text(lambda t: t.replace(f"\n{old}\n", f"\n{new}\n", 1))
+    return text(lambda t: edited(t, f"\n{old}\n", f"\n{new}\n"))
 
 
 def loads(section: str, key: str, value: object) -> Callable[[], None]:
@@ -370,8 +377,9 @@ def test_every_stage_reads_every_section(project: Path) -> None:
         params.seed()
 
 
-def test_the_repository_settings_pass_and_every_setting_has_a_type(project: Path) -> None:
-    params.validate(yaml.safe_load((REPO / "params.yaml").read_text()))
+def test_every_profiles_settings_pass_and_every_setting_has_a_type(project: Path) -> None:
+    for profile in params.profiles(tracked_conf()):
+        params.validate(yaml.safe_load(params.compose([f"profile={profile}"], tracked_conf())))
     keys = {f"{s}.{f}" for s, cls in params.SECTIONS.items() for f in cls.__dataclass_fields__} | set(params.TOP_LEVEL)
     assert set(params.RULES) <= keys, sorted(set(params.RULES) - keys)
 
