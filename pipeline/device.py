@@ -12,7 +12,9 @@ from pathlib import Path
 
 import keras
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+from pipeline.params import Precision, choices
+
+PRECISIONS = choices(Precision)
 # /proc/cpuinfo flags of a CPU with native bf16 arithmetic: Intel AMX tiles and AVX512-BF16 (Sapphire Rapids
 # and later Xeons, AMD Zen 4 and later), and the Armv8.6 BF16 extension (Graviton 3, Apple M2 under Linux).
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 
-OBJECTIVES = ("log_loss", "accuracy", "equal")
 MAX_GRID_POINTS = 20_000
 
 
@@ -109,7 +108,7 @@ def choose_weights(
         return weights_by_log_loss(stacked, labels)
     if objective == "accuracy":
         return weights_by_accuracy(stacked, labels, steps)
-    raise ValueError(f"ensemble objective must be one of {OBJECTIVES}, got {objective!r}")
+    raise ValueError(f"unknown ensemble objective {objective!r} (params.BlendObjective)")
 
 
 def ensemble_report(oof_probs: list[np.ndarray] | np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict:

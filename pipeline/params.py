@@ -11,58 +11,106 @@ edit) is never overwritten silently: composing stops, or with --force keeps it a
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
-import math
 import re
 import subprocess
 import sys
 import time
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 
 from pipeline import paths
 from pipeline.cli import StageError, fail, stage_parser
 from pipeline.files import write_text
-
-T = TypeVar("T")
 
 
 class ParamsError(StageError, ValueError):
     """params.yaml is missing, malformed, or holds an unknown or invalid setting."""
 
 
-@dataclass(frozen=True)
+# ---------------------------------------------------------------- the schema
+# Every setting once: its type, its range or choices, and what it does. pydantic (v2, strict: no value is ever
+# converted to another kind, only a whole number to a float) checks each section as its dataclass is built; the
+# messages are this module's own (`expected`), one line naming the file, the key, the value and what is allowed.
+# pydantic dataclasses rather than Hydra structured configs: the stages read params.yaml (what DVC tracks), not
+# a Hydra composition, and pydantic gives ranges and choices as well as types.
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+schema = functools.partial(dataclass, frozen=True, config=STRICT)
+
+
+def setting(description: str, **bounds: float) -> Any:
+    """Return the pydantic Field of a setting: its one-line `description` and its `bounds` (ge, gt, le, lt)."""
+    return Field(description=description, **bounds)
+
+
+Count = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # a dropout rate, a label smoothing, a share of the image
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Precision = Literal["auto", "float32", "mixed_bfloat16"]
+Optimizer = Literal["adam", "rmsprop"]
+Schedule = Literal["warmup_cosine", "constant", "exponential", "plateau"]
+Pruner = Literal["median", "hyperband", "none"]
+BlendObjective = Literal["log_loss", "accuracy", "equal"]
+# cleanlab.filter.find_label_issues' filter_by values and cleanlab.rank's orderings (pipeline/audit.py uses them)
+AuditFilter = Literal[
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+    "low_self_confidence",
+]
+AuditRanking = Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
+TTA_VIEWS = 8  # the deterministic views pipeline/tta.py offers
+
+
+def choices(kind: Any) -> tuple:
+    """Return the values a Literal setting type (e.g. Precision) allows, in order."""
+    return typing.get_args(kind)
+
+
+@schema
 class IngestParams:
-    max_train_rows: int | None
-    max_test_rows: int | None
-    expected_test_rows: int
+    max_train_rows: Annotated[int | None, setting("use only the first N training rows (null = all)", ge=1)]
+    max_test_rows: Annotated[int | None, setting("use only the first N test rows (null = all)", ge=1)]
+    expected_test_rows: Annotated[int, setting("the test rows Kaggle scores; other counts only warn", ge=1)]
 
 
-@dataclass(frozen=True)
+@schema
 class AugmentParams:
-    copies: int
-    rotate_deg: float
-    scale: float
-    shift: float
-    chunk_rows: int
-    workers: int
-    preview_rows: int
-    elastic_prob: float = 0.0  # chance that a copy is also elastically distorted (Simard et al. 2003)
-    elastic_alpha: float = 34.0
-    elastic_sigma: float = 4.0
+    copies: Annotated[int, setting("augmented copies written per training image", ge=1)]
+    rotate_deg: Annotated[float, setting("rotation drawn from [-rotate_deg, +rotate_deg]", ge=0.0, le=180.0)]
+    scale: Annotated[float, setting("zoom drawn from [1 - scale, 1 + scale]", ge=0.0, lt=1.0)]
+    shift: Annotated[float, setting("shift drawn from [-shift, +shift] of the image size, per axis", ge=0.0, lt=1.0)]
+    chunk_rows: Annotated[int, setting("rows per worker task (fixed: results never depend on the core count)", ge=1)]
+    workers: Annotated[int, setting("worker processes (0 = one per core)", ge=0)]
+    preview_rows: Annotated[int, setting("originals shown in reports/augmentations.png", ge=1)]
+    elastic_prob: Annotated[float, setting("chance that a copy is also elastically distorted", ge=0.0, le=1.0)] = 0.0
+    elastic_alpha: Annotated[float, setting("elastic displacement scale in pixels", ge=0.0)] = 34.0
+    elastic_sigma: Annotated[float, setting("Gaussian smoothing of the elastic displacement, pixels", gt=0.0)] = 4.0
 
 
-@dataclass(frozen=True)
+@schema
 class ModelParams:
-    name: str
-    ensemble: list[str] = field(default_factory=list)
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    name: Annotated[str, setting("the model (pipeline/models.py); predict blends it with `ensemble`")]
+    ensemble: Annotated[list[str], setting("more models on the same folds; `name@N` is the model from other seeds")] = (
+        field(default_factory=list)
+    )
+    overrides: Annotated[dict[str, dict[str, Any]], setting("per-model train settings over `train:`")] = field(
+        default_factory=dict
+    )
 
     def members(self) -> list[str]:
         """Return every model trained and blended: `name` first, then each `ensemble` entry."""
@@ -72,93 +120,99 @@ class ModelParams:
         return names
 
 
-@dataclass(frozen=True)
+@schema
 class FitParams:
     """The settings of one training run (params.yaml `train:`), which tune searches and model.overrides change."""
 
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_epochs: float
-    dropout_conv: float
-    dropout_dense: float
-    aug_prob: float
-    label_smoothing: float
-    # Keyword-only with defaults (params.yaml still has to name each): the optimizer, the learning-rate schedule
-    # and weight averaging, which code building FitSettings by hand may leave at the pipeline's defaults.
-    optimizer: str = field(default="adam", kw_only=True)  # adam | rmsprop
-    schedule: str = field(default="warmup_cosine", kw_only=True)  # warmup_cosine | constant | exponential | plateau
-    lr_decay: float = field(default=0.95, kw_only=True)  # exponential: factor per epoch; plateau: per plateau
-    plateau_patience: int = field(default=3, kw_only=True)  # plateau: epochs without a better val_accuracy
-    ema_momentum: float | None = field(default=None, kw_only=True)  # null = off; else the weight average's momentum
+    epochs: Annotated[int, setting("epochs of training", ge=1)]
+    batch_size: Annotated[int, setting("images per training step", ge=1)]
+    learning_rate: Annotated[float, setting("peak learning rate of the schedule", gt=0.0)]
+    warmup_epochs: Annotated[float, setting("warmup_cosine: epochs of linear warmup", ge=0.0)]
+    dropout_conv: Annotated[float, setting("dropout after the convolution blocks", ge=0.0, lt=1.0)]
+    dropout_dense: Annotated[float, setting("dropout before the classifier", ge=0.0, lt=1.0)]
+    aug_prob: Annotated[float, setting("chance an image is replaced by an augmented copy each epoch", ge=0.0, le=1.0)]
+    label_smoothing: Annotated[float, setting("label smoothing of the cross-entropy", ge=0.0, lt=1.0)]
+    # Keyword-only with defaults (params.yaml still has to name each): code building FitParams by hand may leave
+    # the optimizer, the schedule and weight averaging at the pipeline's defaults.
+    optimizer: Annotated[Optimizer, setting("the optimizer")] = field(default="adam", kw_only=True)
+    schedule: Annotated[Schedule, setting("the learning-rate schedule")] = field(default="warmup_cosine", kw_only=True)
+    lr_decay: Annotated[float, setting("exponential: factor per epoch; plateau: per plateau", gt=0.0, le=1.0)] = field(
+        default=0.95, kw_only=True
+    )
+    plateau_patience: Annotated[int, setting("plateau: epochs without a better val_accuracy", ge=1)] = field(
+        default=3, kw_only=True
+    )
+    ema_momentum: Annotated[float | None, setting("weight averaging momentum (null = off)", ge=0.0, lt=1.0)] = field(
+        default=None, kw_only=True
+    )
 
 
-@dataclass(frozen=True)
+@schema
 class TrainParams(FitParams):
-    folds: int
-    use_tuned: bool
-    monitor_rows: int | None
+    folds: Annotated[int, setting("stratified folds, assigned once by ingest and reused everywhere", ge=2)]
+    use_tuned: Annotated[bool, setting("override the settings above with tune's best parameters")]
+    monitor_rows: Annotated[int | None, setting("held-out rows of the per-epoch curve (null = the fold)", ge=1)]
 
 
-@dataclass(frozen=True)
+@schema
 class TuneParams:
-    trials: int
-    study_name: str
-    storage: str | None
-    fold: int
-    epochs: int
-    max_train_rows: int | None
-    max_val_rows: int | None
-    pruner: str
-    pruner_warmup_epochs: int
-    heartbeat_seconds: int
-    grace_seconds: int
-    max_retries: int
-    trials_per_process: int
-    workers_cpu: int
-    workers_gpu: int
-    space: dict[str, Any]
-    model_space: dict[str, Any]
+    trials: Annotated[int, setting("finished trials the study is topped up to", ge=1)]
+    study_name: Annotated[str, setting("the Optuna study")]
+    storage: Annotated[str | None, setting("an RDB URL (null = SQLite file data/processed/optuna.db)")]
+    fold: Annotated[int, setting("the held-out fold that scores every trial", ge=0)]
+    epochs: Annotated[int, setting("epochs per trial", ge=1)]
+    max_train_rows: Annotated[int | None, setting("stratified subsample of the trial's training rows", ge=1)]
+    max_val_rows: Annotated[int | None, setting("stratified subsample of the held-out fold's rows", ge=1)]
+    pruner: Annotated[Pruner, setting("how unpromising trials stop early")]
+    pruner_warmup_epochs: Annotated[int, setting("epochs before a trial may be pruned", ge=0)]
+    heartbeat_seconds: Annotated[int, setting("a running trial records a heartbeat this often", ge=1)]
+    grace_seconds: Annotated[int, setting("a trial without a heartbeat this long is failed and re-queued", ge=1)]
+    max_retries: Annotated[int, setting("times a failed trial is re-queued with the same parameters", ge=0)]
+    trials_per_process: Annotated[int, setting("trials before a worker process is replaced (0 = never)", ge=0)]
+    workers_cpu: Annotated[int, setting("worker processes when no GPU is found", ge=1)]
+    workers_gpu: Annotated[int, setting("worker processes sharing a GPU", ge=1)]
+    space: Annotated[dict[str, Any], setting("train setting: [low, high], [low, high, log] or {choices: [...]}")]
+    model_space: Annotated[dict[str, Any], setting("per model.name: entries replace those of `space`; null drops")]
 
 
-@dataclass(frozen=True)
+@schema
 class PredictParams:
-    tta_views: int
-    batch_size: int
-    blend_by: str = "log_loss"
-    diff_images: int = 40
+    tta_views: Annotated[int, setting("deterministic views added to the original image", ge=0, le=TTA_VIEWS)]
+    batch_size: Annotated[int, setting("images per inference batch", ge=1)]
+    blend_by: Annotated[BlendObjective, setting("how ensemble weights are chosen on OOF predictions")] = "log_loss"
+    diff_images: Annotated[int, setting("changed test images drawn in reports/submission_diff.png", ge=0)] = 40
 
 
-@dataclass(frozen=True)
+@schema
 class AuditParams:
     """The label audit (pipeline/audit.py): cleanlab.filter.find_label_issues on the OOF probabilities."""
 
-    filter_by: str
-    rank_by: str
-    grid_images: int
+    filter_by: Annotated[AuditFilter, setting("cleanlab.filter.find_label_issues' filter_by")]
+    rank_by: Annotated[AuditRanking, setting("the order of reports/label_issues.csv (cleanlab.rank)")]
+    grid_images: Annotated[int, setting("top issues drawn in reports/label_issues.png", ge=0)]
 
 
-@dataclass(frozen=True)
+@schema
 class DeviceParams:
     """How the stages that run a model compute (params.yaml `device:`)."""
 
-    precision: str  # auto | float32 | mixed_bfloat16 (pipeline/device.py resolves auto per machine)
+    precision: Annotated[Precision, setting("auto = bf16 where the GPU or CPU has it natively, else float32")]
 
 
-@dataclass(frozen=True)
+@schema
 class ReportParams:
-    wrong_images: int
-    test_images: int
-    confusion_pairs: int
+    wrong_images: Annotated[int, setting("most confidently wrong OOF images in reports/wrong.png", ge=0)]
+    test_images: Annotated[int, setting("first test images in reports/test_grid.png", ge=0)]
+    confusion_pairs: Annotated[int, setting("most frequent (true, predicted) mistakes listed", ge=0)]
 
 
-@dataclass(frozen=True)
+@schema
 class CompareParams:
-    models: list[str]
-    folds: list[int]
-    epochs: int
-    max_train_rows: int | None
-    published_copies: int = 8  # --published: transformed copies per image that stand in for online augmentation
+    models: Annotated[list[str], setting("the models compared on the same folds, rows and budget")]
+    folds: Annotated[list[Annotated[int, Field(ge=0)]], setting("held-out folds scored")]
+    epochs: Annotated[int, setting("the same budget for every model", ge=1)]
+    max_train_rows: Annotated[int | None, setting("stratified subsample of each fold's training rows", ge=1)]
+    published_copies: Annotated[int, setting("--published: copies per image under each recipe's transform", ge=1)] = 8
 
 
 SECTIONS: dict[str, type] = {
@@ -173,175 +227,69 @@ SECTIONS: dict[str, type] = {
     "report": ReportParams,
     "compare": CompareParams,
 }
-
-
-# ---------------------------------------------------------------- validation
-# Every setting is checked once, when params.yaml is read, in every stage: its type is the type of the
-# dataclass field it fills (TOP_LEVEL for the two outside a section), what it may be is RULES (a range or
-# choices), the structured ones (the search space, per-model overrides) have their own checks, and CROSS_CHECKS
-# relate settings of different sections. A bad value stops the stage with one line naming the key, the value
-# and what is allowed (exit 2).
-
+TOP_LEVEL: dict[str, FieldInfo] = {
+    "profile": FieldInfo.from_annotation(Annotated[str, setting("the name of the composed profile")]),
+    "seed": FieldInfo.from_annotation(Annotated[int, setting("seeds every stage", ge=0)]),
+}
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")  # what tune.space may search
 OVERRIDABLE = tuple(f.name for f in fields(FitParams) if f.name != "epochs")  # what model.overrides may set
-TOP_LEVEL: dict[str, Any] = {"profile": str, "seed": int}
 
 
 @dataclass(frozen=True)
-class Allowed:
-    """What a setting may be besides its type: a range from `low` to `high` (a bound is excluded when it is
-    `*_open`, absent when None), or one of `choices`."""
+class Settings:
+    """params.yaml, validated: the profile, the seed and every section's settings."""
 
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple = ()
-
-    def admits(self, value: Any) -> bool:
-        """Return True when `value` (of the right type) is allowed."""
-        if self.choices:
-            return value in self.choices
-        if isinstance(value, float) and math.isnan(value):
-            return False
-        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
-        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
-        return above and below
-
-    def describe(self) -> str:
-        """Return what is allowed, in words (`from 0 to 1 (1 excluded)`, `at least 1`, `one of a, b`)."""
-        if self.choices:
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        if self.low is not None and self.high is not None:
-            low = f"{self.low:g}" + (" (excluded)" if self.low_open else "")
-            return f"from {low} to {self.high:g}" + (" (excluded)" if self.high_open else "")
-        if self.low is not None:
-            return f"above {self.low:g}" if self.low_open else f"at least {self.low:g}"
-        return f"below {self.high:g}" if self.high_open else f"at most {self.high:g}"
+    profile: str
+    seed: int
+    sections: dict[str, Any]
 
 
-def at_least(low: float) -> Allowed:
-    """Return the rule of a setting that may be `low` or more."""
-    return Allowed(low=low)
+# ---------------------------------------------------------------- messages
 
 
-def one_of(*choices: object) -> Allowed:
-    """Return the rule of a setting that must be one of `choices`."""
-    return Allowed(choices=choices)
-
-
-FRACTION = Allowed(0.0, 1.0, high_open=True)  # a dropout rate, a label smoothing, a share of the image
-POSITIVE = Allowed(low=0.0, low_open=True)
-
-# cleanlab.filter.find_label_issues' filter_by values and cleanlab.rank's orderings (pipeline/audit.py uses them)
-AUDIT_FILTERS = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-)
-AUDIT_RANKINGS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
-
-RULES: dict[str, Allowed] = {
-    "seed": at_least(0),
-    "ingest.max_train_rows": at_least(1),  # null for all rows (0 would silently mean all rows too)
-    "ingest.max_test_rows": at_least(1),
-    "ingest.expected_test_rows": at_least(1),
-    "augment.copies": at_least(1),
-    "augment.rotate_deg": Allowed(0.0, 180.0),
-    "augment.scale": FRACTION,
-    "augment.shift": FRACTION,
-    "augment.chunk_rows": at_least(1),
-    "augment.workers": at_least(0),
-    "augment.preview_rows": at_least(1),
-    "augment.elastic_prob": Allowed(0.0, 1.0),
-    "augment.elastic_alpha": at_least(0.0),
-    "augment.elastic_sigma": POSITIVE,
-    "device.precision": one_of("auto", "float32", "mixed_bfloat16"),  # pipeline/device.py PRECISIONS
-    "train.folds": at_least(2),
-    "train.epochs": at_least(1),
-    "train.batch_size": at_least(1),
-    "train.learning_rate": POSITIVE,
-    "train.warmup_epochs": at_least(0),
-    "train.dropout_conv": FRACTION,
-    "train.dropout_dense": FRACTION,
-    "train.aug_prob": Allowed(0.0, 1.0),
-    "train.label_smoothing": FRACTION,
-    "train.optimizer": one_of("adam", "rmsprop"),  # pipeline/training.py OPTIMIZERS
-    "train.schedule": one_of("warmup_cosine", "constant", "exponential", "plateau"),  # training.py SCHEDULES
-    "train.lr_decay": Allowed(0.0, 1.0, low_open=True),
-    "train.plateau_patience": at_least(1),
-    "train.ema_momentum": FRACTION,  # null = no weight averaging
-    "train.monitor_rows": at_least(1),
-    "tune.trials": at_least(1),
-    "tune.fold": at_least(0),
-    "tune.epochs": at_least(1),
-    "tune.max_train_rows": at_least(1),
-    "tune.max_val_rows": at_least(1),
-    "tune.pruner": one_of("median", "hyperband", "none"),
-    "tune.pruner_warmup_epochs": at_least(0),
-    "tune.heartbeat_seconds": at_least(1),
-    "tune.grace_seconds": at_least(1),
-    "tune.max_retries": at_least(0),
-    "tune.trials_per_process": at_least(0),
-    "tune.workers_cpu": at_least(1),
-    "tune.workers_gpu": at_least(1),
-    "predict.tta_views": Allowed(0, 8),  # pipeline/tta.py VIEWS
-    "predict.batch_size": at_least(1),
-    "predict.blend_by": one_of("log_loss", "accuracy", "equal"),  # pipeline/ensemble.py OBJECTIVES
-    "predict.diff_images": at_least(0),
-    "audit.filter_by": one_of(*AUDIT_FILTERS),
-    "audit.rank_by": one_of(*AUDIT_RANKINGS),
-    "audit.grid_images": at_least(0),
-    "report.wrong_images": at_least(0),
-    "report.test_images": at_least(0),
-    "report.confusion_pairs": at_least(0),
-    "compare.folds": at_least(0),  # each entry
-    "compare.epochs": at_least(1),
-    "compare.max_train_rows": at_least(1),
-    "compare.published_copies": at_least(1),
-}
-
-
-def kinds(hint: Any) -> tuple:
-    """Return the types a type hint admits: `int | None` gives (int, NoneType), `list[str]` gives (list,)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(t for arg in typing.get_args(hint) for t in kinds(arg))
-    return (typing.get_origin(hint) or hint,)
-
-
-def fits(value: Any, hint: Any) -> bool:
-    """Return True when `value` has the type `hint` (a whole number counts as a float; true is no number)."""
-    if hint is Any:
-        return True
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(fits(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return type(value) in (int, float)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(fits(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return type(value) is hint
+def field_info(section: str, name: str) -> FieldInfo:
+    """Return the schema of setting `name` of `section` ("" for the top level)."""
+    return TOP_LEVEL[name] if not section else SECTIONS[section].__pydantic_fields__[name]
 
 
 def noun(hint: Any) -> str:
     """Return the type `hint` in words ("a whole number", "a number", "a list of names", ...)."""
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a name", dict: "a mapping"}
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        parts = [noun(arg) for arg in typing.get_args(hint) if arg is not type(None)]
-        return " or ".join(parts) + (" or null" if type(None) in typing.get_args(hint) else "")
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint) or (Any,)
+        item = typing.get_args(item)[0] if typing.get_origin(item) is Annotated else item
         return {int: "a list of whole numbers", str: "a list of names"}.get(item, "a list")
     return names.get(typing.get_origin(hint) or hint, str(hint))
+
+
+def bounds(metadata: list) -> str:
+    """Return the range a setting's pydantic `metadata` (Ge, Gt, Le, Lt) allows, in words ("" for none)."""
+    low = next(((m.ge, False) for m in metadata if isinstance(m, Ge)), None) or next(
+        ((m.gt, True) for m in metadata if isinstance(m, Gt)), None
+    )
+    high = next(((m.le, False) for m in metadata if isinstance(m, Le)), None) or next(
+        ((m.lt, True) for m in metadata if isinstance(m, Lt)), None
+    )
+    if low and high:
+        return f"from {low[0]:g}{' (excluded)' if low[1] else ''} to {high[0]:g}{' (excluded)' if high[1] else ''}"
+    if low:
+        return f"above {low[0]:g}" if low[1] else f"at least {low[0]:g}"
+    if high:
+        return f"below {high[0]:g}" if high[1] else f"at most {high[0]:g}"
+    return ""
+
+
+def expected(info: FieldInfo) -> str:
+    """Return what a setting of schema `info` may be, in words: "one of a, b", "a number above 0 or null", ..."""
+    hint, optional = info.annotation, False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint, optional = args[0], len(args) < len(typing.get_args(hint))
+    if typing.get_origin(hint) is Literal:
+        wanted = "one of " + ", ".join(str(c) for c in choices(hint))
+    else:
+        wanted = " ".join(filter(None, [noun(hint), bounds(info.metadata)]))
+    return wanted + (" or null" if optional else "")
 
 
 def shown(value: Any) -> str:
@@ -353,32 +301,63 @@ def shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_setting(key: str, value: Any, hint: Any, where: str = "params.yaml") -> Any:
-    """Return `value` of setting `key` (dotted, e.g. train.learning_rate) if its type `hint` and RULES allow it,
-    whole numbers for float settings as floats; else raise ParamsError naming `where`, the key, the value and
-    what is allowed. Never converts a value to another kind (text to a number, a fraction to a whole number)."""
-    rule = RULES.get(key)
-    optional = type(None) in kinds(hint)
-    if rule and rule.choices:
-        wanted = rule.describe()
-    else:
-        wanted = noun(hint).removesuffix(" or null") + (f" {rule.describe()}" if rule else "")
-    wanted += " or null" if optional else ""
-    if not fits(value, hint):
-        why = " (text, not a number)" if isinstance(value, str) and {int, float} & set(kinds(hint)) else ""
-        raise ParamsError(f"{where} {key}: got {shown(value)}{why}, expected {wanted}")
-    if rule and value is not None and not isinstance(value, list | dict) and not rule.admits(value):
-        raise ParamsError(f"{where} {key}: got {shown(value)}, expected {wanted}")
-    return float(value) if type(value) is int and float in kinds(hint) else value
+def bad_value(where: str, key: str, value: Any, info: FieldInfo) -> ParamsError:
+    """Return the one-line error of setting `key` (dotted) at `where` holding `value`, which schema `info` refuses."""
+    numeric = {int, float} & set(typing.get_args(info.annotation) or (info.annotation,))
+    why = " (text, not a number)" if isinstance(value, str) and numeric else ""
+    return ParamsError(f"{where} {key}: got {shown(value)}{why}, expected {expected(info)}")
+
+
+@functools.cache
+def adapter(info: FieldInfo) -> TypeAdapter:
+    """Return the strict validator of one setting of schema `info`."""
+    return TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation, config=STRICT)
 
 
 def fit_setting(name: str, value: Any, where: str) -> Any:
     """Return `value` for the training setting `name` (a `train:` key, also set by tune and model.overrides) as
     its own declared type, or raise ParamsError naming `where`; a tuned 0.25 never becomes a whole number."""
-    hints = typing.get_type_hints(FitParams)
-    if name not in hints:
-        raise ParamsError(f"{where}: {name!r} is not a training setting; choose from {', '.join(hints)}")
-    return check_setting(f"train.{name}", value, hints[name], where)
+    if name not in FitParams.__pydantic_fields__:
+        raise ParamsError(f"{where}: {name!r} is not a training setting; choose from {', '.join(OVERRIDABLE)}")
+    info = field_info("train", name)
+    try:
+        return adapter(info).validate_python(value)
+    except ValidationError:
+        raise bad_value(where, f"train.{name}", value, info) from None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def build(section: str, values: dict[str, Any], path: Path) -> Any:
+    """Return the frozen dataclass of `section` built from `values`, or raise ParamsError on the first setting the
+    schema refuses (whole numbers given for float settings become floats)."""
+    cls = SECTIONS[section]
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        name = exc.errors()[0]["loc"][0]
+        raise bad_value(str(path), f"{section}.{name}", values[name], field_info(section, name)) from None
+
+
+def check_structure(doc: dict, path: Path) -> None:
+    """Raise ParamsError unless `doc` has the seed, every section and exactly each section's keys."""
+    known = [*TOP_LEVEL, *SECTIONS]
+    for key in doc:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ParamsError(f"{path}: unknown setting {key!r}{hint}; the sections are {', '.join(known)}")
+    if "seed" not in doc:
+        raise ParamsError(f"{path} has no seed")
+    for section, cls in SECTIONS.items():
+        values = doc.get(section)
+        if not isinstance(values, dict):
+            raise ParamsError(f"{path} has no section {section!r} (a mapping of its settings)")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        if unknown or missing:
+            raise ParamsError(f"{path} section {section!r}: unknown keys {unknown}, missing keys {missing}")
 
 
 def check_spec(key: str, name: str, spec: Any) -> None:
@@ -392,8 +371,8 @@ def check_spec(key: str, name: str, spec: Any) -> None:
         for value in spec["choices"]:
             fit_setting(name, value, f"params.yaml {key}:")
         return
-    numbers = isinstance(spec, list) and len(spec) in (2, 3) and all(fits(v, float) for v in spec[:2])
-    if not numbers or spec[0] >= spec[1] or (len(spec) == 3 and spec[2] != "log"):
+    ranged = isinstance(spec, list) and len(spec) in (2, 3) and all(type(v) in (int, float) for v in spec[:2])
+    if not ranged or not spec[0] < spec[1] or (len(spec) == 3 and spec[2] != "log"):
         raise ParamsError(f"params.yaml {key}: expected [low, high] or [low, high, log] with low < high, got {spec!r}")
     for bound in spec[:2]:
         fit_setting(name, bound, f"params.yaml {key}:")
@@ -401,11 +380,11 @@ def check_spec(key: str, name: str, spec: Any) -> None:
         raise ParamsError(f"params.yaml {key}: a log range needs low > 0, got {spec!r}")
 
 
-def check_space(doc: dict) -> None:
+def check_space(tune: TuneParams) -> None:
     """Check tune.space and every model's entries in tune.model_space (null drops a setting)."""
-    for name, spec in doc["tune"]["space"].items():
+    for name, spec in tune.space.items():
         check_spec(f"tune.space.{name}", name, spec)
-    for model, entries in doc["tune"]["model_space"].items():
+    for model, entries in tune.model_space.items():
         if not isinstance(entries, dict):
             raise ParamsError(f"params.yaml tune.model_space.{model}: got {shown(entries)}, expected a mapping")
         for name, spec in entries.items():
@@ -413,72 +392,53 @@ def check_space(doc: dict) -> None:
                 check_spec(f"tune.model_space.{model}.{name}", name, spec)
 
 
-def check_model(doc: dict) -> None:
+def check_model(model: ModelParams) -> None:
     """Check model.ensemble (no model twice) and model.overrides (training settings of the models, by name)."""
-    ModelParams(**doc["model"]).members()
-    for model, settings in doc["model"]["overrides"].items():
+    model.members()
+    for name, settings in model.overrides.items():
         if not isinstance(settings, dict):
-            raise ParamsError(f"params.yaml model.overrides.{model}: got {shown(settings)}, expected a mapping")
-        for name, value in settings.items():
-            if name not in OVERRIDABLE:
+            raise ParamsError(f"params.yaml model.overrides.{name}: got {shown(settings)}, expected a mapping")
+        for key, value in settings.items():
+            if key not in OVERRIDABLE:
                 raise ParamsError(
-                    f"params.yaml model.overrides.{model}.{name}: not a setting a model overrides; choose from "
+                    f"params.yaml model.overrides.{name}.{key}: not a setting a model overrides; choose from "
                     f"{', '.join(OVERRIDABLE)}"
                 )
-            fit_setting(name, value, f"params.yaml model.overrides.{model}.{name}:")
+            fit_setting(key, value, f"params.yaml model.overrides.{name}.{key}:")
 
 
-def folds_of(doc: dict) -> str:
-    """Return the folds train.folds makes, in words."""
-    return f"a fold of train.folds = {doc['train']['folds']}: 0 to {doc['train']['folds'] - 1}"
+def check_across(s: dict[str, Any], path: Path) -> None:
+    """Raise ParamsError where settings of different sections disagree (folds that train.folds does not make, a
+    grace period no longer than the heartbeat)."""
+    folds = s["train"].folds
+    made = f"a fold of train.folds = {folds}: 0 to {folds - 1}"
+    if s["tune"].fold >= folds:
+        raise ParamsError(f"{path} tune.fold: got {s['tune'].fold}, expected {made}")
+    if any(f >= folds for f in s["compare"].folds):
+        raise ParamsError(f"{path} compare.folds: got {s['compare'].folds}, expected {made}")
+    if s["tune"].grace_seconds <= s["tune"].heartbeat_seconds:
+        raise ParamsError(
+            f"{path} tune.grace_seconds: got {s['tune'].grace_seconds}, expected more than tune.heartbeat_seconds = "
+            f"{s['tune'].heartbeat_seconds} (else live trials are failed)"
+        )
 
 
-# (key, the check on the whole document, what is allowed in words): settings that relate sections
-CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], Callable[[dict], str]]] = [
-    ("tune.fold", lambda d: d["tune"]["fold"] < d["train"]["folds"], folds_of),
-    ("compare.folds", lambda d: all(f < d["train"]["folds"] for f in d["compare"]["folds"]), lambda d: folds_of(d)),
-    (
-        "tune.grace_seconds",
-        lambda d: d["tune"]["grace_seconds"] > d["tune"]["heartbeat_seconds"],
-        lambda d: f"more than tune.heartbeat_seconds = {d['tune']['heartbeat_seconds']} (else live trials are failed)",
-    ),
-]
-
-
-def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> None:
-    """Check every setting of `doc` (params.yaml at `path`): known sections and keys, each value's type and range,
-    the search space, the per-model overrides, and the settings that relate sections; raise ParamsError on the
-    first bad one."""
-    known = [*TOP_LEVEL, *SECTIONS]
-    for key in doc:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ParamsError(f"{path}: unknown setting {key!r}{hint}; the sections are {', '.join(known)}")
-    for key, hint in TOP_LEVEL.items():
+def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> Settings:
+    """Check every setting of `doc` (params.yaml at `path`) against the schema: known sections and keys, each value's
+    type and range, the search space, the per-model overrides and the settings that relate sections; return them, or
+    raise ParamsError on the first bad one."""
+    check_structure(doc, path)
+    for key, info in TOP_LEVEL.items():
         if key in doc:
-            check_setting(key, doc[key], hint, str(path))
-    if "seed" not in doc:
-        raise ParamsError(f"{path} has no seed")
-    for section, cls in SECTIONS.items():
-        values = doc.get(section)
-        if not isinstance(values, dict):
-            raise ParamsError(f"{path} has no section {section!r} (a mapping of its settings)")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
-        if unknown or missing:
-            raise ParamsError(f"{path} section {section!r}: unknown keys {unknown}, missing keys {missing}")
-        for name, hint in typing.get_type_hints(cls).items():
-            check_setting(f"{section}.{name}", values[name], hint, str(path))
-            if section == "compare" and name == "folds":
-                for fold in values[name]:
-                    check_setting("compare.folds", fold, int, str(path))
-    check_space(doc)
-    check_model(doc)
-    for key, holds, allowed in CROSS_CHECKS:
-        if not holds(doc):
-            section, name = key.split(".")
-            raise ParamsError(f"{path} {key}: got {shown(doc[section][name])}, expected {allowed(doc)}")
+            try:
+                adapter(info).validate_python(doc[key])
+            except ValidationError:
+                raise bad_value(str(path), key, doc[key], info) from None
+    sections = {name: build(name, doc[name], path) for name in SECTIONS}
+    check_space(sections["tune"])
+    check_model(sections["model"])
+    check_across(sections, path)
+    return Settings(profile=str(doc.get("profile", "full")), seed=doc["seed"], sections=sections)
 
 
 # ---------------------------------------------------------------- reading
@@ -515,16 +475,14 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def read_raw(path: Path = paths.PARAMS) -> dict[str, Any]:
-    """Read params.yaml at `path` and return it as a plain dict (not yet validated: see `read_settings`)."""
+def parse(text: str, path: Path) -> dict[str, Any]:
+    """Return the settings document in YAML `text` (of `path`), not yet validated."""
     try:
-        loader = SettingsLoader(Path(path).read_text(encoding="utf-8"))
+        loader = SettingsLoader(text)
         try:
             doc = loader.get_single_data()
         finally:
             loader.dispose()
-    except FileNotFoundError as exc:
-        raise ParamsError(f"{path} not found: run from the project root") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(yaml_error(path, exc)) from exc
     if not isinstance(doc, dict):
@@ -532,35 +490,39 @@ def read_raw(path: Path = paths.PARAMS) -> dict[str, Any]:
     return doc
 
 
-def read_settings(path: Path = paths.PARAMS) -> dict[str, Any]:
-    """Read params.yaml at `path`, validate every setting in it (`validate`), and return it."""
-    doc = read_raw(path)
-    validate(doc, path)
-    return doc
+def read_text(path: Path) -> str:
+    """Return the text of params.yaml at `path`; raise ParamsError when there is none."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path} not found: run from the project root") from exc
 
 
-def build(section: str, values: dict[str, Any], cls: type[T]) -> T:
-    """Build dataclass `cls` from `values`, naming unknown or missing keys of `section`; whole numbers given for
-    float settings become floats."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    missing = sorted(names - set(values))
-    if unknown or missing:
-        raise ParamsError(f"params.yaml section {section!r}: unknown keys {unknown}, missing keys {missing}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: float(v) if float in kinds(hints[k]) and type(v) is int else v for k, v in values.items()})
+def read_raw(path: Path = paths.PARAMS) -> dict[str, Any]:
+    """Read params.yaml at `path` and return it as a plain dict (not yet validated: see `read_settings`)."""
+    return parse(read_text(path), path)
+
+
+@functools.lru_cache(maxsize=8)
+def checked(text: str, path: Path) -> Settings:
+    """Return the settings in params.yaml text `text` (of `path`), validated once per process for each text."""
+    return validate(parse(text, path), path)
+
+
+def read_settings(path: Path = paths.PARAMS) -> Settings:
+    """Return params.yaml at `path`, every setting validated (`validate`); a file read again is not re-validated."""
+    return checked(read_text(path), Path(path))
 
 
 def load(section: str, path: Path = paths.PARAMS) -> Any:
     """Return the settings of `section` from params.yaml, exactly as written there and validated, as its frozen
     dataclass."""
-    doc = read_settings(path)
-    return build(section, doc[section], SECTIONS[section])
+    return read_settings(path).sections[section]
 
 
 def seed(path: Path = paths.PARAMS) -> int:
     """Return the global seed from params.yaml."""
-    return read_settings(path)["seed"]
+    return read_settings(path).seed
 
 
 def profile(path: Path = paths.PARAMS) -> str:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from pipeline import audit, augment, compare, ensemble, ingest, params, paths, predict, report, submit, train, tta, tune
-from pipeline.device import PRECISIONS
+from pipeline.device import resolve_precision
 from pipeline.files import write_json
 from tests.conftest import REPO, tracked_conf
 from tests.test_bad_input import seed_outputs, snapshot
@@ -377,20 +377,25 @@ def test_every_stage_reads_every_section(project: Path) -> None:
         params.seed()
 
 
-def test_every_profiles_settings_pass_and_every_setting_has_a_type(project: Path) -> None:
+def test_every_profiles_settings_pass_and_every_setting_is_described(project: Path) -> None:
     for profile in params.profiles(tracked_conf()):
         params.validate(yaml.safe_load(params.compose([f"profile={profile}"], tracked_conf())))
-    keys = {f"{s}.{f}" for s, cls in params.SECTIONS.items() for f in cls.__dataclass_fields__} | set(params.TOP_LEVEL)
-    assert set(params.RULES) <= keys, sorted(set(params.RULES) - keys)
+    infos = [*params.TOP_LEVEL.values()] + [i for c in params.SECTIONS.values() for i in c.__pydantic_fields__.values()]
+    assert infos and all(info.description and "\n" not in info.description for info in infos)
 
 
-def test_choices_are_those_the_code_offers() -> None:
-    """The table's choices and ranges are the ones the modules that use them accept."""
-    assert params.RULES["device.precision"].choices == PRECISIONS
-    assert params.RULES["predict.blend_by"].choices == ensemble.OBJECTIVES
-    assert params.RULES["audit.filter_by"].choices == audit.FILTERS
-    assert params.RULES["audit.rank_by"].choices == audit.RANKINGS
-    assert params.RULES["predict.tta_views"].high == len(tta.VIEWS)
+def test_every_choice_the_schema_allows_runs_in_the_code_that_uses_it() -> None:
+    """The schema is the only list of choices; each one it allows is one the module behind it runs."""
+    for precision in params.choices(params.Precision):
+        assert resolve_precision(precision, False, frozenset())[0] in {"float32", "mixed_bfloat16"}
+    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=(2, 60))
+    labels = np.arange(60) % 10
+    for objective in params.choices(params.BlendObjective):
+        assert ensemble.choose_weights(probs, labels, objective).sum() == pytest.approx(1.0)
+    for filter_by in params.choices(params.AuditFilter):
+        for rank_by in params.choices(params.AuditRanking):
+            audit.find_issues(probs[0], labels, params.AuditParams(filter_by, rank_by, 0))
+    assert len(tta.views_for(params.TTA_VIEWS)) == params.TTA_VIEWS + 1  # the original and every view allowed
 
 
 # ---------------------------------------------------------------- every stage
