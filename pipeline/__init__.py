@@ -1,8 +1,12 @@
 """digit-pipeline: a DVC pipeline for Kaggle's Digit Recognizer (ingest, augment, tune, train, predict).
 
-The one thing done at import: TensorFlow's C++ log lines are kept off stderr (pipeline/quiet.py) before any
-module of the package imports Keras; DIGIT_VERBOSE=1 (or --verbose) keeps them."""
+Importing the package changes nothing (a notebook's `import pipeline.paths` leaves sys.meta_path and stderr as they
+were). Only an entry point, `python -m pipeline.<module>`, keeps TensorFlow's C++ log lines off stderr
+(pipeline/quiet.py) before the module imports Keras; DIGIT_VERBOSE=1 (or --verbose) keeps them."""
 
-from pipeline import quiet
+import sys
 
-quiet.install()
+if sys.argv[:1] == ["-m"]:  # Python is locating the module of `python -m pipeline.<module>`: an entry point
+    from pipeline import quiet
+
+    quiet.install()

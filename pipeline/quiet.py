@@ -3,7 +3,7 @@ command line): sets TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow loads (a TF_CPP_MIN
 and TensorFlow's Python logger to errors only, and drops the lines its libraries print while they load, before
 absl's logging starts, which no setting silences (`WARNING: All log messages before absl::InitializeLog() ...`,
 `I0000 ... port.cc:153] oneDNN custom operations ...`). Everything else written to stderr meanwhile (Python
-warnings, errors) is passed on. Not a stage: pipeline/__init__.py installs it, so every
+warnings, errors) is passed on. Not a stage: pipeline/__init__.py installs it for entry points only, so every
 `python -m pipeline.<module>` is quiet before it imports Keras."""
 
 from __future__ import annotations

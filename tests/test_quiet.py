@@ -79,3 +79,16 @@ def test_predict_image_prints_only_the_pipelines_lines(project):
     assert done.stderr == ""
     loud = subprocess.run(cmd, cwd=project, env=clean_env(DIGIT_VERBOSE="1"), capture_output=True, text=True)
     assert any(quiet.is_native_log(line) for line in loud.stderr.splitlines())  # asked for: shown
+
+
+
+def test_importing_the_package_changes_nothing():
+    # a notebook's `import pipeline.paths` used to install the import hook, which redirected fd 2 whenever TensorFlow
+    # loaded afterwards, so the user's own `import tensorflow` printed differently. Entry points (`python -m
+    # pipeline.<module>`) still install it: test_predict_image_prints_only_the_pipelines_lines
+    code = (
+        "import os, sys; before = (list(sys.meta_path), dict(os.environ)); import pipeline.paths, pipeline.params; "
+        "print(sys.meta_path == before[0] and dict(os.environ) == before[1])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
