@@ -81,7 +81,6 @@ def test_predict_image_prints_only_the_pipelines_lines(project):
     assert any(quiet.is_native_log(line) for line in loud.stderr.splitlines())  # asked for: shown
 
 
-
 def test_importing_the_package_changes_nothing():
     # a notebook's `import pipeline.paths` used to install the import hook, which redirected fd 2 whenever TensorFlow
     # loaded afterwards, so the user's own `import tensorflow` printed differently. Entry points (`python -m
