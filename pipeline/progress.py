@@ -25,8 +25,10 @@ def is_terminal(stream: TextIO | None = None) -> bool:
     return bool(isatty and isatty())
 
 
-def format_seconds(seconds: float) -> str:
-    """Return `seconds` as a short duration: 42s, 3m05s or 1h02m."""
+def format_seconds(seconds: float | None) -> str:
+    """Return `seconds` as a short duration: 42s, 3m05s or 1h02m (or `-` when unknown)."""
+    if seconds is None:
+        return "-"
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"

@@ -18,22 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from pipeline import params, paths, plots
 from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.files import MissingInput, OutputError, read_json, read_npz, require, write_text
 from pipeline.params import AuditParams, ReportParams
+from pipeline.progress import format_seconds
 from pipeline.submission import describe_diff
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
 N_CLASSES = 10
-
-
-def confusion_matrix(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Return the 10x10 count matrix, rows = actual class, columns = predicted class."""
-    matrix = np.zeros((N_CLASSES, N_CLASSES), np.int64)
-    np.add.at(matrix, (np.asarray(actual, np.int64), np.asarray(predicted, np.int64)), 1)
-    return matrix
 
 
 def confusion_pairs(matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -75,18 +70,6 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def duration(seconds: float | None) -> str:
-    """Return `seconds` as `1h02m`, `3m05s` or `42.0s` (or `-` when unknown)."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    seconds = round(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def counts_section(train_labels: np.ndarray, test_rows: int) -> str:
@@ -131,7 +114,7 @@ def fold_rows(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> list[
                 f"{m['accuracy']:.5f}",
                 f"{m['loss']:.4f}",
                 meta.get("epochs", "-"),
-                duration(meta.get("seconds")),
+                format_seconds(meta.get("seconds")),
             ]
         )
     return rows
@@ -254,11 +237,12 @@ def timings_section(timings: dict[str, dict]) -> str:
     if not timings:
         return "## Wall time per stage\n\nNo timings recorded in reports/timings/."
     rows = [
-        [s, duration(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")] for s, t in timings.items()
+        [s, format_seconds(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")]
+        for s, t in timings.items()
     ]
     missing = [s for s in STAGES if s not in timings]
     total = sum(float(t.get("seconds") or 0) for t in timings.values())
-    rows.append(["**total**", f"**{duration(total)}**", "", ""])
+    rows.append(["**total**", f"**{format_seconds(total)}**", "", ""])
     note = f"\n\nNo timing recorded for: {', '.join(missing)}." if missing else ""
     return "## Wall time per stage\n\n" + md_table(["stage", "wall time", "device", "finished (UTC)"], rows) + note
 
@@ -287,7 +271,7 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
     """Return reports/summary.md for the gathered `facts` (see gather)."""
     oof_probs, labels = facts["oof"]["probs"], facts["oof"]["y"]
     predicted = np.argmax(oof_probs, axis=1)
-    matrix = confusion_matrix(labels, predicted)
+    matrix = confusion_matrix(labels, predicted, labels=range(N_CLASSES))
     predict = facts["predict"]
     blended = len(predict.get("weights") or {}) > 1
     what = "the ensemble's cross-fitted blend" if blended else "model.name"

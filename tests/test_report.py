@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import confusion_matrix
 
 from pipeline import augment, ingest, paths, predict, progress, report, train, tune
 from pipeline.files import read_json, read_npz, write_json
@@ -59,7 +60,7 @@ def outputs(ran: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 def test_confusion_pairs_and_most_confident_wrong() -> None:
     actual = np.array([3, 3, 3, 5, 5, 1, 1])
     predicted = np.array([8, 8, 3, 3, 5, 7, 1])
-    matrix = report.confusion_matrix(actual, predicted)
+    matrix = confusion_matrix(actual, predicted, labels=range(10))
     assert matrix.sum() == 7 and matrix[3, 8] == 2 and matrix[5, 5] == 1
     assert report.confusion_pairs(matrix, 2) == [(3, 8, 2), (1, 7, 1)]
     assert report.confusion_pairs(matrix, 10) == [(3, 8, 2), (1, 7, 1), (5, 3, 1)]
@@ -83,7 +84,7 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     for fold in range(3):
         meta, scores = read_json(paths.fold_meta("dropout_cnn", fold)), metrics["folds"][f"fold{fold}"]
         row = f"| {fold} | {int(np.sum(data['fold'] == fold))} | {scores['accuracy']:.5f} | {scores['loss']:.4f} |"
-        assert f"{row} {meta['epochs']} | {report.duration(meta['seconds'])} |" in summary
+        assert f"{row} {meta['epochs']} | {progress.format_seconds(meta['seconds'])} |" in summary
     untuned = metrics["oof_untuned_rows"]
     assert untuned["rows"] == int(np.sum(data["fold"] != tuned["scored_fold"]))
     assert f"| OOF without the fold that scored tuning | {untuned['rows']} | {untuned['accuracy']:.5f} |" in summary
@@ -111,7 +112,7 @@ def test_report_shows_timings_and_the_missing_ones(outputs: dict) -> None:
     progress.record_timing("ingest", 3.25, None)
     assert report.main([]) == 0
     summary = paths.SUMMARY_MD.read_text()
-    assert "| train | 2m06s | CPU (x86_64) via tensorflow |" in summary and "| ingest | 3.2s | - |" in summary
+    assert "| train | 2m06s | CPU (x86_64) via tensorflow |" in summary and "| ingest | 3s | - |" in summary
     assert "No timing recorded for: augment, tune, predict, audit." in summary
 
 
@@ -129,7 +130,7 @@ def test_report_sizes_come_from_report_params(outputs: dict) -> None:
     report.write_reports(report.gather(), ReportParams(wrong_images=24, test_images=12, confusion_pairs=10))
     assert Image.open(paths.TEST_GRID_PNG).size[0] > small[0]  # 8 columns instead of 4
     assert confusion_rows() == len(
-        report.confusion_pairs(report.confusion_matrix(outputs["y"], outputs["predicted"]), 10)
+        report.confusion_pairs(confusion_matrix(outputs["y"], outputs["predicted"], labels=range(10)), 10)
     )
 
 
