@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the pinned dependencies
 
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
-	$(BIN)/python -m pipeline.getdata
+	$(BIN)/python -m pipeline.tools.download
 
 run: data ## the full competition job (on a CPU: prints its estimated time first) -> submissions/latest.csv
 	$(BIN)/python -m pipeline.params --profile full $(SET)
-	$(BIN)/python -m pipeline.estimate
+	$(BIN)/python -m pipeline.tools.estimate
 	$(BIN)/dvc repro
 
 quick: data ## the quick profile (2-core CPU, about 7 minutes with bf16, 14 in float32) through the same dvc.yaml
@@ -34,7 +34,7 @@ quick: data ## the quick profile (2-core CPU, about 7 minutes with bf16, 14 in f
 	$(BIN)/dvc repro
 
 dashboard: $(STAMP) ## the tuning study in optuna-dashboard at http://127.0.0.1:8080/
-	$(BIN)/python -m pipeline.dashboard
+	$(BIN)/python -m pipeline.tools.dashboard
 
 test: $(STAMP) ## run every test (the slow end-to-end test uses data/raw/digit-recognizer.zip or DIGIT_ZIP=path)
 	$(BIN)/python -m pytest

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import params, paths, plots, progress
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.dataio import InputError
-from pipeline.exclusions import append_exclusions, kept_mask, read_exclusions
-from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
+from pipeline import params, paths
+from pipeline.lib import plots, progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.exclusions import append_exclusions, kept_mask, read_exclusions
+from pipeline.lib.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
+from pipeline.lib.fitting import fingerprint_of, scores
 from pipeline.params import AuditParams
-from pipeline.training import fingerprint_of, scores
 
 COLUMNS = ["rank", "row", "given_label", "suggested_label", "self_confidence", "fold", "excluded"]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import params, paths, progress
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.files import OutputError, read_npz, require, write_npz
+from pipeline import params, paths
+from pipeline.lib import progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.files import OutputError, read_npz, require, write_npz
 from pipeline.params import AugmentParams
 
 _HELPER: dict = {}  # in a helper process: the job folder and its input and output (set by `start_helper`)
@@ -31,7 +32,10 @@ def worker_count(cfg: AugmentParams) -> int:
 def augment_into(out: np.ndarray, images: np.ndarray, cfg: AugmentParams, seed: int, index: int) -> int:
     """Write the copies of chunk `index` of `images` into its rows of `out` (seeded by `index` alone); return its
     image count."""
-    from pipeline.transforms import augment_chunk, chunk_seed  # here: a helper that gets no chunk skips albumentations
+    from pipeline.lib.transforms import (  # here: a helper that gets no chunk skips albumentations
+        augment_chunk,
+        chunk_seed,
+    )
 
     rows = images[index * cfg.chunk_rows : (index + 1) * cfg.chunk_rows]
     start = index * cfg.chunk_rows * cfg.copies
@@ -125,7 +129,7 @@ def augment(
 @reports_errors("augment")
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI, augment the training images, and write the copies and the preview grid."""
-    from pipeline import plots  # here, not at the top: spawned helpers import this module and need no matplotlib
+    from pipeline.lib import plots  # here, not at the top: spawned helpers import this module and need no matplotlib
 
     parser = stage_parser("augment", __doc__)
     cfg = params.load("augment")

@@ -10,10 +10,11 @@ import time
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from pipeline import params, paths, progress
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.dataio import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
-from pipeline.files import OutputError, write_npz_set
+from pipeline import params, paths
+from pipeline.lib import progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.competition_csv import InputError, RawSource, locate_raw, parse_test, parse_train, read_member
+from pipeline.lib.files import OutputError, write_npz_set
 from pipeline.params import IngestParams
 
 

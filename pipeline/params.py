@@ -30,8 +30,8 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 from pipeline import paths
-from pipeline.cli import StageError, fail, stage_parser
-from pipeline.files import write_text
+from pipeline.lib.cli import StageError, fail, stage_parser
+from pipeline.lib.files import write_text
 
 
 class ParamsError(StageError, ValueError):
@@ -73,7 +73,7 @@ AuditFilter = Literal[
     "low_self_confidence",
 ]
 AuditRanking = Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
-TTA_VIEWS = 8  # the deterministic views pipeline/tta.py offers
+TTA_VIEWS = 8  # the deterministic views pipeline/lib/tta.py offers
 
 
 def choices(kind: Any) -> tuple:
@@ -104,7 +104,7 @@ class AugmentParams:
 
 @schema
 class ModelParams:
-    name: Annotated[str, setting("the model (pipeline/models.py); predict blends it with `ensemble`")]
+    name: Annotated[str, setting("the model (pipeline/lib/models.py); predict blends it with `ensemble`")]
     ensemble: Annotated[list[str], setting("more models on the same folds; `name@N` is the model from other seeds")] = (
         field(default_factory=list)
     )

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import params, paths, plots, progress
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.dataio import InputError
+from pipeline import params, paths
 from pipeline.device import configure
-from pipeline.ensemble import (
+from pipeline.lib import plots, progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.ensemble import (
     blend,
     choose_weights,
     cross_fitted_blend,
@@ -41,12 +42,12 @@ from pipeline.ensemble import (
     ensemble_report,
     left_out_blends,
 )
-from pipeline.exclusions import kept_mask, read_exclusions
-from pipeline.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
-from pipeline.image import ImageError, load_digit
-from pipeline.models import load_model
-from pipeline.params import PredictParams
-from pipeline.submission import (
+from pipeline.lib.exclusions import kept_mask, read_exclusions
+from pipeline.lib.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
+from pipeline.lib.fitting import accuracy, log_loss
+from pipeline.lib.image import ImageError, load_digit
+from pipeline.lib.models import load_model
+from pipeline.lib.submission_file import (
     describe_diff,
     diff_with_previous,
     previous_submission,
@@ -54,8 +55,8 @@ from pipeline.submission import (
     submission_csv,
     validate_submission,
 )
-from pipeline.training import accuracy, log_loss
-from pipeline.tta import predict_views
+from pipeline.lib.tta import predict_views
+from pipeline.params import PredictParams
 
 
 def predict_batches(model, images: np.ndarray, cfg: PredictParams, bar) -> np.ndarray:

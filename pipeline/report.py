@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from pipeline import params, paths, plots
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.files import MissingInput, OutputError, read_json, read_npz, require, write_text
+from pipeline import params, paths
+from pipeline.lib import plots
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.files import MissingInput, OutputError, read_json, read_npz, require, write_text
+from pipeline.lib.progress import format_seconds
+from pipeline.lib.submission_file import describe_diff
 from pipeline.params import AuditParams, ReportParams
-from pipeline.progress import format_seconds
-from pipeline.submission import describe_diff
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
 N_CLASSES = 10
@@ -262,7 +263,7 @@ def submission_section(path: Path, rows: int | None, diff: dict | None = None) -
         return f"## Submission\n\n{path} not found: run the predict stage."
     return (
         f"## Submission\n\n`{path}` ({rows} rows). {diff_line(diff or {})}\n\nSend it with\n\n"
-        f'    python -m pipeline.submit -m "your message"\n\n'
+        f'    python -m pipeline.tools.submit -m "your message"\n\n'
         f'(the same as `kaggle competitions submit -c digit-recognizer -f {path} -m "your message"`).'
     )
 

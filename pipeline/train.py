@@ -5,7 +5,7 @@ model.overrides), all on the same folds: each fold's training rows plus their au
 Reads data/processed/{train,augmented}.npz, data/processed/best_params.json and data/exclude_rows.csv
 (rows left out of every fold's training rows, their augmented copies with them). Writes per model and
 fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and its per-epoch metrics
-through DVCLive in reports/live/ (pipeline/live.py); overall models/oof.npz (model.name's OOF probabilities) and
+through DVCLive in reports/live/ (pipeline/lib/live.py); overall models/oof.npz (model.name's OOF probabilities) and
 reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
 "oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).
 A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
@@ -23,11 +23,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import live, params, paths, progress
-from pipeline.cli import fail, reports_errors, stage_parser
+from pipeline import params, paths
 from pipeline.device import Device, configure
-from pipeline.exclusions import kept_mask, read_exclusions
-from pipeline.files import (
+from pipeline.lib import live, progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.exclusions import kept_mask, read_exclusions
+from pipeline.lib.files import (
     OutputError,
     read_json,
     read_npz,
@@ -37,9 +38,7 @@ from pipeline.files import (
     write_npz,
     write_with,
 )
-from pipeline.models import base_name, check_name, seed_offset
-from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
-from pipeline.training import (
+from pipeline.lib.fitting import (
     EpochSampler,
     FitSettings,
     checkpoint_history,
@@ -49,10 +48,14 @@ from pipeline.training import (
     predict_probs,
     scores,
 )
+from pipeline.lib.models import base_name, check_name, seed_offset
+from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
 
 # The code that decides what a fold's model becomes (architecture, sampling, schedule, fit loop, rows and
 # seeds): part of every fold's fingerprint, so finished folds are not reused after it changes.
-TRAINING_CODE = tuple(Path(sys.modules[name].__file__) for name in ("pipeline.models", "pipeline.training", __name__))
+TRAINING_CODE = tuple(
+    Path(sys.modules[name].__file__) for name in ("pipeline.lib.models", "pipeline.lib.fitting", __name__)
+)
 
 
 def tuned_values(tuned: dict, where: str = str(paths.BEST_PARAMS)) -> dict:

@@ -43,16 +43,17 @@ from optuna_integration.keras import KerasPruningCallback
 from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from pipeline import params, paths, progress
-from pipeline.cli import fail, reports_errors, stage_parser
+from pipeline import params, paths
 from pipeline.device import Device, clear_session, configure, gpu_present, sharing_env
-from pipeline.files import OutputError, read_npz, require, write_json, write_text
-from pipeline.models import search_space
+from pipeline.lib import progress
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit, monitor_subset
+from pipeline.lib.models import search_space
+from pipeline.lib.plots import save_figure
+from pipeline.lib.secrets import mask_url, scrub
 from pipeline.params import TrainParams, TuneParams
-from pipeline.plots import save_figure
-from pipeline.secrets import mask_url, scrub
 from pipeline.train import fit_settings
-from pipeline.training import EpochSampler, FitSettings, fit, monitor_subset
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -436,7 +437,7 @@ def best_summary(study: optuna.Study, fold: int) -> dict:
 
 def plot_study(study: optuna.Study, kind: str, seed: int) -> Figure:
     """Return the matplotlib figure `kind` (history, importances or parallel) of `study`."""
-    import optuna.visualization.matplotlib as ovm  # after pipeline.plots chose the headless backend
+    import optuna.visualization.matplotlib as ovm  # after pipeline.lib.plots chose the headless backend
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

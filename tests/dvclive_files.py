@@ -1,11 +1,12 @@
-"""Reads back what pipeline/live.py logged through DVCLive (a test helper: the pipeline only writes it)."""
+"""Reads back what pipeline/lib/live.py logged through DVCLive (a test helper: the pipeline only writes it)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from pipeline import live, paths
+from pipeline import paths
+from pipeline.lib import live
 
 
 def fold_series(model: str, fold: int, folder: Path = paths.LIVE_DIR) -> Path:

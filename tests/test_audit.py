@@ -13,10 +13,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from pipeline import audit, paths, report
-from pipeline.exclusions import header_text, read_exclusions
-from pipeline.files import read_npz, write_npz
+from pipeline.lib.exclusions import header_text, read_exclusions
+from pipeline.lib.files import read_npz, write_npz
+from pipeline.lib.fitting import scores
 from pipeline.params import AuditParams
-from pipeline.training import scores
 from tests.conftest import synthetic_digits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

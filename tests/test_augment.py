@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 
 from pipeline import augment, paths
+from pipeline.lib.fitting import EpochSampler
 from pipeline.params import AugmentParams
-from pipeline.training import EpochSampler
 
 CFG = AugmentParams(copies=3, rotate_deg=10, scale=0.1, shift=0.1, chunk_rows=16, workers=1, preview_rows=2)
 

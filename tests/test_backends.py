@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.exclusions import header_text
-from pipeline.submission import validate_submission_file
+from pipeline.lib.exclusions import header_text
+from pipeline.lib.submission_file import validate_submission_file
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
 needs_jax = pytest.mark.skipif(
@@ -41,8 +41,8 @@ SCRIPT = """
 import numpy as np, keras
 from dataclasses import replace
 from pipeline.device import configure
-from pipeline.training import EpochSampler, FitSettings, fit, accuracy, predict_probs
-from pipeline.tta import predict_views
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit, accuracy, predict_probs
+from pipeline.lib.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
 device = configure("float32")
@@ -70,9 +70,9 @@ print("jax ok", len(runs[True][0]), accuracy(views.mean(0), y))
 BF16_SCRIPT = """
 import sys, numpy as np, keras
 from pipeline.device import configure
-from pipeline.models import load_model
-from pipeline.training import EpochSampler, FitSettings, fit, predict_probs
-from pipeline.tta import predict_views
+from pipeline.lib.models import load_model
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.lib.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
 device = configure("mixed_bfloat16")

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import ingest, submission
-from pipeline.dataio import parse_test, parse_train
-from pipeline.files import read_npz
+from pipeline import ingest
+from pipeline.lib import submission_file
+from pipeline.lib.competition_csv import parse_test, parse_train
+from pipeline.lib.files import read_npz
 from tests.conftest import REPO
 
 Damage = Callable[[Path], None]
@@ -520,7 +521,7 @@ def test_submission_matrix(
     if content is not None:
         (project / SUB).write_bytes(content)
     before = snapshot(project)
-    exit_code = submission.main([SUB, "--rows", "20"])
+    exit_code = submission_file.main([SUB, "--rows", "20"])
     out = capsys.readouterr()
     text = out.out + out.err
     assert exit_code == code, text
@@ -532,7 +533,7 @@ def test_submission_rows_default_to_params(project: Path, capsys: pytest.Capture
     """Without --rows the validator expects ingest.expected_test_rows rows (20 in the test params)."""
     (project / SUB).parent.mkdir(parents=True, exist_ok=True)
     (project / SUB).write_text(submission_text(21))
-    assert submission.main([SUB]) == 2
+    assert submission_file.main([SUB]) == 2
     assert "ImageId '21' is not an integer 1-20" in capsys.readouterr().err
 
 

@@ -6,7 +6,8 @@ import json
 import math
 import zipfile
 
-from pipeline import bench, paths
+from pipeline import paths
+from pipeline.tools import bench
 
 
 def test_bench_core_measures_every_figure_with_a_reference(project):

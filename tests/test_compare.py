@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import compare as cmp
 from pipeline import ingest, paths
-from pipeline.models import MODELS, PUBLISHED, build_model, multiply_adds
+from pipeline.lib.fitting import FitSettings
+from pipeline.lib.models import MODELS, PUBLISHED, build_model, multiply_adds
 from pipeline.params import AugmentParams, CompareParams
-from pipeline.training import FitSettings
+from pipeline.tools import compare as cmp
 
 BASE = FitSettings(
     model="dropout_cnn", epochs=9, batch_size=16, learning_rate=0.002, warmup_epochs=0.0,

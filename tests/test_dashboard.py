@@ -9,7 +9,8 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 
-from pipeline import dashboard, paths
+from pipeline import paths
+from pipeline.tools import dashboard
 from tests.conftest import REPO
 
 
@@ -48,5 +49,5 @@ def test_make_install_brings_the_pinned_dashboard_extra_and_make_dashboard_serve
     extras = pip_line.split(".[", 1)[1].split("]", 1)[0].split(",")
     assert "dashboard" in extras and "dev" in extras
     recipe = subprocess.run(["make", "-n", "dashboard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "pipeline.dashboard" in recipe
+    assert "pipeline.tools.dashboard" in recipe
     assert '"optuna-dashboard==' in (REPO / "pyproject.toml").read_text()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths
-from pipeline.files import read_npz
+from pipeline.lib.files import read_npz
 from pipeline.params import load
 
 

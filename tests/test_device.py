@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline import device
-from pipeline.models import load_model
-from pipeline.training import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.lib.models import load_model
 from tests.conftest import synthetic_digits
 
 X86_BF16 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile avx512_bf16\n"

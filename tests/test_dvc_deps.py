@@ -14,35 +14,43 @@ import yaml
 
 from tests.conftest import REPO
 
-PACKAGE = REPO / "pipeline"
 STAGE_CMD = re.compile(r"^python -m pipeline\.(\w+)(\s|$)")
 
 
+def files_of(dotted: str) -> set[str]:
+    """Return the source files (relative to the repository) that importing pipeline module `dotted` runs: every
+    package __init__.py on its way and the module itself; empty when `dotted` names no module (a function)."""
+    parts = dotted.split(".")
+    found = {"/".join(parts[:i]) + "/__init__.py" for i in range(1, len(parts))}
+    for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (REPO / candidate).is_file():
+            return found | {candidate}
+    return set()
+
+
 def pipeline_imports(path: Path) -> set[str]:
-    """Return the names of the pipeline modules the source file at `path` imports anywhere in it."""
+    """Return the source files of the pipeline modules the source file at `path` imports anywhere in it."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "pipeline":
-            found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("pipeline."):
-            found.add(node.module.split(".")[1])
+            found |= {f for a in node.names if a.name.startswith("pipeline.") for f in files_of(a.name)}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "pipeline":
+            found |= files_of(node.module) | {f for a in node.names for f in files_of(f"{node.module}.{a.name}")}
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             pytest.fail(f"{path}: relative import of {node.module}: import pipeline modules by name")
     return found
 
 
 def module_closure(module: str) -> set[str]:
-    """Return `module` and every pipeline module it imports, transitively, plus the package __init__'s imports."""
+    """Return the files of pipeline module `module` and of every pipeline module it imports, transitively."""
     seen: set[str] = set()
-    todo = [module, "__init__"]
+    todo = sorted(files_of(f"pipeline.{module}"))
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo += sorted(pipeline_imports(PACKAGE / f"{name}.py") - seen)
+        todo += sorted(pipeline_imports(REPO / name) - seen)
     return seen
 
 
@@ -69,7 +77,7 @@ def test_every_pipeline_stage_is_checked() -> None:
 def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
     module, deps = stages()[stage]
     declared = {d for d in deps if d.startswith("pipeline/")}
-    expected = {f"pipeline/{name}.py" for name in module_closure(module)}
+    expected = module_closure(module)
     assert not sorted(expected - declared), f"dvc.yaml stage {stage!r} misses deps {sorted(expected - declared)}"
     assert not sorted(declared - expected), (
         f"dvc.yaml stage {stage!r} declares modules it never imports {sorted(declared - expected)}"
@@ -80,7 +88,8 @@ def test_the_import_reader_follows_every_form_of_import(tmp_path: Path) -> None:
     """Control: each way of importing a pipeline module is seen, in a function body too; other imports are not."""
     source = tmp_path / "probe.py"
     source.write_text(
-        "import os\nimport pipeline.paths\nfrom pipeline import files, cli\nfrom pipeline.params import load\n"
-        "def later():\n    from pipeline import plots\n    from pipeline.models import build_model\n"
+        "import os\nimport pipeline.paths\nfrom pipeline.lib import files, cli\nfrom pipeline.params import load\n"
+        "def later():\n    from pipeline import train\n    from pipeline.lib.models import build_model\n"
     )
-    assert pipeline_imports(source) == {"paths", "files", "cli", "params", "plots", "models"}
+    expected = ["__init__", "paths", "lib/__init__", "lib/files", "lib/cli", "params", "train", "lib/models"]
+    assert pipeline_imports(source) == {f"pipeline/{name}.py" for name in expected}

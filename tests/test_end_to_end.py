@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipeline import params, paths
-from pipeline.exclusions import header_text
-from pipeline.submission import validate_submission_file
+from pipeline.lib.exclusions import header_text
+from pipeline.lib.submission_file import validate_submission_file
 from tests.conftest import REPO, tracked_conf
 
 

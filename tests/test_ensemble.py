@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.ensemble import (
+from pipeline.lib.ensemble import (
     blend,
     blend_log_loss,
     choose_weights,

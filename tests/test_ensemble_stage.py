@@ -11,9 +11,9 @@ import yaml
 
 from pipeline import augment, ingest, paths, predict, train
 from pipeline import report as summary
-from pipeline.files import read_npz, write_npz
+from pipeline.lib.files import read_npz, write_npz
+from pipeline.lib.submission_file import validate_submission
 from pipeline.params import ModelParams, ParamsError, load
-from pipeline.submission import validate_submission
 from tests.dvclive_files import read_history
 
 

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline import estimate, params, paths
+from pipeline import params, paths
+from pipeline.tools import estimate
 from tests.conftest import REPO, tracked_conf
 
 
@@ -52,6 +53,6 @@ def test_make_run_estimates_before_the_pipeline_starts():
     recipe = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     lines = recipe.splitlines()
     composed = next(i for i, line in enumerate(lines) if "pipeline.params --profile full" in line)
-    measured = next(i for i, line in enumerate(lines) if "pipeline.estimate" in line)
+    measured = next(i for i, line in enumerate(lines) if "pipeline.tools.estimate" in line)
     started = next(i for i, line in enumerate(lines) if "dvc repro" in line)
     assert composed < measured < started

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, predict, train
-from pipeline.dataio import InputError
 from pipeline.device import configure
-from pipeline.exclusions import append_exclusions, header_text, kept_mask, parse_exclusions, read_exclusions
-from pipeline.files import read_json, read_npz
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.exclusions import append_exclusions, header_text, kept_mask, parse_exclusions, read_exclusions
+from pipeline.lib.files import read_json, read_npz
+from pipeline.lib.fitting import EpochSampler
 from pipeline.params import load
-from pipeline.training import EpochSampler
 
 
 def test_a_valid_list_parses_to_sorted_rows():

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import params
-from pipeline.exclusions import header_text
+from pipeline.lib.exclusions import header_text
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, tracked_conf, train_csv_text
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import files, paths
-from pipeline.plots import save_figure
+from pipeline import paths
+from pipeline.lib import files
+from pipeline.lib.plots import save_figure
 
 WRITERS: dict[str, Callable[[Path], None]] = {
     "write_bytes": lambda p: files.write_bytes(p, b"x"),

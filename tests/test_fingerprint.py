@@ -18,8 +18,8 @@ import yaml
 
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
-from pipeline.files import read_json, read_npz, write_npz
-from pipeline.training import EpochSampler, FitSettings, fit
+from pipeline.lib.files import read_json, read_npz, write_npz
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit
 from tests.conftest import synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
 FOLDS = 2
@@ -119,7 +119,7 @@ def change_augmented_npz(root: Path) -> None:
 
 
 def change_code(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Edit one of the training code's files (a copy standing in for pipeline/models.py)."""
+    """Edit one of the training code's files (a copy standing in for pipeline/lib/models.py)."""
     copy = root / "models_copy.py"
     copy.write_text(train.TRAINING_CODE[0].read_text())
     monkeypatch.setattr(train, "TRAINING_CODE", (copy, *train.TRAINING_CODE[1:]))

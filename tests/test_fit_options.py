@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import params
-from pipeline.models import load_model
-from pipeline.training import (
+from pipeline.lib.fitting import (
     OPTIMIZERS,
     SCHEDULES,
     EpochSampler,
@@ -25,6 +24,7 @@ from pipeline.training import (
     predict_probs,
     schedule,
 )
+from pipeline.lib.models import load_model
 
 SETTINGS = FitSettings(
     model="cnn_basic", epochs=3, batch_size=16, learning_rate=0.003, warmup_epochs=0.5,

@@ -1,4 +1,4 @@
-"""pipeline.image (any image file -> 28x28 MNIST-style uint8) and `predict --image`."""
+"""pipeline.lib.image (any image file -> 28x28 MNIST-style uint8) and `predict --image`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline import paths
-from pipeline.image import ImageError, load_digit, to_mnist
+from pipeline.lib.image import ImageError, load_digit, to_mnist
 
 
 def draw_seven(size: tuple[int, int] = (300, 400), ink: int = 25, paper: int = 235) -> Image.Image:
@@ -92,7 +92,7 @@ def fold_models(project: Path) -> int:
     """Three different untrained fold models saved where predict looks for model.name's; returns the fold count."""
     import keras
 
-    from pipeline.models import build_model
+    from pipeline.lib.models import build_model
     from pipeline.params import load
 
     name = load("model").name

@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 
 from pipeline import ingest, paths
-from pipeline.dataio import RawSource, locate_raw
-from pipeline.files import read_npz
+from pipeline.lib.competition_csv import RawSource, locate_raw
+from pipeline.lib.files import read_npz
 from pipeline.params import IngestParams
 from tests.conftest import test_csv_text, train_csv_text
 

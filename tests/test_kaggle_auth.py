@@ -1,4 +1,4 @@
-"""Kaggle credential discovery (pipeline/kaggle_auth.py) against the real kaggle package: for every place
+"""Kaggle credential discovery (pipeline/lib/kaggle_auth.py) against the real kaggle package: for every place
 the kaggle CLI takes credentials from, the source the pipeline names is the one whose secret the kaggle
 package then sends (to a local fake of Kaggle's API, tests/kaggle_fake.py), and where the pipeline finds
 none the kaggle package finds none either. Kaggle's 401 and 403 replies give a clear error naming the
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import getdata, kaggle_auth, submit
-from pipeline.submission import submission_csv
+from pipeline.lib import kaggle_auth
+from pipeline.lib.submission_file import submission_csv
+from pipeline.tools import download, submit
 from tests.conftest import REPO
 from tests.kaggle_fake import basic, serve
 
@@ -30,13 +31,13 @@ KEYS = frozenset(
 )
 SECRETS = [*TOKENS, *{key for _, key in KEYS}]
 
-# Runs pipeline.submit in a fresh process (the kaggle package fixes its config folder when imported) against
+# Runs pipeline.tools.submit in a fresh process (the kaggle package fixes its config folder when imported) against
 # the fake API; where the pipeline finds no credentials (exit 2), asks the kaggle package itself.
 CHILD = """
 import sys
 from kagglesdk import kaggle_env
 kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.PROD] = sys.argv[1]
-from pipeline import submit
+from pipeline.tools import submit
 code = submit.main(sys.argv[2:])
 if code == 2:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -263,8 +264,8 @@ def test_the_source_named_is_the_one_the_kaggle_package_uses(
 
 
 def test_getdata_and_submit_share_the_one_routine() -> None:
-    assert getdata.find_credentials is submit.find_credentials is kaggle_auth.find_credentials
-    assert getdata.exposure_warnings is kaggle_auth.exposure_warnings
+    assert download.find_credentials is submit.find_credentials is kaggle_auth.find_credentials
+    assert download.exposure_warnings is kaggle_auth.exposure_warnings
 
 
 @pytest.fixture
@@ -286,7 +287,7 @@ def kaggle_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
 
 
 def run_submit(capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run pipeline.submit in this process with its real environment; return (exit status, stdout, stderr)."""
+    """Run pipeline.tools.submit in this process with its real environment; return (exit status, stdout, stderr)."""
     code = submit.main(["-m", "x", "--rows", str(ROWS)], env=dict(os.environ), home=Path(os.environ["HOME"]))
     out = capsys.readouterr()
     return code, out.out, out.err

@@ -1,6 +1,6 @@
 """Submitting as the mission writes it: `kaggle competitions submit -f submissions/latest.csv -m "..."` names no
 competition; the kaggle CLI then takes its default, set once as the README shows (`kaggle config set -n competition
--v digit-recognizer`, or KAGGLE_COMPETITION). pipeline.submit keeps naming the competition itself."""
+-v digit-recognizer`, or KAGGLE_COMPETITION). pipeline.tools.submit keeps naming the competition itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import submit
+from pipeline.tools import submit
 
 DEFAULT = (
     "from kaggle.api.kaggle_api_extended import KaggleApi\n"

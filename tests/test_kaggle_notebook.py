@@ -7,8 +7,9 @@ import shutil
 
 import numpy as np
 
-from pipeline import getdata, ingest, paths, predict
-from pipeline.files import read_npz
+from pipeline import ingest, paths, predict
+from pipeline.lib.files import read_npz
+from pipeline.tools import download
 
 
 def kaggle_layout(root, project):
@@ -26,8 +27,8 @@ def test_a_notebooks_input_is_copied_into_data_raw_and_ingested(project, tmp_pat
     monkeypatch.setenv(paths.KAGGLE_ROOT_ENV, str(root))
     monkeypatch.setenv("HOME", str(root))  # no Kaggle credentials: only the notebook's input can help
     folder = kaggle_layout(root, project)
-    assert not getdata.have_data()
-    assert getdata.main([]) == 0
+    assert not download.have_data()
+    assert download.main([]) == 0
     assert f"from the Kaggle notebook input {folder}" in capsys.readouterr().out
     for name in ("train.csv", "test.csv"):
         assert (project / paths.RAW_DIR / name).read_bytes() == (folder / name).read_bytes()
@@ -41,7 +42,7 @@ def test_without_the_layout_getdata_still_explains_how_to_get_the_data(project, 
     monkeypatch.setenv("HOME", str(root))
     for name in ("train.csv", "test.csv"):
         (project / paths.RAW_DIR / name).unlink()
-    assert getdata.main([]) == 2
+    assert download.main([]) == 2
     assert "kaggle competitions download" in capsys.readouterr().err
 
 

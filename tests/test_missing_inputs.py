@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import audit, augment, compare, ingest, paths, predict, report, train, tune
-from pipeline.files import write_npz
+from pipeline import audit, augment, ingest, paths, predict, report, train, tune
+from pipeline.lib.files import write_npz
+from pipeline.tools import compare
 from tests.conftest import REPO, synthetic_digits
 from tests.test_bad_input import snapshot
 

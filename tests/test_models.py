@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import models
-from pipeline.models import (
+from pipeline.lib import models
+from pipeline.lib.models import (
     DROPOUTS_USED,
     INPUT_SHAPE,
     MODELS,

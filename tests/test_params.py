@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline import models, params, paths, train
+from pipeline import params, paths, train
+from pipeline.lib import models
 from tests.conftest import REPO, tracked_conf
 
 

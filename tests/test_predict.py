@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, predict, train
-from pipeline.dataio import InputError
 from pipeline.device import configure
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.submission_file import submission_csv, validate_submission
+from pipeline.lib.tta import affine_view, apply_view, is_shift, predict_views, views_for
 from pipeline.params import load
-from pipeline.submission import submission_csv, validate_submission
-from pipeline.tta import affine_view, apply_view, is_shift, predict_views, views_for
 
 
 def test_identity_and_shift_views_are_exact(digits):
@@ -56,7 +56,7 @@ def test_predict_main_writes_a_valid_submission_and_tta_report(project):
 
     report = json.loads(paths.PREDICT_JSON.read_text())
     assert report["tta_gain"] == pytest.approx(report["oof_tta_accuracy"] - report["oof_accuracy"])
-    from pipeline.files import read_npz
+    from pipeline.lib.files import read_npz
 
     oof = read_npz(paths.OOF_NPZ)
     assert report["oof_accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == oof["y"])), abs=1e-6)
@@ -71,7 +71,7 @@ def test_shift_views_match_the_affine_transform_bit_for_bit(digits):
 
 
 def test_predict_views_equals_model_predict_on_each_view(digits):
-    from pipeline.models import build_model
+    from pipeline.lib.models import build_model
 
     images, _ = digits
     model = build_model("dropout_cnn")

@@ -10,9 +10,10 @@ import sys
 import cv2
 import numpy as np
 
-from pipeline import paths, quiet
-from pipeline.files import write_with
-from pipeline.models import build_model
+from pipeline import paths
+from pipeline.lib import quiet
+from pipeline.lib.files import write_with
+from pipeline.lib.models import build_model
 from tests.conftest import REPO
 
 # lines TensorFlow 2.21 prints while loading on a machine without a GPU, as seen in the issue

@@ -1,4 +1,4 @@
-"""pipeline.report (summary.md, confusion.csv, wrong.png, test_grid.png) and pipeline.progress
+"""pipeline.report (summary.md, confusion.csv, wrong.png, test_grid.png) and pipeline.lib.progress
 (progress bars, quiet logs, stage timings)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 import yaml
 from sklearn.metrics import confusion_matrix
 
-from pipeline import augment, ingest, paths, predict, progress, report, train, tune
-from pipeline.files import read_json, read_npz, write_json
+from pipeline import augment, ingest, paths, predict, report, train, tune
+from pipeline.lib import progress
+from pipeline.lib.files import read_json, read_npz, write_json
 from pipeline.params import ReportParams
 from tests.conftest import synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
@@ -97,7 +98,7 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     assert headline in summary  # one model: its OOF TTA accuracy
     for stage in ("ingest", "augment", "tune", "train", "predict"):  # each recorded its own wall time
         assert re.search(rf"^\| {stage} \| [0-9.hms]+ \| ", summary, re.MULTILINE), stage
-    assert f"`submissions/latest.csv` ({len(test_x)} rows)" in summary and "python -m pipeline.submit" in summary
+    assert f"`submissions/latest.csv` ({len(test_x)} rows)" in summary and "python -m pipeline.tools.submit" in summary
     rows = paths.CONFUSION_CSV.read_text().splitlines()
     assert rows[0] == "actual,predicted" and rows[1:] == [f"{a},{p}" for a, p in zip(y, pred, strict=True)]
     for png in (paths.WRONG_PNG, paths.TEST_GRID_PNG):

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.files import PARTIAL, read_npz
-from pipeline.models import load_model
+from pipeline.lib.files import PARTIAL, read_npz
+from pipeline.lib.models import load_model
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, train_csv_text
 from tests.dvclive_files import read_history
 
@@ -61,14 +61,15 @@ def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
 # there. Killing on a progress line instead raced the child: on 20 rows it could finish first.
 TRAIN_STOPS = """
 import sys, threading
-from pipeline import train, training
-save = training.save_checkpoint
+from pipeline import train
+from pipeline.lib import fitting
+save = fitting.save_checkpoint
 def save_then_stop(folder, model, history, fingerprint):
     save(folder, model, history, fingerprint)
     if folder.name == "fold{fold}" and len(history) == {epoch}:
         print("STOPPED: fold {fold} checkpointed after epoch {epoch}", flush=True)
         threading.Event().wait()
-training.save_checkpoint = save_then_stop
+fitting.save_checkpoint = save_then_stop
 sys.exit(train.main([]))
 """
 PREDICT_STOPS = """

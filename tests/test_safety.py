@@ -19,13 +19,14 @@ import numpy as np
 import pathspec
 import pytest
 
-from pipeline import getdata, ingest
-from pipeline.cli import fail
-from pipeline.files import PARTIAL, OutputError, read_npz, write_bytes, write_text, write_with
-from pipeline.kaggle_auth import exposure_warnings
-from pipeline.models import load_model
-from pipeline.secrets import mask_url, scrub
-from pipeline.training import load_checkpoint
+from pipeline import ingest
+from pipeline.lib.cli import fail
+from pipeline.lib.files import PARTIAL, OutputError, read_npz, write_bytes, write_text, write_with
+from pipeline.lib.fitting import load_checkpoint
+from pipeline.lib.kaggle_auth import exposure_warnings
+from pipeline.lib.models import load_model
+from pipeline.lib.secrets import mask_url, scrub
+from pipeline.tools import download
 from tests.conftest import REPO
 
 SECRET = "s3cr3t-Kaggle-KEY-0123456789abcdef"
@@ -52,7 +53,7 @@ def crafted_keras(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_lambda_layer_model_is_refused(crafted_keras: tuple[Path, Path]) -> None:
-    """pipeline.models.load_model refuses a .keras file with a Lambda layer and runs none of its code."""
+    """pipeline.lib.models.load_model refuses a .keras file with a Lambda layer and runs none of its code."""
     path, marker = crafted_keras
     with pytest.raises(ValueError, match="safe_mode"):
         load_model(str(path))
@@ -119,7 +120,7 @@ def test_pipeline_code_has_no_unsafe_loading(pattern: str) -> None:
     """No pipeline module unpickles, evals or shells out with anything a user downloads."""
     hits = [
         f"{path.relative_to(REPO)}:{number}"
-        for path in sorted((REPO / "pipeline").glob("*.py"))
+        for path in sorted((REPO / "pipeline").rglob("*.py"))
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
         if re.search(pattern, line.split("#")[0])
     ]
@@ -169,7 +170,7 @@ def test_getdata_never_prints_credentials(
     write_kaggle_json(kaggle_home / ".kaggle", 0o644)
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", SECRET)
-    assert getdata.main([]) == 0
+    assert download.main([]) == 0
     out = capsys.readouterr()
     assert "kaggle.json is readable by other users" in out.err
     assert SECRET not in out.out + out.err
@@ -378,8 +379,9 @@ def test_one_url_masker() -> None:
     """No module masks URLs its own way (SQLAlchemy's hide_password leaves ?password= in clear)."""
     hits = [
         path.name
-        for path in sorted((REPO / "pipeline").glob("*.py"))
-        if re.search(r"hide_password|render_as_string", path.read_text(encoding="utf-8"))
+        for path in sorted((REPO / "pipeline").rglob("*.py"))
+        if path.name != "secrets.py"  # the masker, which says why it is not SQLAlchemy's
+        and re.search(r"hide_password|render_as_string", path.read_text(encoding="utf-8"))
     ]
     assert hits == []
 

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import audit, augment, compare, ensemble, ingest, params, paths, predict, report, submit, train, tta, tune
+from pipeline import audit, augment, ingest, params, paths, predict, report, train, tune
 from pipeline.device import resolve_precision
-from pipeline.files import write_json
+from pipeline.lib import ensemble, tta
+from pipeline.lib.files import write_json
+from pipeline.tools import compare, submit
 from tests.conftest import REPO, tracked_conf
 from tests.test_bad_input import seed_outputs, snapshot
 

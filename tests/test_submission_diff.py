@@ -1,4 +1,4 @@
-"""The submission diff (pipeline/submission.py), shared by predict (reports/submission_diff.json and .png),
+"""The submission diff (pipeline/lib/submission_file.py), shared by predict (reports/submission_diff.json and .png),
 report (a line in summary.md) and submit (printed before uploading; --compare FILE)."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import paths, predict, report, submit
-from pipeline.dataio import InputError
-from pipeline.submission import (
+from pipeline import paths, predict, report
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.submission_file import (
     compare_submissions,
     describe_diff,
     diff_with_previous,
     previous_submission,
     submission_csv,
 )
+from pipeline.tools import submit
 from tests.conftest import synthetic_digits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline import paths, predict
-from pipeline.files import read_npz, write_npz
+from pipeline.lib.files import read_npz, write_npz
 
 LEVELS = 20 + 23 * np.arange(10)  # the pixel value of class k's square
 SQUARE = (slice(8, 20), slice(8, 20))  # 12 x 12 pixels, far from the border: whole-pixel shifts keep it whole
@@ -75,7 +75,7 @@ def test_the_label_of_image_id_i_is_the_class_of_test_row_i_minus_1(known_answer
 
 def test_the_oracle_reads_every_class_and_every_view(known_answers: np.ndarray) -> None:
     """Control: the known answers hold for each image on its own, under every view predict averages."""
-    from pipeline.tta import predict_views
+    from pipeline.lib.tta import predict_views
 
     images = square_digits(np.arange(10))
     views = predict_views(mean_reader(), images, 4, batch_size=8)

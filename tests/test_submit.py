@@ -1,4 +1,4 @@
-"""pipeline.submit: validation before upload, set-up help without credentials, and a real
+"""pipeline.tools.submit: validation before upload, set-up help without credentials, and a real
 kaggle-package submission against a local fake Kaggle API (never the real service)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import submit
-from pipeline.submission import submission_csv
+from pipeline.lib.submission_file import submission_csv
+from pipeline.tools import submit
 from tests.kaggle_fake import basic, serve
 
 ROWS = 28000

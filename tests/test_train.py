@@ -10,10 +10,10 @@ import pytest
 
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
-from pipeline.files import read_npz, write_json
-from pipeline.models import load_model
+from pipeline.lib.files import read_npz, write_json
+from pipeline.lib.fitting import FitSettings, fit, schedule
+from pipeline.lib.models import load_model
 from pipeline.params import load
-from pipeline.training import FitSettings, fit, schedule
 from tests.dvclive_files import read_history
 
 SETTINGS = FitSettings(
@@ -86,7 +86,7 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_fit_learns_the_synthetic_digits(digits):
-    from pipeline.training import EpochSampler
+    from pipeline.lib.fitting import EpochSampler
 
     images, labels = digits
     rows = np.arange(60)
@@ -101,7 +101,7 @@ def test_fit_learns_the_synthetic_digits(digits):
 
 
 def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
-    from pipeline.training import monitor_subset
+    from pipeline.lib.fitting import monitor_subset
 
     _, labels = digits
     rows = np.arange(60)

@@ -1,4 +1,4 @@
-"""`python -m pipeline.compare`: trains each model of the zoo on the same folds, rows and budget
+"""`python -m pipeline.tools.compare`: trains each model of the zoo on the same folds, rows and budget
 (params.yaml `compare:`, with train's batch size, schedule and augmentation mix, and each model's
 `model.overrides`), and writes reports/models.md and reports/models.json: OOF accuracy and loss,
 parameter count, multiply-adds per image, seconds per epoch on this machine, and the accuracy each
@@ -25,14 +25,14 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline import augment, params, paths
-from pipeline.cli import fail, reports_errors, stage_parser
 from pipeline.device import Device, clear_session, configure
-from pipeline.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
-from pipeline.files import OutputError, read_npz, require, write_json, write_text
-from pipeline.models import PUBLISHED, base_name, check_name, multiply_adds
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
+from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
+from pipeline.lib.fitting import EpochSampler, FitSettings, accuracy, fit, log_loss, predict_probs
+from pipeline.lib.models import PUBLISHED, base_name, check_name, multiply_adds
 from pipeline.params import AugmentParams, CompareParams
 from pipeline.train import fit_settings, settings_for
-from pipeline.training import EpochSampler, FitSettings, accuracy, fit, log_loss, predict_probs
 
 REPRODUCED_WITHIN = 0.003  # a held-out accuracy this close to the published figure (or above it) reproduces it
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths
-from pipeline.dataio import InputError
-from pipeline.files import write_text
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.files import write_text
 
 HEADER = ("row", "note")
 ROW_TEXT = re.compile(r"\d+")

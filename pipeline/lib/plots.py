@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.files import write_with
+from pipeline.lib.files import write_with
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m pipeline.estimate`: before `make run` starts the long stages on a machine without a GPU, measure
+"""`python -m pipeline.tools.estimate`: before `make run` starts the long stages on a machine without a GPU, measure
 this machine for a few seconds (training and inference steps of model.name at train.batch_size on random
 images) and print how long the profile in params.yaml will take here (tune, train, predict), with the quick
 profile as the alternative; then the run proceeds. The estimate is recorded in reports/estimate.json, to
@@ -14,9 +14,10 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from pipeline import params, paths, progress
-from pipeline.cli import fail, stage_parser
-from pipeline.files import write_json
+from pipeline import params, paths
+from pipeline.lib import progress
+from pipeline.lib.cli import fail, stage_parser
+from pipeline.lib.files import write_json
 from pipeline.params import FitParams, ParamsError
 
 COMPETITION_TRAIN_ROWS = 42000
@@ -35,7 +36,7 @@ def calibrate(model: str, batch_size: int, budget: float = 3.0) -> Rates:
     """Return the seconds per image of training and of inference of `model` at `batch_size`, measured on random
     images for about `budget` seconds after one warm-up step of each."""
     from pipeline.device import configure
-    from pipeline.training import FitSettings, as_input, compiled_model, one_hot
+    from pipeline.lib.fitting import FitSettings, as_input, compiled_model, one_hot
 
     device = configure(params.load("device").precision)
     train = params.load("train")

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from pipeline.device import Device
-from pipeline.files import atomic_path, read_json, write_json
-from pipeline.models import N_CLASSES, build_model
+from pipeline.lib.files import atomic_path, read_json, write_json
+from pipeline.lib.models import N_CLASSES, build_model
 from pipeline.params import FitParams
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.bench`: measures the pipeline's hot paths on this machine, each beside a
+"""`python -m pipeline.tools.bench`: measures the pipeline's hot paths on this machine, each beside a
 reference measured in the same run, prints one table and writes it to reports/bench.json.
 
 1. training images/s: the train stage's input path and step (EpochSampler + training.fit, one
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import params, paths
-from pipeline.cli import reports_errors, stage_parser
-from pipeline.files import read_npz, write_json, write_npz
+from pipeline.lib.cli import reports_errors, stage_parser
+from pipeline.lib.files import read_npz, write_json, write_npz
 from pipeline.params import AugmentParams, IngestParams
 
 if TYPE_CHECKING:  # keras stays unimported until a measurement needs it (the memory rows' baseline)
     from pipeline.device import Device
-    from pipeline.training import FitSettings
+    from pipeline.lib.fitting import FitSettings
 
 STAGES = ("ingest", "augment", "train", "predict")
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def bare_fit(
     per-epoch CPU seconds of this process (all its threads)."""
     import keras
 
-    from pipeline.training import as_input, compiled_model, one_hot
+    from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
     seconds: list[float] = []
     cpu_seconds: list[float] = []
@@ -121,7 +121,7 @@ def bench_training(
     import keras
 
     from pipeline.device import clear_session
-    from pipeline.training import EpochSampler, fit
+    from pipeline.lib.fitting import EpochSampler, fit
 
     val = (x[: settings.batch_size], y[: settings.batch_size])
     jit = bool(device and device.jit_compile)
@@ -151,7 +151,7 @@ def timed(call: Callable[[], object]) -> float:
 
 def bench_inference(model, x: np.ndarray, views: int, batch_size: int, repeats: int = 2) -> dict:
     """Return the inference row: tta.predict_views vs bare model.predict on the same views."""
-    from pipeline.tta import apply_view, predict_views, views_for
+    from pipeline.lib.tta import apply_view, predict_views, views_for
 
     model.predict(x[:batch_size].astype(np.float32)[..., None], batch_size=batch_size, verbose=0)  # warm-up
     arrays = [apply_view(x, v) for v in views_for(views)]
@@ -189,7 +189,7 @@ def precision_rates(settings: FitSettings, x: np.ndarray, y: np.ndarray, policy:
     import keras
 
     from pipeline.device import clear_session
-    from pipeline.training import as_input
+    from pipeline.lib.fitting import as_input
 
     with global_policy(policy):
         clear_session()
@@ -234,7 +234,7 @@ def augment_loop(x: np.ndarray, cfg: AugmentParams, seed: int) -> tuple[float, f
     """Run the plain single-process albumentations loop over `x`; return its (start, end) wall-clock times."""
     import cv2
 
-    from pipeline.transforms import build_transform
+    from pipeline.lib.transforms import build_transform
 
     cv2.setNumThreads(1)
     transform = build_transform(cfg, seed)
@@ -295,7 +295,7 @@ def bench_ingest(zip_path: Path | None) -> dict:
         return row("ingest", "s", float("nan"), "pandas.read_csv", float("nan"), "", f"skipped: no zip at {zip_path}")
     import pandas as pd
 
-    from pipeline.dataio import RawSource, parse_test, parse_train, read_member
+    from pipeline.lib.competition_csv import RawSource, parse_test, parse_train, read_member
 
     source = RawSource(Path(zip_path), None, None)
     train, test = read_member(source, "train.csv"), read_member(source, "test.csv")
@@ -329,8 +329,8 @@ def peak_kib() -> tuple[int, int]:
 def stage_core(stage: str, spec: dict, inputs: dict) -> Callable[[], object]:
     """Import stage `stage`'s modules and return its core as a call (run by the memory child)."""
     if stage == "ingest":
-        from pipeline.dataio import RawSource
         from pipeline.ingest import ingest
+        from pipeline.lib.competition_csv import RawSource
 
         source, cfg = RawSource(Path(spec["zip"]), None, None), IngestParams(**spec["ingest"])
         return lambda: ingest(source, cfg, spec["folds"], spec["seed"])
@@ -338,7 +338,7 @@ def stage_core(stage: str, spec: dict, inputs: dict) -> Callable[[], object]:
         from pipeline.augment import augment
 
         return lambda: augment(inputs["x"], AugmentParams(**spec["augment"]), spec["seed"], spec["workers"])
-    from pipeline.training import EpochSampler, FitSettings, fit
+    from pipeline.lib.fitting import EpochSampler, FitSettings, fit
 
     settings = FitSettings(**{**spec["settings"], "epochs": 1})
     if stage == "train":
@@ -349,8 +349,8 @@ def stage_core(stage: str, spec: dict, inputs: dict) -> Callable[[], object]:
         device = configure(spec["precision"])
         return lambda: fit(settings, sampler, (inputs["x"][:256], inputs["y"][:256]), device)
     if stage == "predict":
-        from pipeline.models import build_model
-        from pipeline.tta import predict_views
+        from pipeline.lib.models import build_model
+        from pipeline.lib.tta import predict_views
 
         return lambda: predict_views(build_model(settings.model), inputs["x"], spec["views"], spec["batch"])
     raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -371,7 +371,7 @@ def child(stage: str, workdir: str) -> None:
 
 def bench_memory(stage: str, workdir: Path) -> dict:
     """Return the memory row of `stage`: its core's peak RSS in a fresh process vs that process after imports."""
-    code = "import sys; from pipeline.bench import child; child(sys.argv[1], sys.argv[2])"
+    code = "import sys; from pipeline.tools.bench import child; child(sys.argv[1], sys.argv[2])"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     done = subprocess.run(

@@ -1,4 +1,4 @@
-"""`python -m pipeline.dashboard` (`make dashboard`): serves the tuning study in optuna-dashboard (pinned in the
+"""`python -m pipeline.tools.dashboard` (`make dashboard`): serves the tuning study in optuna-dashboard (pinned in the
 `dashboard` extra) at http://127.0.0.1:8080/ until Ctrl-C. It opens the storage tune uses: $DIGIT_TUNE_STORAGE,
 else params.yaml tune.storage, else the SQLite file data/processed/optuna.db. The URL is handed over inside this
 process, so a password never shows in `ps`, and it is printed masked. Not a stage."""
@@ -12,9 +12,9 @@ from typing import Any
 from wsgiref.simple_server import make_server
 
 from pipeline import params, paths
-from pipeline.cli import fail, stage_parser
+from pipeline.lib.cli import fail, stage_parser
+from pipeline.lib.secrets import mask_url
 from pipeline.params import ParamsError
-from pipeline.secrets import mask_url
 
 
 def study_storage() -> str:

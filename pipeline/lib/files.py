@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import StageError
+from pipeline.lib.cli import StageError
 
 PARTIAL = "partial-"  # marks the temporary files of writes in progress (left behind only by a killed process)
 HINTS = {

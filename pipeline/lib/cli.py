@@ -9,7 +9,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-from pipeline.secrets import scrub
+from pipeline.lib.secrets import scrub
 
 BAD_INPUT = 2
 
@@ -27,7 +27,7 @@ def stage_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def fail(module: str, message: object, code: int = BAD_INPUT) -> int:
-    """Print `<module>: error: <message>` to stderr, every URL in it masked (pipeline.secrets); return the exit
+    """Print `<module>: error: <message>` to stderr, every URL in it masked (pipeline.lib.secrets); return the exit
     code `code`."""
     print(f"{module}: error: {scrub(message)}", file=sys.stderr)
     return code

@@ -2,7 +2,7 @@
 
 The comparison of a new submission with an earlier one (rows changed, old and new label counts) lives
 here only: predict writes it to reports/submission_diff.json after every run, report quotes it in
-summary.md, and submit prints it before uploading. `python -m pipeline.submission` validates a file."""
+summary.md, and submit prints it before uploading. `python -m pipeline.lib.submission_file` validates a file."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import params, paths
-from pipeline.cli import fail, stage_parser
-from pipeline.dataio import InputError
+from pipeline.lib.cli import fail, stage_parser
+from pipeline.lib.competition_csv import InputError
 
 HEADER = ["ImageId", "Label"]
 STAMPED_GLOB = "submission-*.csv"  # the timestamped copy predict keeps of every submission

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.cli import fail, stage_parser
-from pipeline.dataio import locate_raw, missing_data_message
-from pipeline.files import OutputError, write_with
-from pipeline.kaggle_auth import exposure_warnings, find_credentials
+from pipeline.lib.cli import fail, stage_parser
+from pipeline.lib.competition_csv import locate_raw, missing_data_message
+from pipeline.lib.files import OutputError, write_with
+from pipeline.lib.kaggle_auth import exposure_warnings, find_credentials
 
 COMPETITION = "digit-recognizer"
 

@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 
-from pipeline.training import as_input
+from pipeline.lib.fitting import as_input
 
 # (rotation degrees, zoom, shift x px, shift y px), in the order views are added.
 VIEWS: tuple[tuple[float, float, float, float], ...] = (

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import params, paths
-from pipeline.cli import fail, reports_errors, stage_parser
-from pipeline.dataio import InputError
-from pipeline.kaggle_auth import find_credentials
-from pipeline.submission import (
+from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.competition_csv import InputError
+from pipeline.lib.kaggle_auth import find_credentials
+from pipeline.lib.submission_file import (
     compare_submissions,
     describe_diff,
     diff_with_previous,
