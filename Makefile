@@ -1,4 +1,4 @@
-# digit-pipeline: `make run` (full competition job), `make quick` (2-core CPU, ~7 min with bf16, ~14 in float32), `make test`.
+# digit-pipeline: `make run` (the full competition job), `make quick` (the quick profile), `make test`.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,9 +6,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
+# the columns `make exps` keeps of `dvc exp show`: the profile, the settings most runs change, OOF accuracy, train time
+EXP_COLUMNS := ^(Experiment|Created|profile|model\.name|train\.epochs|augment\.copies|train\.aug_prob|predict\.tta_views|oof_blend_accuracy|oof_tta_accuracy|tta_gain)$$
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run quick dashboard test test-fast lint format clean
+.PHONY: help install data run quick exps dashboard test test-fast lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,14 +26,17 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
 	$(BIN)/python -m pipeline.tools.download
 
-run: data ## the full competition job (on a CPU: prints its estimated time first) -> submissions/latest.csv
+run: data ## the full profile: the competition job (on a CPU it prints its estimated time first) -> submissions/latest.csv
 	$(BIN)/python -m pipeline.params --profile full $(SET)
 	$(BIN)/python -m pipeline.tools.estimate
 	$(BIN)/dvc repro
 
-quick: data ## the quick profile (2-core CPU, about 7 minutes with bf16, 14 in float32) through the same dvc.yaml
+quick: data ## the quick profile (sized for a laptop CPU) through the same dvc.yaml -> submissions/latest.csv
 	$(BIN)/python -m pipeline.params --profile quick $(SET)
 	$(BIN)/dvc repro
+
+exps: $(STAMP) ## the runs (dvc exp show) by their key settings and results, in 120 columns
+	$(BIN)/dvc exp show --no-pager --drop '.*' --keep "$(EXP_COLUMNS)"
 
 dashboard: $(STAMP) ## the tuning study in optuna-dashboard at http://127.0.0.1:8080/
 	$(BIN)/python -m pipeline.tools.dashboard

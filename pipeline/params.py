@@ -608,13 +608,26 @@ def choose_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
     write_text(choice, text + f"  - override /profile: {name}\n")
 
 
+def describe() -> str:
+    """Return every setting of the schema, one line each: its key, what it may be, and what it does."""
+    rows = [(key, info) for key, info in TOP_LEVEL.items()]
+    rows += [(f"{s}.{name}", info) for s, cls in SECTIONS.items() for name, info in cls.__pydantic_fields__.items()]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {info.description} ({expected(info)})" for key, info in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Compose params.yaml from conf/ (a profile and overrides), or print the profile it was composed with."""
+    """Compose params.yaml from conf/ (a profile and overrides), print the schema, or print the profile it was composed
+    with."""
     parser = stage_parser("params", __doc__)
     parser.add_argument("--profile", help=f"compose this profile ({', '.join(profiles()) or 'conf/profile/*.yaml'})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. train.epochs=10")
     parser.add_argument("--force", action="store_true", help="overwrite a hand-edited params.yaml (kept as .bak)")
+    parser.add_argument("--describe", action="store_true", help="print every setting, what it may be and what it does")
     args = parser.parse_args(argv)
+    if args.describe:
+        print(describe())
+        return 0
     if args.profile or args.overrides:
         overrides = ([f"profile={args.profile}"] if args.profile else []) + list(args.overrides)
         try:

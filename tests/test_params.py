@@ -139,3 +139,13 @@ def test_a_params_yaml_that_git_holds_may_be_recomposed(confdir):
     subprocess.run(["git", "add", "params.yaml"], check=True)  # ... until git holds it (as `dvc exp run` does)
     assert params.disposable()
     assert params.main(["--profile", "quick"]) == 0 and params.profile() == "quick"
+
+
+def test_describe_prints_every_setting_with_what_it_may_be_and_does(capsys):
+    assert params.main(["--describe"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    count = len(params.TOP_LEVEL) + sum(len(c.__pydantic_fields__) for c in params.SECTIONS.values())
+    assert len(lines) == count
+    precision = next(line for line in lines if line.startswith("device.precision "))
+    assert "(one of " + ", ".join(params.choices(params.Precision)) + ")" in precision
+    assert any(line.startswith("train.learning_rate ") and "(a number above 0)" in line for line in lines)
