@@ -54,9 +54,6 @@ def setting(description: str, **bounds: float) -> Any:
     return Field(description=description, **bounds)
 
 
-Count = Annotated[int, Field(ge=1)]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # a dropout rate, a label smoothing, a share of the image
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Precision = Literal["auto", "float32", "mixed_bfloat16"]
 Optimizer = Literal["adam", "rmsprop"]
 Schedule = Literal["warmup_cosine", "constant", "exponential", "plateau"]
