@@ -58,6 +58,15 @@ def tiny_clone(root: Path) -> None:
     run(["git", "commit", "-qm", "fresh clone"], root)
 
 
+def leaves(doc: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Return every (dotted key, value) at the leaves of the nested mapping `doc`."""
+    found = []
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        found += leaves(value, f"{name}.") if isinstance(value, dict) else [(name, value)]
+    return found
+
+
 def experiments(root: Path) -> dict[str, dict]:
     """Return `dvc exp show --json`'s experiments of the baseline commit: name -> {"params": ..., "metrics": ...}."""
     found = {}
@@ -96,3 +105,8 @@ def test_dvc_exp_run_composes_the_profile_and_the_users_override_and_lists_both_
         for stage in ("ingest", "augment", "tune", "train", "predict"):
             assert exp["metrics"][f"reports/timings/{stage}.json"]["seconds"] > 0
         assert exp["metrics"]["reports/live/metrics.json"]["epoch"] == 1  # DVCLive's last epoch
+        text = {f"{path}:{key}": v for path, m in exp["metrics"].items() for key, v in leaves(m) if isinstance(v, str)}
+        assert text == {}, f"text among the metrics makes dvc exp show unreadable: {text}"
+    assert not subprocess.run(
+        ["git", "status", "--porcelain", "--", "conf/"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout  # choosing and composing profiles changed no tracked file

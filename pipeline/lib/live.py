@@ -1,9 +1,10 @@
 """Per-epoch training metrics through DVCLive, in train's folder reports/live/ (not a stage):
 plots/metrics/<model>/fold<k>/<metric>.tsv holds one row per epoch (step = epoch, from 1) of loss, accuracy,
-val_loss, val_accuracy and lr, for `dvc plots show`; metrics.json holds the epoch just finished (model, fold,
-epoch and its metrics), which `dvc exp show` shows while train runs. Every train run starts the folder afresh
-and logs each fold's recorded history first (a finished fold's metadata, a resumed fold's checkpoint), then the
-new epochs as they end, so after a kill and resume it holds exactly the epochs the models were trained for."""
+val_loss, val_accuracy and lr, for `dvc plots show`; metrics.json holds the epoch just finished (fold, epoch and
+its metrics: numbers only, as every DVC metric here), which `dvc exp show` shows while train runs. Every train run
+starts the folder afresh and logs each fold's recorded history first (a finished fold's metadata, a resumed fold's
+checkpoint), then the new epochs as they end, so after a kill and resume it holds exactly the epochs the models were
+trained for."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def log_epoch(live: Any, model: str, fold: int, row: dict) -> None:
     values = {name: float(row[name]) for name in LOGGED if name in row}
     for name, value in values.items():
         live.log_metric(f"{model}/fold{fold}/{name}", value)
-    live.summary = {"model": model, "fold": fold, "epoch": int(row["epoch"]), **values}
+    live.summary = {"fold": fold, "epoch": int(row["epoch"]), **values}  # the model is in the plots' path
     live.make_summary()
 
 
