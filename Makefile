@@ -6,8 +6,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
-# the columns `make exps` keeps of `dvc exp show`: the profile, the settings most runs change, OOF accuracy, train time
-EXP_COLUMNS := ^(Experiment|Created|profile|model\.name|train\.epochs|augment\.copies|train\.aug_prob|predict\.tta_views|oof_blend_accuracy|oof_tta_accuracy|tta_gain)$$
+# the columns `make exps` keeps of `dvc exp show` (120 wide): the profile, the settings most runs change, OOF accuracy
+EXP_COLUMNS := ^(Experiment|Created|profile|model\.name|train\.epochs|augment\.copies|train\.aug_prob|oof_blend_accuracy)$$
 
 .DEFAULT_GOAL := help
 .PHONY: help install data run quick exps dashboard test test-fast lint format clean
