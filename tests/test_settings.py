@@ -506,3 +506,11 @@ def test_folds_need_every_digit() -> None:
     with pytest.raises(ValueError, match=r"every digit needs at least 3 training rows for 3 folds"):
         ingest.assign_folds(labels, 3, seed=0)
     assert len(ingest.assign_folds(np.repeat(np.arange(10), 3), 3, seed=0)) == 30
+
+
+def test_a_text_damage_whose_text_is_absent_fails_instead_of_testing_nothing() -> None:
+    # replace_line("  learning_rate: 0.003", ...) was a silent no-op once params.yaml held another learning rate
+    with pytest.raises(AssertionError, match=r"is not in params\.yaml"):
+        replace_line("  learning_rate: 0.003", "  learning_rate: 2e-3")("train:\n  learning_rate: 0.004\n")
+    with pytest.raises(AssertionError, match=r"is not in params\.yaml"):
+        line_after("trian:", "  epochs: 3")("train:\n  epochs: 2\n")
