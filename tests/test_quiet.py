@@ -57,7 +57,7 @@ def test_verbose_is_asked_for_by_the_environment_or_the_command_line():
 
 def test_filtered_stderr_passes_on_python_warnings_and_drops_native_lines(tmp_path):
     code = (
-        "import os, sys; from pipeline import quiet\n"
+        "import os, sys; from pipeline.lib import quiet\n"
         "with quiet.filtered_stderr():\n"
         f"    os.write(2, {NATIVE[1]!r}.encode() + b'\\n')\n"
         "    print('genuine warning', file=sys.stderr)\n"
