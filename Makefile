@@ -1,27 +1,37 @@
 # digit-pipeline: `make run` (the full competition job), `make quick` (the quick profile), `make test`.
+# the interpreter .venv is made from; a notebook passes its own (PYTHON=python3). Without ensurepip (Kaggle's, Colab's,
+# Debian's python3 without python3-venv) .venv is made without pip and gets pip from PYTHON's own pip (22.3 or later).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP := $(VENV)/.installed
+GPU_STAMP := $(VENV)/.installed-gpu
+EXTRAS := dev,jax,dashboard
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
 # the columns `make exps` keeps of `dvc exp show` (120 wide): the profile, the settings most runs change, OOF accuracy
 EXP_COLUMNS := ^(Experiment|Created|profile|model\.name|train\.epochs|augment\.copies|train\.aug_prob|oof_blend_accuracy)$$
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run quick exps dashboard test test-fast lint format clean
+.PHONY: help install install-gpu data run quick exps dashboard test test-fast lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,jax,dashboard]'
+	$(PYTHON) -m venv $(VENV) || { echo "make: $(PYTHON) -m venv failed (no ensurepip?): .venv without pip, then pip from $(PYTHON)'s own"; \
+	  $(PYTHON) -m venv --without-pip $(VENV) && $(PYTHON) -m pip --python $(BIN)/python install --quiet pip; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+$(GPU_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),gpu]'
 	touch $@
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
+install-gpu: $(GPU_STAMP) ## install, plus the gpu extra: TensorFlow's and JAX's CUDA 12 builds (Linux, NVIDIA; GBs)
 
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
 	$(BIN)/python -m pipeline.tools.download
