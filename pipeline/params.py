@@ -54,7 +54,7 @@ def setting(description: str, **bounds: float) -> Any:
     return Field(description=description, **bounds)
 
 
-Precision = Literal["auto", "float32", "mixed_bfloat16"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Optimizer = Literal["adam", "rmsprop"]
 Schedule = Literal["warmup_cosine", "constant", "exponential", "plateau"]
 Pruner = Literal["median", "hyperband", "none"]
@@ -167,7 +167,7 @@ class TuneParams:
     max_retries: Annotated[int, setting("times a failed trial is re-queued with the same parameters", ge=0)]
     trials_per_process: Annotated[int, setting("trials before a worker process is replaced (0 = never)", ge=0)]
     workers_cpu: Annotated[int, setting("worker processes when no GPU is found", ge=1)]
-    workers_gpu: Annotated[int, setting("worker processes sharing a GPU", ge=1)]
+    workers_gpu: Annotated[int, setting("worker processes on each GPU, sharing its memory", ge=1)]
     space: Annotated[dict[str, Any], setting("train setting: [low, high], [low, high, log] or {choices: [...]}")]
     model_space: Annotated[dict[str, Any], setting("per model.name: entries replace those of `space`; null drops")]
 
@@ -193,7 +193,7 @@ class AuditParams:
 class DeviceParams:
     """How the stages that run a model compute (params.yaml `device:`)."""
 
-    precision: Annotated[Precision, setting("auto = bf16 where the GPU or CPU has it natively, else float32")]
+    precision: Annotated[Precision, setting("auto = the device plan's choice per machine (python -m pipeline.device)")]
 
 
 @schema

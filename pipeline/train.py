@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from pipeline import params, paths
-from pipeline.device import Device, configure
+from pipeline.device import DevicePlan, configure
 from pipeline.lib import live, progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.exclusions import kept_mask, read_exclusions
@@ -184,7 +184,7 @@ def train_fold(
     aug: dict,
     cfg: FitSettings,
     seed: int,
-    device: Device,
+    device: DevicePlan,
     fingerprints: tuple[str, str],
     verbose: int,
     monitor_rows: int | None = None,
@@ -276,7 +276,7 @@ def train_model(
     aug: dict,
     data_id: list[str],
     seed: int,
-    device: Device,
+    device: DevicePlan,
     verbose: int,
     bar,
     monitor_rows: int | None = None,
@@ -318,7 +318,7 @@ def train_all(
     models: list[FitSettings],
     n_folds: int,
     seed: int,
-    device: Device,
+    device: DevicePlan,
     verbose: int = 0,
     monitor_rows: int | None = None,
     scored_fold: int | None = None,

@@ -44,7 +44,7 @@ from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from pipeline import params, paths
-from pipeline.device import Device, clear_session, configure, gpu_present, sharing_env
+from pipeline.device import DevicePlan, TuneWorker, clear_session, configure, detect, plan_devices, process_env
 from pipeline.lib import progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
@@ -159,7 +159,7 @@ def check_running(trial: optuna.Trial) -> None:
 
 
 def make_objective(
-    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: Device, target: int
+    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: DevicePlan, target: int
 ) -> Callable[[optuna.Trial], float]:
     """Return the objective: train on the tuning rows with the trial's settings, report val accuracy each epoch."""
     train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
@@ -374,11 +374,15 @@ def worker_command(index: int, name: str, target: int, limit: int = 0) -> list[s
     return [*cmd, "--max-trials", str(limit)]
 
 
-def run_workers(n: int, name: str, url: str, target: int, limit: int = 0) -> list[int]:
-    """Run `n` workers on study `name` at `url` (passed in the environment, never argv), each for at most `limit`
-    trials; return their exit codes."""
-    env = {**os.environ, **sharing_env(n), STORAGE_ENV: url}
-    procs = [subprocess.Popen(worker_command(i + 1, name, target, limit), env=env) for i in range(n)]
+def run_workers(workers: tuple[TuneWorker, ...], name: str, url: str, target: int, limit: int = 0) -> list[int]:
+    """Run one process per planned worker on study `name` at `url` (passed in the environment, never argv), each on
+    its GPU with its memory share and for at most `limit` trials; return their exit codes."""
+    procs = [
+        subprocess.Popen(
+            worker_command(i + 1, name, target, limit), env={**process_env(os.environ, w.env), STORAGE_ENV: url}
+        )
+        for i, w in enumerate(workers)
+    ]
     try:
         return [proc.wait() for proc in procs]
     finally:
@@ -388,14 +392,12 @@ def run_workers(n: int, name: str, url: str, target: int, limit: int = 0) -> lis
                 proc.wait()
 
 
-def worker_count(requested: int | None, cfg: TuneParams) -> int:
-    """Return --workers when given, else tune.workers_gpu when the backend sees a GPU, else tune.workers_cpu."""
-    if requested is not None:
-        return requested
-    count = cfg.workers_gpu if gpu_present() else cfg.workers_cpu
-    if count < 1:
-        raise ValueError(f"tune.workers_cpu and tune.workers_gpu must be at least 1, got {count}")
-    return count
+def tuning_workers(requested: int | None, cfg: TuneParams) -> tuple[TuneWorker, ...]:
+    """Return the planned workers: --workers (`requested`) when given, else tune.workers_gpu on each GPU the backend
+    sees, else tune.workers_cpu; spread over the GPUs with their memory shares (device.plan_devices)."""
+    plan = plan_devices(detect(), params.load("device").precision, cfg.workers_gpu, cfg.workers_cpu, requested or 0)
+    print(f"tune: {plan.reasons['tune']}", flush=True)
+    return plan.tune_workers
 
 
 def needs_workers(study: optuna.Study, args: argparse.Namespace, cfg: TuneParams, target: int) -> bool:
@@ -404,13 +406,15 @@ def needs_workers(study: optuna.Study, args: argparse.Namespace, cfg: TuneParams
     return remaining > 0 and (args.workers > 1 or 0 < cfg.trials_per_process < remaining)
 
 
-def run_rounds(study: optuna.Study, n: int, name: str, url: str, target: int, cfg: TuneParams) -> list[int]:
-    """Run rounds of `n` fresh workers, each for at most `cfg.trials_per_process` trials, until `target` finished
+def run_rounds(
+    study: optuna.Study, workers: tuple[TuneWorker, ...], name: str, url: str, target: int, cfg: TuneParams
+) -> list[int]:
+    """Run rounds of fresh `workers`, each for at most `cfg.trials_per_process` trials, until `target` finished
     trials (bounding the memory a process accumulates); stop early on a failed or fruitless round."""
     codes = [0]
     while finished_count(study) < target:
         before = finished_count(study)
-        codes = run_workers(n, name, url, target, cfg.trials_per_process)
+        codes = run_workers(workers, name, url, target, cfg.trials_per_process)
         if any(codes) or finished_count(study) == before:
             break
     return codes
@@ -502,7 +506,7 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
         type=int,
         default=None,
         help=f"worker processes on this machine (default: tune.workers_cpu={cfg.workers_cpu}, "
-        f"or tune.workers_gpu={cfg.workers_gpu} when the backend sees a GPU)",
+        f"or tune.workers_gpu={cfg.workers_gpu} on each GPU the backend sees), spread over the GPUs",
     )
     parser.add_argument(
         "--storage",
@@ -526,7 +530,11 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
     aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
     device = configure(params.load("device").precision)
     base = fit_settings(params.load("train"), params.load("model").name, None)
-    print(f"tune: worker {os.getpid()} on {device.describe()}", flush=True)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    print(
+        f"tune: worker {os.getpid()}{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu else ''} on {device.describe()}",
+        flush=True,
+    )
     return make_objective(data, aug, base, cfg, space, seed, device, target)
 
 
@@ -544,14 +552,15 @@ def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
     if args.until is not None:  # a worker started by --workers: run trials, leave the outputs to the parent
         run_trials(study, load_objective(cfg, space, seed, args.until), args.until, cfg, args.max_trials)
         return 0
-    args.workers = worker_count(args.workers, cfg)
+    workers = tuning_workers(args.workers, cfg)
+    args.workers = len(workers)
     prepare_study(study, tunable_defaults(params.load("train"), space), model, space)
     target = cfg.trials if args.trials is None else finished_count(study) + args.trials
     where = f"{name} in {mask_url(url)}"
     print(f"tune: study {where}: {finished_count(study)} finished trials, target {target}", flush=True)
     codes = [0]
     if needs_workers(study, args, cfg, target):
-        codes = run_rounds(study, args.workers, name, url, target, cfg)
+        codes = run_rounds(study, workers, name, url, target, cfg)
     elif finished_count(study) < target:
         run_trials(study, load_objective(cfg, space, seed, target), target, cfg)
     summary = write_outputs(study, seed, cfg.fold)

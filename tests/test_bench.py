@@ -6,7 +6,11 @@ import json
 import math
 import zipfile
 
+import keras
+import numpy as np
+
 from pipeline import paths
+from pipeline.device import Gpu, Hardware, plan_devices
 from pipeline.tools import bench
 
 
@@ -55,3 +59,22 @@ def test_main_writes_the_table_to_reports(project):
     report = json.loads(paths.BENCH_JSON.read_text())
     assert [r["figure"] for r in report["table"]][:2] == ["training", "inference + TTA"]
     assert report["rows"] == 32
+
+
+def test_precision_rows_time_the_plans_policy_on_the_pipelines_path(project):
+    # the plan of a T4 with this backend: float16 mixed precision against float32, both through fitting.fit with
+    # XLA on (TensorFlow, JAX), as on the GPU, on this CPU
+    plan = plan_devices(Hardware(keras.backend.backend(), (Gpu("Tesla T4", (7, 5), 15.0),)), "auto")
+    setup = bench.setup_from_params(epochs=2, device=plan)
+    x, y = bench.bench_images(32, 0)
+    aug = {"x": x[:8], "source": np.arange(8, dtype=np.int32)}
+    rows = bench.bench_precision(setup.settings, x, y, aug, plan, seed=0, repeats=1)
+    assert [r["figure"] for r in rows] == [
+        "training, float16", "training, float16, CPU time", "inference, float16", "inference, float16, CPU time",
+    ]  # fmt: skip
+    for r in rows:
+        assert r["value"] > 0 and r["reference"] > 0 and r["reference_name"] == "float32", r
+        assert "the plan chose mixed_float16 (compute capability 7.5" in r["note"]
+        assert ("XLA on" if plan.jit_compile else "XLA off") in r["note"]
+    assert rows[0]["note"].startswith("fitting.fit") and rows[2]["note"].startswith("fitting.predict_probs")
+    assert bench.mixed_policy(None) == "mixed_bfloat16"  # without a plan (or where it chose float32): bf16

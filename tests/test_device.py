@@ -1,8 +1,14 @@
-"""Precision per device: bf16 mixed precision where the hardware computes bf16 natively, float32 elsewhere,
-params.yaml's device.precision overriding both; a bf16-trained model saves, reloads and predicts as trained."""
+"""The device plan, on CPU with the device lists of the GPUs Kagglers train on: precision by compute capability
+(float32 on a P100, float16 mixed precision on a V100 or T4, bf16 from an A100, L4 or H100; bf16 on a CPU only where
+it computes bf16 natively), params.yaml's device.precision overriding it; XLA; tuning workers spread over the GPUs
+with their memory shares (checked by jax's own reader of them); one training process per GPU; the CLI. Then the
+GPU-only code paths that do run on a CPU: a fit under mixed_float16 with Keras' loss scaling, weight averaging and
+XLA, reloaded under every policy."""
 
 from __future__ import annotations
 
+import json
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline import device
-from pipeline.lib.fitting import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.device import Gpu, Hardware, plan_devices, process_env
+from pipeline.lib.fitting import EpochSampler, FitSettings, fit, inner_optimizer, predict_probs
 from pipeline.lib.models import load_model
 from tests.conftest import synthetic_digits
 
@@ -19,6 +26,15 @@ X86_BF16 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 
 X86_PLAIN = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
 ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve sve2 bf16 i8mm\n"
 ARM_PLAIN = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n"
+
+P100 = Gpu("Tesla P100-PCIE-16GB", (6, 0), 16.0)
+V100 = Gpu("Tesla V100-SXM2-16GB", (7, 0), 16.0)
+T4 = Gpu("Tesla T4", (7, 5), 15.0)
+L4 = Gpu("NVIDIA L4", (8, 9), 22.5)
+A100 = Gpu("NVIDIA A100-SXM4-40GB", (8, 0), 40.0)
+H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0), 80.0)
+PLAIN_FLAGS = frozenset({"sse2", "avx2", "avx512f"})
+BF16_FLAGS = frozenset({"sse2", "avx2", "amx_bf16"})
 
 
 @pytest.fixture(autouse=True)
@@ -43,34 +59,207 @@ def test_cpu_flags_of_a_machine_without_proc_cpuinfo_are_empty(tmp_path: Path):
     assert device.cpu_flags(tmp_path / "absent") == frozenset()
 
 
+# ---------------------------------------------------------------- the plan, machine by machine (TensorFlow)
+
+GPU0, GPU1 = {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}
+# machine: (GPUs, CPU flags, policy, XLA, GPU of each of the tuning workers at 2 per GPU, training environments)
+MACHINES = {
+    "Kaggle P100": ((P100,), PLAIN_FLAGS, "float32", True, [0, 0], [GPU0]),
+    "Colab T4": ((T4,), PLAIN_FLAGS, "mixed_float16", True, [0, 0], [GPU0]),
+    "Kaggle 2 x T4": ((T4, T4), PLAIN_FLAGS, "mixed_float16", True, [0, 1, 0, 1], [GPU0, GPU1]),
+    "V100": ((V100,), PLAIN_FLAGS, "mixed_float16", True, [0, 0], [GPU0]),
+    "L4": ((L4,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
+    "A100": ((A100,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
+    "H100": ((H100,), BF16_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
+    "P100 + T4 (the slower decides)": ((T4, P100), PLAIN_FLAGS, "float32", True, [0, 1, 0, 1], [GPU0, GPU1]),
+    "no GPU, CPU with AMX": ((), BF16_FLAGS, "mixed_bfloat16", False, [None] * 3, [{}]),
+    "no GPU, plain CPU": ((), PLAIN_FLAGS, "float32", False, [None] * 3, [{}]),
+    "no GPU, Arm with BF16": ((), frozenset({"asimd", "bf16"}), "mixed_bfloat16", False, [None] * 3, [{}]),
+}
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+def test_the_plan_of_each_machine(machine: str):
+    gpus, flags, policy, xla, worker_gpus, train_envs = MACHINES[machine]
+    hardware = Hardware("tensorflow", gpus, flags, cores=4, machine="x86_64")
+    plan = plan_devices(hardware, "auto", workers_per_gpu=2, workers_cpu=3)
+    assert plan.precision == policy
+    assert plan.jit_compile is xla and not plan.resident
+    assert [w.gpu for w in plan.tune_workers] == worker_gpus
+    assert list(plan.train_envs) == train_envs
+    assert set(plan.reasons) == {"precision", "xla", "tune", "train"} and all(plan.reasons.values())
+    assert policy in plan.describe() and plan.reasons["precision"] in plan.describe()
+    if gpus:
+        assert gpus[0].name in plan.describe() and "/physical_device" not in plan.describe()
+        assert f"compute capability {min(g.capability for g in gpus)[0]}." in plan.reasons["precision"]
+    for worker in plan.tune_workers:
+        if worker.gpu is None:
+            assert worker.env == {} and worker.memory_fraction is None
+            continue
+        # two workers per GPU: each on its own GPU alone, capped at its share of that GPU's memory in MB
+        assert worker.env["CUDA_VISIBLE_DEVICES"] == str(worker.gpu)
+        assert worker.memory_fraction == 0.45
+        megabytes = int(worker.env[device.TF_MEMORY_ENV])
+        assert megabytes == int(0.45 * gpus[worker.gpu].memory_gib * 1024)
+
+
 @pytest.mark.parametrize(
-    ("setting", "gpu", "cpuinfo", "policy"),
+    ("setting", "gpus", "flags", "policy"),
     [
-        ("auto", False, X86_BF16, "mixed_bfloat16"),
-        ("auto", False, X86_PLAIN, "float32"),
-        ("auto", False, ARM_BF16, "mixed_bfloat16"),
-        ("auto", True, X86_PLAIN, "mixed_bfloat16"),
-        ("float32", False, X86_BF16, "float32"),
-        ("float32", True, X86_BF16, "float32"),
-        ("mixed_bfloat16", False, X86_PLAIN, "mixed_bfloat16"),
+        ("float32", (H100,), BF16_FLAGS, "float32"),
+        ("mixed_bfloat16", (T4,), PLAIN_FLAGS, "mixed_bfloat16"),
+        ("mixed_float16", (), PLAIN_FLAGS, "mixed_float16"),
+        ("mixed_float16", (A100,), PLAIN_FLAGS, "mixed_float16"),
+        ("float32", (), BF16_FLAGS, "float32"),
     ],
 )
-def test_precision_resolution(tmp_path: Path, setting: str, gpu: bool, cpuinfo: str, policy: str):
-    path = tmp_path / "cpuinfo"
-    path.write_text(cpuinfo)
-    chosen, reason = device.resolve_precision(setting, gpu, device.cpu_flags(path))
-    assert chosen == policy
-    assert reason  # the log line says why
-    if setting != "auto":
-        assert "device.precision" in reason
+def test_an_explicit_precision_wins_and_says_what_auto_would_do(setting, gpus, flags, policy):
+    plan = plan_devices(Hardware("tensorflow", gpus, flags), setting)
+    auto = plan_devices(Hardware("tensorflow", gpus, flags), "auto").precision
+    assert plan.precision == policy
+    assert "device.precision" in plan.reasons["precision"]
+    assert (f"auto would choose {auto}" in plan.reasons["precision"]) == (auto != policy)
 
 
 def test_an_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match=r"device.precision must be one of auto, float32, mixed_bfloat16"):
-        device.resolve_precision("float16", False, frozenset())
+    with pytest.raises(ValueError, match=r"device.precision must be one of auto, float32, mixed_bfloat16, mixed_f"):
+        plan_devices(Hardware("tensorflow", ()), "float16")
 
 
-@pytest.mark.parametrize("setting", ["float32", "mixed_bfloat16"])
+def test_jax_keeps_data_on_the_device_and_caps_memory_by_the_current_name():
+    plan = plan_devices(Hardware("jax", (T4, T4)), "auto", workers_per_gpu=3)
+    assert plan.resident and plan.jit_compile and plan.precision == "mixed_float16"
+    assert [w.gpu for w in plan.tune_workers] == [0, 1, 0, 1, 0, 1]
+    for worker in plan.tune_workers:
+        assert worker.env == {"CUDA_VISIBLE_DEVICES": str(worker.gpu), "XLA_CLIENT_MEM_FRACTION": "0.30"}
+
+
+def test_pytorch_runs_without_xla_and_without_a_memory_cap():
+    plan = plan_devices(Hardware("torch", (T4,)), "auto", workers_per_gpu=2)
+    assert not plan.jit_compile and "torch" in plan.reasons["xla"]
+    assert [w.env for w in plan.tune_workers] == [{"CUDA_VISIBLE_DEVICES": "0"}] * 2
+    assert "cannot be capped" in plan.reasons["tune"]
+
+
+def test_tensorflow_without_the_gpus_memory_lets_it_grow_and_says_so():
+    plan = plan_devices(Hardware("tensorflow", (Gpu("Tesla T4", (7, 5), None),)), "auto", workers_per_gpu=2)
+    assert [w.env for w in plan.tune_workers] == [{"CUDA_VISIBLE_DEVICES": "0"}] * 2
+    assert "cannot be capped" in plan.reasons["tune"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 5, 9])
+def test_workers_spread_over_the_gpus_split_each_ones_memory(workers: int):
+    plan = plan_devices(Hardware("jax", (T4, T4)), "auto", workers=workers)
+    assert len(plan.tune_workers) == workers
+    for gpu in (0, 1):
+        mine = [w for w in plan.tune_workers if w.gpu == gpu]
+        assert abs(len(mine) - workers / 2) <= 0.5  # round-robin: as even as it gets
+        shares = [float(w.env.get("XLA_CLIENT_MEM_FRACTION", 1.0)) for w in mine]
+        assert len(mine) < 2 or (len(set(shares)) == 1 and sum(shares) <= device.SHARED_MEMORY)
+        assert len(mine) != 1 or shares == [1.0]  # a worker alone on its GPU is not capped
+
+
+# ---------------------------------------------------------------- a child's environment: the user's settings win
+
+
+def jax_gpu_options(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Return the options jax's GPU client would be created with in a process whose environment is `env`."""
+    from jaxlib import xla_client
+
+    for name in device.JAX_MEMORY_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return dict(xla_client.generate_pjrt_gpu_plugin_options())
+
+
+@pytest.mark.parametrize(
+    ("user", "fraction"),
+    [({}, 0.45), ({"XLA_CLIENT_MEM_FRACTION": "0.2"}, 0.2), ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.3"}, 0.3)],
+)
+def test_a_jax_workers_memory_share_reaches_jax_without_clashing_with_the_users(user, fraction, monkeypatch):
+    worker = plan_devices(Hardware("jax", (T4,)), "auto", workers_per_gpu=2).tune_workers[1]
+    env = process_env({"PATH": "/bin", **user}, worker.env)
+    assert env["PATH"] == "/bin" and env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert jax_gpu_options(env, monkeypatch)["memory_fraction"] == pytest.approx(fraction)  # jax raises on both
+
+
+def test_a_gpu_index_maps_through_the_users_own_visible_devices():
+    assert process_env({"CUDA_VISIBLE_DEVICES": "2,3"}, {"CUDA_VISIBLE_DEVICES": "1"})["CUDA_VISIBLE_DEVICES"] == "3"
+    assert process_env({"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "1"})["CUDA_VISIBLE_DEVICES"] == "1"
+    assert process_env({}, {"CUDA_VISIBLE_DEVICES": "0"}) == {"CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_a_users_tensorflow_memory_cap_is_kept():
+    worker = plan_devices(Hardware("tensorflow", (T4,)), "auto", workers_per_gpu=2).tune_workers[0]
+    assert process_env({device.TF_MEMORY_ENV: "1000"}, worker.env)[device.TF_MEMORY_ENV] == "1000"
+    assert process_env({}, worker.env)[device.TF_MEMORY_ENV] == worker.env[device.TF_MEMORY_ENV]
+
+
+# ---------------------------------------------------------------- python -m pipeline.device
+
+
+@pytest.mark.parametrize(
+    ("assumed", "policy", "gpus"),
+    [
+        (["Tesla T4,7.5,15", "Tesla T4,7.5,15"], "mixed_float16", {0, 1}),
+        (["Tesla P100-PCIE-16GB,6.0,16"], "float32", {0}),
+        (["NVIDIA H100 80GB HBM3,9.0,80"], "mixed_bfloat16", {0}),
+    ],
+)
+def test_the_cli_plans_for_assumed_gpus(project: Path, capsys, assumed: list[str], policy: str, gpus: set[int]):
+    argv = ["--json", *[arg for gpu in assumed for arg in ("--assume", gpu)]]
+    assert device.main(argv) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["precision"] == policy and plan["jit_compile"] is (keras.backend.backend() != "torch")
+    assert [g["name"] for g in plan["gpus"]] == [a.rsplit(",", 2)[0] for a in assumed]
+    assert plan["gpus"][0]["capability"] == assumed[0].split(",")[1]
+    assert {w["gpu"] for w in plan["tune_workers"]} == gpus
+    assert plan["train_envs"] == [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(len(assumed))]
+
+
+def test_the_cli_says_why_and_refuses_a_malformed_gpu(project: Path, capsys):
+    assert device.main(["--assume", "Tesla T4,7.5,15", "--precision", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed GPU (Tesla T4)" in out and "float32" in out and "auto would choose mixed_float16" in out
+    with pytest.raises(SystemExit) as exit_:
+        device.main(["--assume", "Tesla T4,7.5"])
+    assert exit_.value.code == 2 and "NAME,CC,GiB" in capsys.readouterr().err
+
+
+def fake_nvidia_smi(folder: Path, rows: str) -> None:
+    """Put an `nvidia-smi` in `folder` that lists `rows` (name, MiB) as the real one's CSV query does."""
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{rows}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_a_gpu_that_nvidia_smi_lists_and_the_backend_misses_is_a_warning(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: nothing to say
+    hardware = Hardware("tensorflow", ())
+    assert device.nvidia_smi_gpus() is None and device.unseen_gpus(hardware) is None
+    fake_nvidia_smi(tmp_path, "Tesla T4, 15360\\nTesla T4, 15360\\n")
+    assert device.nvidia_smi_gpus() == [("Tesla T4", 15.0), ("Tesla T4", 15.0)]
+    warning = device.unseen_gpus(hardware)
+    assert warning and "2 GPU(s) (Tesla T4, Tesla T4)" in warning and "tensorflow sees 0" in warning
+    assert device.unseen_gpus(Hardware("tensorflow", (T4, T4))) is None
+
+
+def test_this_machines_plan_is_what_the_backend_reports(project: Path, capsys):
+    assert device.main(["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    hardware = device.detect()
+    assert plan["backend"] == keras.backend.backend() and len(plan["gpus"]) == len(hardware.gpus)
+    if not hardware.gpus:
+        assert plan["train_envs"] == [{}] and plan["jit_compile"] is False
+        native = device.bf16_flag(device.cpu_flags()) is not None
+        assert plan["precision"] == ("mixed_bfloat16" if native else "float32")
+
+
+# ---------------------------------------------------------------- configure: the plan applied to this process
+
+
+@pytest.mark.parametrize("setting", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_configure_sets_the_global_policy_and_describes_it(setting: str):
     chosen = device.configure(setting)
     assert chosen.precision == setting
@@ -78,30 +267,37 @@ def test_configure_sets_the_global_policy_and_describes_it(setting: str):
     assert setting in chosen.describe()
 
 
-def test_configure_auto_follows_this_machines_cpu():
-    chosen = device.configure("auto")
-    if chosen.kind == "cpu":
-        native = device.bf16_flag(device.cpu_flags()) is not None
-        assert chosen.precision == ("mixed_bfloat16" if native else "float32")
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16", "float32"])
+def test_clear_session_keeps_the_precision_policy(policy: str):
+    keras.mixed_precision.set_global_policy(policy)
+    device.clear_session()
+    assert keras.config.dtype_policy().name == policy
+    assert device.configure(policy).precision == policy
 
 
-def bf16_trained(name: str) -> tuple[keras.Model, np.ndarray]:
-    """Return model `name` trained 2 epochs under bf16 mixed precision on synthetic digits, and its images."""
-    device.configure("mixed_bfloat16")
+# ---------------------------------------------------------------- fits under mixed precision, reloaded
+
+
+SETTINGS = FitSettings(
+    model="dropout_cnn", epochs=2, batch_size=16, learning_rate=0.003, warmup_epochs=0.5, dropout_conv=0.25,
+    dropout_dense=0.5, aug_prob=0.0, label_smoothing=0.0,
+)  # fmt: skip
+
+
+def trained(name: str, plan: device.DevicePlan, **changes: object) -> tuple[keras.Model, list[dict], np.ndarray]:
+    """Return model `name` trained under `plan` (its policy set globally) on synthetic digits, its history and its
+    images."""
+    keras.mixed_precision.set_global_policy(plan.precision)
     x, y = synthetic_digits(120)
     sampler = EpochSampler(x, y, np.arange(90), x[:0], np.zeros(0, np.int32), seed=0)
-    settings = FitSettings(
-        model=name, epochs=2, batch_size=16, learning_rate=0.003, warmup_epochs=0.5, dropout_conv=0.25,
-        dropout_dense=0.5, aug_prob=0.0, label_smoothing=0.0,
-    )  # fmt: skip
     keras.utils.set_random_seed(0)
-    model, _ = fit(replace(settings, model=name), sampler, (x[90:], y[90:]))
-    return model, x
+    model, history = fit(replace(SETTINGS, model=name, **changes), sampler, (x[90:], y[90:]), plan)
+    return model, history, x
 
 
 @pytest.mark.parametrize("name", ["dropout_cnn", "bn_cnn"])
 def test_a_bf16_model_keeps_float32_outputs_and_reloads_in_safe_mode(tmp_path: Path, name: str):
-    model, x = bf16_trained(name)
+    model, _, x = trained(name, plan_devices(Hardware(keras.backend.backend(), ()), "mixed_bfloat16"))
     assert model.get_layer("scale").compute_dtype == "bfloat16"
     assert model.get_layer("probs").compute_dtype == "float32"  # softmax and loss in float32
     assert all(w.dtype == "float32" for w in model.weights)  # mixed precision keeps float32 variables
@@ -118,9 +314,63 @@ def test_a_bf16_model_keeps_float32_outputs_and_reloads_in_safe_mode(tmp_path: P
     assert np.mean(in_float32.argmax(1) == in_memory.argmax(1)) >= 0.98
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
-def test_clear_session_keeps_the_precision_policy(policy: str):
+@pytest.fixture(scope="module")
+def t4_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[keras.Model, list[dict], np.ndarray, Path]:
+    """A model trained on the plan of a T4 with this backend (mixed_float16, XLA on), weight averaging on, resumed
+    from its checkpoint for a third epoch; with the checkpoint folder."""
+    before = keras.config.dtype_policy().name
+    plan = plan_devices(Hardware(keras.backend.backend(), (T4,)), "auto")
+    assert plan.precision == "mixed_float16" and plan.jit_compile == (keras.backend.backend() != "torch")
+    folder = tmp_path_factory.mktemp("t4")
+    keras.mixed_precision.set_global_policy(plan.precision)
+    x, y = synthetic_digits(120)
+    sampler = EpochSampler(x, y, np.arange(90), x[:0], np.zeros(0, np.int32), seed=0)
+    settings = replace(SETTINGS, ema_momentum=0.9)
+    keras.utils.set_random_seed(0)
+    fit(settings, sampler, (x[90:], y[90:]), plan, checkpoint=folder, fingerprint="t4")
+    model, history = fit(replace(settings, epochs=3), sampler, (x[90:], y[90:]), plan, checkpoint=folder,
+                         fingerprint="t4")  # fmt: skip
+    keras.mixed_precision.set_global_policy(before)
+    return model, history, x, folder
+
+
+def test_mixed_float16_scales_the_loss_and_trains_under_xla(t4_fit):
+    model, history, _, _ = t4_fit
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras added loss scaling
+    assert model.get_layer("scale").compute_dtype == "float16" and model.get_layer("probs").compute_dtype == "float32"
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert len(history) == 3 and all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in history)
+    assert history[-1]["val_accuracy"] > 0.5, history  # the bar position is easy to learn, also in float16
+
+
+def test_weight_averaging_reaches_through_the_loss_scale_wrapper(t4_fit):
+    model, _, _, _ = t4_fit
+    optimizer = inner_optimizer(model)
+    assert optimizer is model.optimizer.inner_optimizer and optimizer.use_ema
+    assert not model.optimizer.use_ema  # the wrapper's own flag: reading it turned averaging off
+    returned = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)  # the averages, once more
+    averaged = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    for got, want in zip(returned, averaged, strict=True):
+        np.testing.assert_array_equal(got, want)  # fit returned the averaged weights
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_a_float16_model_reloads_under_any_policy(tmp_path: Path, t4_fit, policy: str):
+    model, _, x, _ = t4_fit
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    in_memory = predict_probs(model, x)
+    model.save(tmp_path / "m.keras")
     keras.mixed_precision.set_global_policy(policy)
-    device.clear_session()
-    assert keras.config.dtype_policy().name == policy
-    assert device.configure(policy).precision == policy
+    reloaded = load_model(str(tmp_path / "m.keras"))
+    assert reloaded.get_layer("scale").compute_dtype == keras.mixed_precision.Policy(policy).compute_dtype
+    probs = predict_probs(reloaded, x)
+    np.testing.assert_allclose(probs, in_memory, atol=2e-2)  # float16 keeps 11 bits of mantissa, bf16 8
+    assert np.mean(probs.argmax(1) == in_memory.argmax(1)) >= 0.98
+
+
+def test_jit_compile_runs_on_this_cpu_with_tensorflow(t4_fit):
+    model, history, _, _ = t4_fit
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("jit_compile is TensorFlow's XLA switch")
+    assert model.jit_compile and len(history) == 3  # trained, checkpointed and resumed with XLA, as on a GPU

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from pipeline import audit, augment, ingest, params, paths, predict, report, train, tune
-from pipeline.device import resolve_precision
+from pipeline.device import Gpu, Hardware, plan_devices
 from pipeline.lib import ensemble, tta
 from pipeline.lib.files import write_json
 from pipeline.tools import compare, submit
@@ -253,7 +253,7 @@ MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
     (
         "precision bf16",
         setting("device.precision", "bf16"),
-        r"device\.precision: got 'bf16', expected one of auto, float32, mixed_bfloat16",
+        r"device\.precision: got 'bf16', expected one of auto, float32, mixed_bfloat16, mixed_float16",
     ),
     (
         "audit filter typo",
@@ -389,7 +389,9 @@ def test_every_profiles_settings_pass_and_every_setting_is_described(project: Pa
 def test_every_choice_the_schema_allows_runs_in_the_code_that_uses_it() -> None:
     """The schema is the only list of choices; each one it allows is one the module behind it runs."""
     for precision in params.choices(params.Precision):
-        assert resolve_precision(precision, False, frozenset())[0] in {"float32", "mixed_bfloat16"}
+        plan = plan_devices(Hardware("tensorflow", (Gpu("Tesla T4", (7, 5), 15.0),)), precision)
+        assert plan.precision in {"float32", "mixed_bfloat16", "mixed_float16"}
+        assert plan.precision == precision or precision == "auto"
     probs = np.random.default_rng(0).dirichlet(np.ones(10), size=(2, 60))
     labels = np.arange(60) % 10
     for objective in params.choices(params.BlendObjective):

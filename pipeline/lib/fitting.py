@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.device import Device
+from pipeline.device import DevicePlan
 from pipeline.lib.files import atomic_path, read_json, write_json
 from pipeline.lib.models import N_CLASSES, build_model
 from pipeline.params import FitParams
@@ -224,7 +224,7 @@ class AveragedWeights(keras.callbacks.Callback):
     def on_test_begin(self, logs: dict | None = None) -> None:
         """Score validation with the averaged weights."""
         self.keep_trained()
-        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+        inner_optimizer(self.model).finalize_variable_values(self.model.trainable_variables)
 
     def on_test_end(self, logs: dict | None = None) -> None:
         """Go back to the trained weights after validation."""
@@ -239,10 +239,18 @@ class AveragedWeights(keras.callbacks.Callback):
         self.restore_trained()
 
 
+def inner_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
+    """Return the optimizer that `model` was compiled with: under mixed_float16 Keras wraps it in a
+    LossScaleOptimizer, whose own use_ema is always False."""
+    optimizer = model.optimizer
+    return optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+
+
 def use_averaged_weights(model: keras.Model) -> None:
     """Replace `model`'s weights with the optimizer's average of them when it keeps one (use_ema)."""
-    if getattr(model.optimizer, "use_ema", False):
-        model.optimizer.finalize_variable_values(model.trainable_variables)
+    optimizer = inner_optimizer(model)
+    if getattr(optimizer, "use_ema", False):
+        optimizer.finalize_variable_values(model.trainable_variables)
 
 
 def current_lr(model: keras.Model) -> float:
@@ -300,7 +308,7 @@ def fit(
     cfg: FitSettings,
     sampler: EpochSampler,
     val: tuple[np.ndarray, np.ndarray],
-    device: Device | None = None,
+    device: DevicePlan | None = None,
     on_epoch: EpochHook | None = None,
     checkpoint: Path | None = None,
     fingerprint: str = "",

@@ -4,8 +4,8 @@ reference measured in the same run, prints one table and writes it to reports/be
 1. training images/s: the train stage's input path and step (EpochSampler + training.fit, one
    model.fit per epoch) vs one bare model.fit on in-memory arrays (same model, batch, epochs);
 2. inference image-views/s: tta.predict_views vs bare model.predict on the same (pre-transformed) views;
-   bf16 mixed precision vs float32, training (bare model.fit) and inference (bare model.predict), alternating
-   in one run, with the precision the pipeline chose on this machine (pipeline/device.py);
+   mixed precision (the device plan's, else bf16) vs float32, training and inference on the pipeline's own
+   path (fitting.fit with the plan's XLA setting, fitting.predict_probs), alternating in one run;
 3. augmentation images/s: pipeline.augment.augment on every core vs a single-process albumentations loop;
 4. ingest seconds: dataio.parse_train/parse_test on the competition zip's CSVs vs pandas.read_csv defaults;
 5. peak resident memory of each stage's core, run in a fresh subprocess, vs that process after its imports.
@@ -37,7 +37,7 @@ from pipeline.lib.files import read_npz, write_json, write_npz
 from pipeline.params import AugmentParams, IngestParams
 
 if TYPE_CHECKING:  # keras stays unimported until a measurement needs it (the memory rows' baseline)
-    from pipeline.device import Device
+    from pipeline.device import DevicePlan
     from pipeline.lib.fitting import FitSettings
 
 STAGES = ("ingest", "augment", "train", "predict")
@@ -55,7 +55,7 @@ class BenchSetup:
     views: int  # TTA views besides the original
     predict_batch: int
     seed: int = 0
-    device: Device | None = None  # None: plain CPU settings
+    device: DevicePlan | None = None  # None: plain CPU settings
 
 
 def row(figure: str, unit: str, value: float, reference_name: str, reference: float, target: str, note: str) -> dict:
@@ -115,7 +115,13 @@ def bare_fit(
 
 
 def bench_training(
-    settings: FitSettings, x: np.ndarray, y: np.ndarray, aug: dict, device: Device | None, seed: int, repeats: int = 2
+    settings: FitSettings,
+    x: np.ndarray,
+    y: np.ndarray,
+    aug: dict,
+    device: DevicePlan | None,
+    seed: int,
+    repeats: int = 2,
 ) -> tuple[dict, object]:
     """Return the training row (pipeline path vs bare model.fit, alternating runs) and a pipeline-trained model."""
     import keras
@@ -183,49 +189,68 @@ def global_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(before)
 
 
-def precision_rates(settings: FitSettings, x: np.ndarray, y: np.ndarray, policy: str, seed: int) -> dict[str, float]:
+MIXED_LABELS = {"mixed_bfloat16": "bf16", "mixed_float16": "float16"}
+
+
+def mixed_policy(device: DevicePlan | None) -> str:
+    """Return the mixed precision the precision rows set against float32: the plan's choice, or bf16 where it chose
+    float32 (or there is no plan)."""
+    return device.precision if device and device.precision in MIXED_LABELS else "mixed_bfloat16"
+
+
+def precision_rates(
+    settings: FitSettings, x: np.ndarray, y: np.ndarray, aug: dict, policy: str, device: DevicePlan | None, seed: int
+) -> dict[str, float]:
     """Return the training and inference images per wall second and per CPU second (this process's threads
-    together) of a bare model.fit and model.predict under `policy`."""
+    together) under `policy`, on the pipeline's own path: fitting.fit with the plan's XLA setting and input feed,
+    and fitting.predict_probs."""
     import keras
 
     from pipeline.device import clear_session
-    from pipeline.lib.fitting import as_input
+    from pipeline.lib.fitting import EpochSampler, fit, predict_probs
 
     with global_policy(policy):
         clear_session()
         keras.utils.set_random_seed(seed)
-        val = (x[: settings.batch_size], y[: settings.batch_size])
-        seconds, model, cpu_seconds = bare_fit(settings, x, y, val, jit=False)
-        xf = as_input(x)
-        model.predict(xf[:1024], batch_size=1024, verbose=0)  # warm-up
+        sampler = EpochSampler(x, y, np.arange(len(x)), aug["x"], aug["source"], seed)
+        marks = [time.process_time()]
+        model, history = fit(settings, sampler, (x[: settings.batch_size], y[: settings.batch_size]), device,
+                             lambda epoch, logs: marks.append(time.process_time()))  # fmt: skip
+        predict_probs(model, x[:1024])  # warm-up
         cpu_start = time.process_time()
-        infer = len(x) / timed(lambda: model.predict(xf, batch_size=1024, verbose=0))
+        infer = len(x) / timed(lambda: predict_probs(model, x))
         infer_cpu = len(x) / max(time.process_time() - cpu_start, 1e-9)
     return {
-        "train": steady_rate(len(x), seconds), "train_cpu": steady_rate(len(x), cpu_seconds),
+        "train": steady_rate(len(x), [r["seconds"] for r in history]),
+        "train_cpu": steady_rate(len(x), list(np.diff(marks))),
         "infer": infer, "infer_cpu": infer_cpu,
     }  # fmt: skip
 
 
-def bench_precision(settings: FitSettings, x: np.ndarray, y: np.ndarray, device: Device | None, seed: int,
-                    repeats: int = 2) -> list[dict]:  # fmt: skip
-    """Return the training and inference rows of bf16 mixed precision vs float32 (bare model.fit and model.predict,
-    alternating in this process), per wall second and per CPU second, each noting the precision the pipeline chose
-    here. Per CPU second is the steadier figure where the machine's share of its cores varies (a throttled VM)."""
-    rates: dict[str, list[dict[str, float]]] = {"mixed_bfloat16": [], "float32": []}
+def bench_precision(settings: FitSettings, x: np.ndarray, y: np.ndarray, aug: dict, device: DevicePlan | None,
+                    seed: int, repeats: int = 2) -> list[dict]:  # fmt: skip
+    """Return the training and inference rows of mixed precision (`mixed_policy`) vs float32 on the pipeline's path
+    (alternating in this process), per wall second and per CPU second, each noting the precision and XLA setting
+    the plan chose here. Per CPU second is the steadier figure where the machine's share of its cores varies."""
+    mixed = mixed_policy(device)
+    rates: dict[str, list[dict[str, float]]] = {mixed: [], "float32": []}
     for _ in range(repeats):
         for policy, measured in rates.items():
-            measured.append(precision_rates(settings, x, y, policy, seed))
-    chosen = f"the pipeline chose {device.precision} ({device.reason})" if device else "no device configured"
-    note = f"{settings.model}, batch {settings.batch_size}, {len(x)} rows; best of {repeats} alternating runs; {chosen}"
-    infer_note = f"bare model.predict, batch 1024, {len(x)} rows; {chosen}"
+            measured.append(precision_rates(settings, x, y, aug, policy, device, seed))
+    xla = "XLA on" if device and device.jit_compile else "XLA off"
+    chosen = (
+        f"the plan chose {device.precision} ({device.reasons['precision']}), {xla}" if device else f"no plan, {xla}"
+    )
+    note = f"fitting.fit, {settings.model}, batch {settings.batch_size}, {len(x)} rows; best of {repeats} alternating"
+    note += f" runs; {chosen}"
+    infer_note = f"fitting.predict_probs, batch 1024, {len(x)} rows; {chosen}"
     best = {p: {k: max(r[k] for r in m) for k in m[0]} for p, m in rates.items()}
-    bf16, f32 = best["mixed_bfloat16"], best["float32"]
+    low, f32, label = best[mixed], best["float32"], MIXED_LABELS[mixed]
     return [
-        row("training, bf16", "images/s", bf16["train"], "float32", f32["train"], "-", note),
-        row("training, bf16, CPU time", "images/CPU-s", bf16["train_cpu"], "float32", f32["train_cpu"], "-", note),
-        row("inference, bf16", "images/s", bf16["infer"], "float32", f32["infer"], "-", infer_note),
-        row("inference, bf16, CPU time", "images/CPU-s", bf16["infer_cpu"], "float32", f32["infer_cpu"], "-",
+        row(f"training, {label}", "images/s", low["train"], "float32", f32["train"], "-", note),
+        row(f"training, {label}, CPU time", "images/CPU-s", low["train_cpu"], "float32", f32["train_cpu"], "-", note),
+        row(f"inference, {label}", "images/s", low["infer"], "float32", f32["infer"], "-", infer_note),
+        row(f"inference, {label}, CPU time", "images/CPU-s", low["infer_cpu"], "float32", f32["infer_cpu"], "-",
             infer_note),
     ]  # fmt: skip
 
@@ -407,8 +432,8 @@ def run_bench(
     train_row, model = bench_training(setup.settings, x, y, aug, setup.device, setup.seed)
     log(f"bench: training {train_row['value']:,.0f} images/s")
     table = [train_row, bench_inference(model, x, setup.views, setup.predict_batch)]
-    table += bench_precision(setup.settings, x, y, setup.device, setup.seed)
-    log(f"bench: bf16 {table[2]['value']:,.0f} vs float32 {table[2]['reference']:,.0f} training images/s")
+    table += bench_precision(setup.settings, x, y, aug, setup.device, setup.seed)
+    log(f"bench: {table[2]['figure']} {table[2]['value']:,.0f} vs float32 {table[2]['reference']:,.0f} images/s")
     table += [aug_row, bench_ingest(zip_path)]
     log("bench: inference and ingest measured")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -445,7 +470,7 @@ def format_table(table: list[dict]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *lines])
 
 
-def setup_from_params(epochs: int, device: Device | None) -> BenchSetup:
+def setup_from_params(epochs: int, device: DevicePlan | None) -> BenchSetup:
     """Return the bench setup from params.yaml: the chosen model with train's batch and schedule, augment, predict."""
     from pipeline.train import fit_settings
 

@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline import augment, params, paths
-from pipeline.device import Device, clear_session, configure
+from pipeline.device import DevicePlan, clear_session, configure
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
 from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
@@ -173,7 +173,7 @@ def split_rows(
 
 
 def compare_model(
-    settings: FitSettings, data: dict, aug: dict, cfg: CompareParams, seed: int, device: Device | None = None
+    settings: FitSettings, data: dict, aug: dict, cfg: CompareParams, seed: int, device: DevicePlan | None = None
 ) -> tuple[dict, np.ndarray]:
     """Train `settings.model` on each compared fold; return its report row and OOF probabilities (fold order)."""
     probs, labels, seconds, train_rows, curves = [], [], [], [], []
@@ -219,7 +219,7 @@ def compare(
     cfg: CompareParams,
     overrides: dict[str, dict],
     seed: int,
-    device: Device | None = None,
+    device: DevicePlan | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every model of `cfg.models` with the same folds, rows and budget; return the rows and an OOF blend."""
@@ -246,7 +246,7 @@ def compare_published(
     seed: int,
     augment_cfg: AugmentParams,
     max_epochs: int | None = None,
-    device: Device | None = None,
+    device: DevicePlan | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every model of `cfg.models` at its published recipe (RECIPES, at most `max_epochs` epochs) on every
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_published(
-    base: FitSettings, data: dict, cfg: CompareParams, overrides: dict, device: Device, max_epochs: int | None
+    base: FitSettings, data: dict, cfg: CompareParams, overrides: dict, device: DevicePlan, max_epochs: int | None
 ) -> int:
     """Train the compared models at their published recipes and write reports/models.{md,json}."""
     shortened = f", at most {max_epochs} epochs each" if max_epochs else ""

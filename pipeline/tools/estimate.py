@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         tune = params.load("tune")
     except ParamsError as exc:
         return fail("estimate", exc)
-    from pipeline.device import gpu_present
+    from pipeline.device import detect
 
-    if gpu_present():
+    if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
     rates = calibrate(model.name, train.batch_size, args.seconds)
