@@ -370,15 +370,16 @@ def limit_tf_memory(environ: Mapping[str, str]) -> None:
             else:
                 tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # the runtime is initialized: too late, and nothing to undo
+            print("device: TensorFlow's GPU runtime had started: its memory stays as set", file=sys.stderr)
             return
 
 
 def configure(precision: str = "auto") -> DevicePlan:
     """Plan for the devices the active backend sees under the `precision` setting, apply the plan to this process
     (global dtype policy; TensorFlow's GPU memory) and return it."""
+    if keras.backend.backend() == "tensorflow":
+        limit_tf_memory(os.environ)  # before anything else asks TensorFlow about its GPUs
     plan = plan_devices(detect(), precision)
-    if plan.backend == "tensorflow":
-        limit_tf_memory(os.environ)
     keras.mixed_precision.set_global_policy(plan.precision)
     return plan
 
