@@ -13,13 +13,12 @@ import pytest
 
 from pipeline import params
 from pipeline.lib.fitting import (
-    OPTIMIZERS,
-    SCHEDULES,
     EpochSampler,
     FitSettings,
     compiled_model,
     current_lr,
     fit,
+    optimizer_for,
     plateau_rate,
     predict_probs,
     schedule,
@@ -148,9 +147,17 @@ def test_a_plateau_run_sets_each_epochs_rate_from_its_history(digits):
     assert current_lr(model) == pytest.approx(history[-1]["lr"])
 
 
-def test_the_code_offers_every_choice_the_schema_allows():
-    assert set(OPTIMIZERS) == set(params.choices(params.Optimizer))
-    assert params.choices(params.Schedule) == SCHEDULES
+@pytest.mark.parametrize("name", params.choices(params.Optimizer))
+def test_every_optimizer_the_schema_allows_is_built(name: str):
+    optimizer = optimizer_for(replace(SETTINGS, optimizer=name), steps_per_epoch=10)
+    assert type(optimizer).__name__.lower() == name
+
+
+@pytest.mark.parametrize("name", params.choices(params.Schedule))
+def test_every_schedule_the_schema_allows_gives_a_rate_up_to_the_peak(name: str):
+    rate = schedule(replace(SETTINGS, schedule=name), steps_per_epoch=10)
+    first = float(keras.ops.convert_to_numpy(rate(0))) if callable(rate) else rate
+    assert 0 < first <= SETTINGS.learning_rate * (1 + 1e-6)  # float32
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.device import DevicePlan
 from pipeline.lib.files import atomic_path, read_json, write_json
 from pipeline.lib.models import N_CLASSES, build_model
-from pipeline.params import FitParams
+from pipeline.params import FitParams, Schedule, choices
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,7 @@ def device_one_hot(labels: np.ndarray) -> object:
     return keras.ops.one_hot(keras.ops.convert_to_tensor(np.asarray(labels, dtype=np.int32)), N_CLASSES)
 
 
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
-SCHEDULES = ("warmup_cosine", "constant", "exponential", "plateau")
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}  # the classes of params.Optimizer
 PLATEAU_MIN_DELTA = 1e-4  # Keras' ReduceLROnPlateau default: a smaller val_accuracy gain is no improvement
 PLATEAU_FLOOR = 0.01  # the plateau schedule never goes below this share of learning_rate (1e-3 -> 1e-5)
 
@@ -143,8 +142,8 @@ def schedule(cfg: FitSettings, steps_per_epoch: int) -> keras.optimizers.schedul
     """Return the learning rate of `cfg.schedule`: warmup_cosine, a linear warmup to `learning_rate` followed by
     cosine decay over the remaining steps; exponential, `learning_rate` times `lr_decay` after every epoch;
     constant and plateau, `learning_rate` itself (the fit loop lowers a plateau's, `plateau_rate`)."""
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule not in choices(Schedule):
+        raise ValueError(f"train.schedule must be one of {', '.join(choices(Schedule))}, got {cfg.schedule!r}")
     if cfg.schedule == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(
             cfg.learning_rate, decay_steps=steps_per_epoch, decay_rate=cfg.lr_decay, staircase=True
