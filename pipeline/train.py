@@ -9,35 +9,37 @@ through DVCLive in reports/live/ (pipeline/lib/live.py); overall models/oof.npz 
 reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
 "oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).
 A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
-checkpoint in models/checkpoints/<model>/."""
+checkpoint in models/checkpoints/<model>/. On several GPUs the folds train at once, each in a worker process
+of its own on one GPU (the device plan's train_envs, `python -m pipeline.device`; `--processes N` sets how
+many), seeded by the seed, fold and member only, so with the results of one process."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
+import json
+import os
 import shutil
+import subprocess
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from queue import SimpleQueue
+from typing import Any
 
 import keras
 import numpy as np
 
 from pipeline import params, paths
-from pipeline.device import DevicePlan, configure
+from pipeline.device import DevicePlan, configure, process_env
 from pipeline.lib import live, progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.exclusions import kept_mask, read_exclusions
-from pipeline.lib.files import (
-    OutputError,
-    read_json,
-    read_npz,
-    remove_partials,
-    require,
-    write_json,
-    write_npz,
-    write_with,
-)
+from pipeline.lib.files import OutputError, read_json, read_npz, remove_partials, write_json, write_npz, write_with
 from pipeline.lib.fitting import (
     EpochSampler,
     FitSettings,
@@ -49,6 +51,7 @@ from pipeline.lib.fitting import (
     scores,
 )
 from pipeline.lib.models import base_name, check_name, seed_offset
+from pipeline.lib.training_data import TrainingData, read_training_data
 from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
 
 # The code that decides what a fold's model becomes (architecture, sampling, schedule, fit loop, rows and
@@ -151,20 +154,66 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def fold_is_done(model: str, fold: int, fingerprint: str) -> bool:
-    """Return True when `model`'s fold `fold` already has a finished model with this `fingerprint`."""
+@dataclass(frozen=True)
+class Options:
+    """How a train run reports and spreads its folds: Keras' output (0, 1 or 2), the held-out rows of each epoch's
+    curve (None: the whole fold), the fold that scored tuning (left out of "oof_untuned_rows"), and one environment
+    per training process run at once (a single one: the folds train in this process, one after another)."""
+
+    verbose: int = 0
+    monitor_rows: int | None = None
+    scored_fold: int | None = None
+    envs: tuple[Mapping[str, str], ...] = ({},)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every fold of a train run shares: the seed, the device, the identity of the data and training code, the
+    rows left out of training, Keras' output, the held-out rows of each epoch's curve, and the DVCLive logger that
+    records each epoch as it ends (None in a worker process: the parent logs the fold's history when it is done)."""
+
+    seed: int
+    device: DevicePlan
+    data_id: tuple[str, ...]
+    excluded: np.ndarray
+    verbose: int = 0
+    monitor_rows: int | None = None
+    logger: Any = None
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold of one model to train: its settings, and the fingerprint its files are recognised by with the base
+    fingerprint (the same settings and data, whatever rows are excluded)."""
+
+    settings: FitSettings
+    fold: int
+    fingerprint: str
+    base_fingerprint: str
+
+
+def fold_job(cfg: FitSettings, fold: int, data: TrainingData, run: Run) -> FoldJob:
+    """Return fold `fold` of model `cfg.model` with its fingerprints: the settings, seed, fold, data and code, and
+    precision, with the excluded rows among its training rows (nothing when there are none), so that only folds
+    whose training rows changed retrain."""
+    seed = member_seed(run.seed, cfg.model)
+    left_out = fold_exclusions(data.fold, run.excluded, fold)
+    base = fingerprint_of(cfg, seed, fold, run.data_id, run.device.precision)
+    excluding = {"excluded_rows": left_out}
+    fingerprint = fingerprint_of(cfg, seed, fold, run.data_id, run.device.precision, excluding) if left_out else base
+    return FoldJob(cfg, fold, fingerprint, base)
+
+
+def fold_is_done(job: FoldJob) -> bool:
+    """Return True when `job`'s fold already has a finished model with its fingerprint."""
+    model, fold = job.settings.model, job.fold
     meta = paths.fold_meta(model, fold)
     return (
         meta.is_file()
         and paths.fold_model(model, fold).is_file()
         and paths.fold_oof(model, fold).is_file()
-        and read_json(meta).get("fingerprint") == fingerprint
+        and read_json(meta).get("fingerprint") == job.fingerprint
     )
-
-
-def checkpoint_epochs(model: str, fold: int, fingerprint: str) -> int:
-    """Return how many epochs `model`'s fold `fold` checkpoint holds for this `fingerprint` (0 when none matches)."""
-    return len(checkpoint_history(paths.fold_checkpoint_dir(model, fold), fingerprint) or [])
 
 
 def remove_stale_partials(models: list[str], n_folds: int) -> None:
@@ -178,32 +227,25 @@ def remove_stale_partials(models: list[str], n_folds: int) -> None:
             progress.note(f"train: removed {path}, left by an interrupted run")
 
 
-def train_fold(
-    fold: int,
-    data: dict,
-    aug: dict,
-    cfg: FitSettings,
-    seed: int,
-    device: DevicePlan,
-    fingerprints: tuple[str, str],
-    verbose: int,
-    monitor_rows: int | None = None,
-    excluded: np.ndarray | None = None,
-    logger: object | None = None,
-) -> dict:
-    """Train fold `fold` on the other folds' rows minus `excluded` (resuming from its checkpoint) and write its
-    model, OOF probabilities (every row of the fold, excluded or not) and history, logging each epoch to the
-    DVCLive `logger` if given. `fingerprints`: the fold's fingerprint and its base fingerprint (the same
-    settings and data, whatever rows are excluded)."""
-    fingerprint, base_fingerprint = fingerprints
-    keras.utils.set_random_seed(seed + fold)
-    keep = kept_mask(len(data["y"]), np.zeros(0, np.int64) if excluded is None else excluded)
-    train_rows = np.flatnonzero((data["fold"] != fold) & keep)
-    val_rows = np.flatnonzero(data["fold"] == fold)
-    sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed + 1000 * fold)
-    start = time.perf_counter()
+def resume_point(job: FoldJob, logger: Any) -> Path:
+    """Return `job`'s checkpoint folder, emptied when its checkpoint was made with another fingerprint; log a
+    matching checkpoint's epochs to the DVCLive `logger` (if any), as they are not trained again."""
+    cfg, fold = job.settings, job.fold
+    folder = paths.fold_checkpoint_dir(cfg.model, fold)
+    history = checkpoint_history(folder, job.fingerprint) or []
+    if not history and folder.exists():
+        shutil.rmtree(folder)
+        progress.note(f"train: fold {fold} discarded {folder}: made with other settings, data or code")
+    if history:
+        progress.note(f"train: fold {fold} resumes after epoch {len(history)}/{cfg.epochs} ({folder})")
+        if logger is not None:
+            live.log_history(logger, cfg.model, fold, history)
+    return folder
 
-    bar = progress.progress(cfg.epochs, f"fold {fold}", unit="epoch", lines=False, leave=False)
+
+def epoch_reporter(job: FoldJob, bar: Any, logger: Any) -> Callable[[int, dict], None]:
+    """Return the hook that shows each epoch of `job` on `bar` and as a line, and logs it to the DVCLive `logger`."""
+    cfg, fold = job.settings, job.fold
 
     def report(epoch: int, row: dict) -> None:
         bar.update(epoch + 1 - bar.n)
@@ -215,36 +257,36 @@ def train_fold(
             f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
 
-    checkpoint_dir = paths.fold_checkpoint_dir(cfg.model, fold)
-    done = checkpoint_epochs(cfg.model, fold, fingerprint)
-    if not done and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
-        progress.note(f"train: fold {fold} discarded {checkpoint_dir}: made with other settings, data or code")
-    if done:
-        progress.note(f"train: fold {fold} resumes after epoch {done}/{cfg.epochs} ({checkpoint_dir})")
-        if logger is not None:
-            live.log_history(logger, cfg.model, fold, checkpoint_history(checkpoint_dir, fingerprint) or [])
-    with bar:
-        watch = monitor_subset(val_rows, data["y"], monitor_rows, seed + fold)
-        model, history = fit(
-            cfg,
-            sampler,
-            (data["x"][watch], data["y"][watch]),
-            device,
-            report,
-            checkpoint_dir,
-            fingerprint,
-            verbose,
-        )
-    probs = predict_probs(model, data["x"][val_rows])
+    return report
+
+
+def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
+    """Train `job`'s fold on the other folds' rows minus the excluded ones (resuming from its checkpoint) and write
+    its model, OOF probabilities (every row of the fold, excluded or not) and metadata with its history; return
+    the metadata."""
+    cfg, fold = job.settings, job.fold
+    progress.note(f"train: {cfg.model} fold {fold + 1}/{data.n_folds} on {run.device.describe()}")
+    seed = member_seed(run.seed, cfg.model)
+    keras.utils.set_random_seed(seed + fold)
+    train_rows = np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), run.excluded))
+    val_rows = np.flatnonzero(data.fold == fold)
+    sampler = EpochSampler(data.x, data.y, train_rows, data.aug.x, data.aug.source, seed + 1000 * fold)
+    start = time.perf_counter()
+    checkpoint = resume_point(job, run.logger)
+    with progress.progress(cfg.epochs, f"fold {fold}", unit="epoch", lines=False, leave=False) as bar:
+        watch = monitor_subset(val_rows, data.y, run.monitor_rows, seed + fold)
+        report = epoch_reporter(job, bar, run.logger)
+        val = (data.x[watch], data.y[watch])
+        model, history = fit(cfg, sampler, val, run.device, report, checkpoint, job.fingerprint, run.verbose)
+    probs = predict_probs(model, data.x[val_rows])
     meta = {
         "fold": fold,
-        "fingerprint": fingerprint,
-        "base_fingerprint": base_fingerprint,
-        **scores(probs, data["y"][val_rows]),
+        "fingerprint": job.fingerprint,
+        "base_fingerprint": job.base_fingerprint,
+        **scores(probs, data.y[val_rows]),
         "epochs": len(history),
         "settings": asdict(cfg),
-        "device": device.describe(),
+        "device": run.device.describe(),
         "seconds": time.perf_counter() - start,
         "train_rows": len(train_rows),
         "history": history,
@@ -252,7 +294,8 @@ def train_fold(
     write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs)
     write_json(paths.fold_meta(cfg.model, fold), meta)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    progress.note(f"train: fold {fold} OOF accuracy {meta['accuracy']:.4f} in {meta['seconds']:.0f}s")
     return meta
 
 
@@ -270,92 +313,141 @@ def collect_oof(model: str, n_rows: int, n_folds: int) -> np.ndarray:
     return probs
 
 
-def train_model(
-    cfg: FitSettings,
-    data: dict,
-    aug: dict,
-    data_id: list[str],
-    seed: int,
-    device: DevicePlan,
-    verbose: int,
-    bar,
-    monitor_rows: int | None = None,
-    excluded: np.ndarray | None = None,
-    logger: object | None = None,
-) -> dict[int, dict]:
-    """Train every fold of model `cfg.model` not already done (advancing progress `bar`), leaving the `excluded`
-    rows out of its training rows; return each fold's meta. A fold's fingerprint covers the excluded rows among
-    its training rows (nothing when there are none), so only folds whose training rows changed retrain."""
-    folds = {}
-    n_folds = int(data["fold"].max()) + 1
-    excluded = np.zeros(0, np.int64) if excluded is None else excluded
-    for fold in range(n_folds):
-        left_out = fold_exclusions(data["fold"], excluded, fold)
-        # the settings, the precision they computed in and the data, whatever rows are excluded
-        base = fingerprint_of(cfg, seed, fold, data_id, device.precision)
-        excluding = {"excluded_rows": left_out}
-        fingerprint = fingerprint_of(cfg, seed, fold, data_id, device.precision, excluding) if left_out else base
-        if fold_is_done(cfg.model, fold, fingerprint):
-            folds[fold] = read_json(paths.fold_meta(cfg.model, fold))
-            if logger is not None:  # the folder was started afresh: the fold's epochs first
-                live.log_history(logger, cfg.model, fold, folds[fold].get("history", []))
+def pending_jobs(models: list[FitSettings], data: TrainingData, run: Run, bar: Any) -> list[FoldJob]:
+    """Return every model's folds not already done, in order; keep the done ones (logging their history to the
+    DVCLive logger, which starts afresh, and advancing progress `bar`)."""
+    jobs = []
+    for cfg in models:
+        if len(models) > 1:
+            progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
+        for fold in range(data.n_folds):
+            job = fold_job(cfg, fold, data, run)
+            if not fold_is_done(job):
+                jobs.append(job)
+                continue
+            meta = read_json(paths.fold_meta(cfg.model, fold))
+            if run.logger is not None:
+                live.log_history(run.logger, cfg.model, fold, meta.get("history", []))
             shutil.rmtree(paths.fold_checkpoint_dir(cfg.model, fold), ignore_errors=True)  # left if killed after it
-            progress.note(
-                f"train: fold {fold} already trained with these settings (accuracy {folds[fold]['accuracy']:.4f})"
-            )
+            progress.note(f"train: fold {fold} already trained with these settings (accuracy {meta['accuracy']:.4f})")
             bar.update(1)
-            continue
-        progress.note(f"train: {cfg.model} fold {fold + 1}/{n_folds} on {device.describe()}")
-        folds[fold] = train_fold(
-            fold, data, aug, cfg, seed, device, (fingerprint, base), verbose, monitor_rows, excluded, logger
+    return jobs
+
+
+def worker_spec(job: FoldJob, run: Run) -> str:
+    """Return the JSON a worker process reads from stdin to train `job` as `run` would (see `train_in_worker`)."""
+    fold = {"settings": asdict(job.settings), "fold": job.fold, "precision": run.device.precision}
+    shared = {"seed": run.seed, "data_id": run.data_id, "verbose": run.verbose, "monitor_rows": run.monitor_rows}
+    return json.dumps({**fold, **shared, "excluded": run.excluded.tolist()})
+
+
+def train_in_worker(spec: str) -> None:
+    """Train the fold that the JSON `spec` (`worker_spec`) describes in this process, with the seeds and
+    fingerprints of the parent's run, on this process's device under the parent's precision."""
+    given = json.loads(spec)
+    data, device = read_training_data(), configure(given["precision"])
+    excluded = np.asarray(given["excluded"], np.int64)
+    run = Run(given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
+    train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)
+
+
+def run_worker(job: FoldJob, run: Run, env: Mapping[str, str], name: str) -> FoldJob:
+    """Train `job` in a worker process (`python -m pipeline.train --worker`) with this process's environment and
+    Keras backend under the device plan's `env` (its GPU; device.process_env), relaying its output lines prefixed
+    with `name`; return `job`."""
+    env = process_env({**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONUNBUFFERED": "1"}, env)
+    cmd = [sys.executable, "-m", "pipeline.train", "--worker"]
+    with subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        with contextlib.suppress(BrokenPipeError):  # a worker that ended before reading its job: its exit code says
+            proc.stdin.write(worker_spec(job, run))
+            proc.stdin.close()
+        for line in proc.stdout:
+            progress.note(f"[{name}] {line.rstrip()}")
+    if proc.returncode:
+        raise ChildProcessError(
+            f"the worker process training {job.settings.model} fold {job.fold} exited {proc.returncode}"
         )
-        progress.note(f"train: fold {fold} OOF accuracy {folds[fold]['accuracy']:.4f} in {folds[fold]['seconds']:.0f}s")
+    return job
+
+
+def run_workers(jobs: list[FoldJob], run: Run, envs: Sequence[Mapping[str, str]]) -> Iterator[FoldJob]:
+    """Train each of `jobs` in its own worker process, one per environment of `envs` at a time (one per GPU),
+    yielding each job as its process ends; a failure drops the jobs not started and is raised once those under way
+    have ended."""
+    free: SimpleQueue[int] = SimpleQueue()
+    for slot in range(len(envs)):
+        free.put(slot)
+
+    def train(job: FoldJob) -> FoldJob:
+        slot = free.get()
+        try:
+            return run_worker(job, run, envs[slot], f"worker {slot + 1}")
+        finally:
+            free.put(slot)
+
+    pool = ThreadPoolExecutor(len(envs))
+    try:
+        for done in as_completed([pool.submit(train, job) for job in jobs]):
+            yield done.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def train_jobs(jobs: list[FoldJob], data: TrainingData, run: Run, envs: Sequence[Mapping[str, str]], bar: Any) -> None:
+    """Train `jobs` one after another in this process, or with several `envs` at once in worker processes (the
+    parent logging each fold's history to DVCLive when it is done), advancing progress `bar` per fold."""
+    if len(envs) < 2:
+        for job in jobs:
+            train_fold(job, data, run)
+            bar.update(1)
+        return
+    for job in run_workers(jobs, run, envs):
+        if run.logger is not None:
+            history = read_json(paths.fold_meta(job.settings.model, job.fold))["history"]
+            live.log_history(run.logger, job.settings.model, job.fold, history)
         bar.update(1)
-    return folds
+
+
+def process_envs(plan: DevicePlan, processes: int | None) -> tuple[Mapping[str, str], ...]:
+    """Return the environment of each training process: the plan's (one per GPU; one, this process, without a GPU),
+    or `processes` of them, the plan's taken in turn (without a GPU, this process's environment each)."""
+    envs = plan.train_envs
+    return envs if processes is None else tuple(envs[i % len(envs)] for i in range(processes))
+
+
+def data_identity() -> tuple[str, ...]:
+    """Return the identity of train's data and code: the digests of train.npz, augmented.npz and the training code."""
+    return file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest()
 
 
 def train_all(
-    models: list[FitSettings],
-    n_folds: int,
-    seed: int,
-    device: DevicePlan,
-    verbose: int = 0,
-    monitor_rows: int | None = None,
-    scored_fold: int | None = None,
+    models: list[FitSettings], n_folds: int, seed: int, device: DevicePlan, options: Options = Options()
 ) -> dict:
     """Train every model's folds not already done (the first model is model.name), then write model.name's
     OOF probabilities and the metrics (every model's OOF accuracy and loss under "models"; "oof_untuned_rows"
-    leaves out `scored_fold`, the rows that chose the tuned settings); return the metrics."""
-    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
-    aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
-    if int(data["fold"].max()) + 1 != n_folds:
-        raise ValueError(f"{paths.TRAIN_NPZ} holds {int(data['fold'].max()) + 1} folds but train.folds is {n_folds}")
-    data_id = [file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest()]  # data and code
-    excluded = read_exclusions(len(data["y"]))
+    leaves out the fold that scored tuning, the rows that chose the tuned settings); return the metrics."""
+    data = read_training_data()
+    if data.n_folds != n_folds:
+        raise ValueError(f"{paths.TRAIN_NPZ} holds {data.n_folds} folds but train.folds is {n_folds}")
+    excluded = read_exclusions(len(data.y))
     if len(excluded):
         progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
     remove_stale_partials([m.model for m in models], n_folds)
-    metas, oofs = {}, {}
     logger = live.open_live()
+    run = Run(seed, device, data_identity(), excluded, options.verbose, options.monitor_rows, logger)
     with progress.progress(n_folds * len(models), "train", unit="fold", lines=False) as fold_bar:
-        for cfg in models:
-            if len(models) > 1:
-                progress.note(f"train: model {cfg.model}, settings {asdict(cfg)}")
-            metas[cfg.model] = train_model(
-                cfg, data, aug, data_id, member_seed(seed, cfg.model), device, verbose, fold_bar, monitor_rows,
-                excluded, logger,
-            )  # fmt: skip
-            oofs[cfg.model] = collect_oof(cfg.model, len(data["y"]), n_folds)
+        train_jobs(pending_jobs(models, data, run, fold_bar), data, run, options.envs, fold_bar)
+    oofs = {cfg.model: collect_oof(cfg.model, len(data.y), n_folds) for cfg in models}
     primary = models[0].model
-    probs, folds = oofs[primary], metas[primary]
-    write_npz(paths.OOF_NPZ, probs=probs, y=data["y"], fold=data["fold"])
+    probs, folds = oofs[primary], [read_json(paths.fold_meta(primary, k)) for k in range(n_folds)]
+    write_npz(paths.OOF_NPZ, probs=probs, y=data.y, fold=data.fold)
     metrics = {
-        "oof": scores(probs, data["y"]),
-        "oof_untuned_rows": score_untuned_rows(probs, data["y"], data["fold"], scored_fold),
-        "oof_kept_rows": score_kept_rows(probs, data["y"], excluded),
-        "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in folds.items()},
-        "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds.values()])),
-        "models": {name: scores(p, data["y"]) for name, p in oofs.items()},
+        "oof": scores(probs, data.y),
+        "oof_untuned_rows": score_untuned_rows(probs, data.y, data.fold, options.scored_fold),
+        "oof_kept_rows": score_kept_rows(probs, data.y, excluded),
+        "folds": {f"fold{k}": {"accuracy": m["accuracy"], "loss": m["loss"]} for k, m in enumerate(folds)},
+        "seconds_per_epoch": float(np.mean([m["seconds"] / max(1, m["epochs"]) for m in folds])),
+        "models": {name: scores(p, data.y) for name, p in oofs.items()},
     }
     write_json(paths.METRICS_JSON, metrics)
     return metrics
@@ -382,21 +474,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("train", __doc__)
     parser.add_argument("--epochs", type=int, default=cfg.epochs, help="epochs per fold (default from params.yaml)")
     parser.add_argument("--verbose", type=int, default=0, help="Keras progress output (0, 1 or 2)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="folds trained at once, each in a process of its own (default: one per GPU, see python -m "
+        "pipeline.device; without a GPU, one: this process)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # train the fold given on stdin
     args = parser.parse_args(argv)
+    if args.processes is not None and args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
     try:
+        if args.worker:
+            train_in_worker(sys.stdin.read())
+            return 0
         tuned = read_tuned()
         models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), tuned)]
         scored_fold = read_scored_fold() if cfg.use_tuned and tuned else None
-    except ValueError as exc:
+    except (OutputError, ValueError, FileNotFoundError) as exc:
         return fail("train", exc)
     device = configure(params.load("device").precision)
     start = time.perf_counter()
     names = ", ".join(m.model for m in models)
     print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")
     print(f"train: settings {asdict(models[0])}")
+    options = Options(args.verbose, cfg.monitor_rows, scored_fold, process_envs(device, args.processes))
     try:
-        metrics = train_all(models, cfg.folds, params.seed(), device, args.verbose, cfg.monitor_rows, scored_fold)
-    except (OutputError, ValueError, FileNotFoundError) as exc:
+        metrics = train_all(models, cfg.folds, params.seed(), device, options)
+    except (OutputError, ValueError, FileNotFoundError, ChildProcessError) as exc:
         return fail("train", exc)
     progress.finish(
         "train",

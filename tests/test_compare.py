@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from pipeline import ingest, paths
 from pipeline.lib.fitting import FitSettings
 from pipeline.lib.models import MODELS, PUBLISHED, build_model, multiply_adds
+from pipeline.lib.training_data import Augmented, TrainingData, no_copies
 from pipeline.params import AugmentParams, CompareParams
 from pipeline.tools import compare as cmp
 
@@ -20,20 +22,20 @@ BASE = FitSettings(
 
 
 @pytest.fixture
-def data(digits) -> dict:
-    """Sixty synthetic digits in three stratified folds, with one augmented copy each."""
+def data(digits) -> TrainingData:
+    """Sixty synthetic digits in three stratified folds, without augmented copies."""
     x, y = digits
-    return {"x": x, "y": y, "fold": ingest.assign_folds(y, 3, seed=0)}
+    return TrainingData(x, y, ingest.assign_folds(y, 3, seed=0), no_copies(x))
 
 
 def test_compare_trains_each_model_on_the_same_rows_and_budget(data):
-    aug = {"x": data["x"][::-1].copy(), "source": np.arange(60)[::-1].copy()}
+    data = replace(data, aug=Augmented(data.x[::-1].copy(), np.arange(60)[::-1].copy()))  # one copy of each
     cfg = CompareParams(models=["mlp", "cnn_basic"], folds=[0, 2], epochs=1, max_train_rows=30)
     logs = []
-    result = cmp.compare(BASE, data, aug, cfg, {}, seed=1, log=logs.append)
+    result = cmp.compare(BASE, data, cfg, {}, seed=1, log=logs.append)
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["mlp", "cnn_basic"]
-    held_out = int(np.sum(np.isin(data["fold"], [0, 2])))
+    held_out = int(np.sum(np.isin(data.fold, [0, 2])))
     for r in rows:
         assert r["params"] == build_model(r["model"]).count_params()
         assert r["train_rows"] == [30, 30]
@@ -56,10 +58,10 @@ def test_compare_trains_each_model_on_the_same_rows_and_budget(data):
 
 
 def test_split_rows_subsamples_training_rows_stratified_and_keeps_the_whole_fold(data):
-    train, val = cmp.split_rows(data["fold"], data["y"], 1, 20, seed=0)
+    train, val = cmp.split_rows(data.fold, data.y, 1, 20, seed=0)
     assert len(train) == 20
-    assert set(np.bincount(data["y"][train], minlength=10)) == {2}
-    assert np.array_equal(val, np.flatnonzero(data["fold"] == 1))
+    assert set(np.bincount(data.y[train], minlength=10)) == {2}
+    assert np.array_equal(val, np.flatnonzero(data.fold == 1))
     assert not set(train) & set(val)
 
 
@@ -120,11 +122,11 @@ def test_every_model_has_a_published_recipe_that_train_can_run():
 
 def test_recipe_copies_use_the_recipes_transform(data):
     recipe = cmp.RECIPES["bn_plain3"]  # rotation 20, shift 0.2
-    copies = cmp.recipe_copies(data["x"], recipe, AUGMENT, 3, seed=0)
-    assert copies["x"].shape == (180, 28, 28) and np.array_equal(copies["source"], np.repeat(np.arange(60), 3))
-    assert not np.array_equal(copies["x"][::3], data["x"])
-    none = cmp.recipe_copies(data["x"], cmp.RECIPES["mlp"], AUGMENT, 3, seed=0)
-    assert len(none["x"]) == 0 and len(none["source"]) == 0
+    copies = cmp.recipe_copies(data.x, recipe, AUGMENT, 3, seed=0)
+    assert copies.x.shape == (180, 28, 28) and np.array_equal(copies.source, np.repeat(np.arange(60), 3))
+    assert not np.array_equal(copies.x[::3], data.x)
+    none = cmp.recipe_copies(data.x, cmp.RECIPES["mlp"], AUGMENT, 3, seed=0)
+    assert len(none.x) == 0 and len(none.source) == 0
 
 
 def test_published_figures_compare_ours_after_the_same_epoch():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
-from pipeline.lib.files import read_npz, write_json
+from pipeline.lib.files import read_json, read_npz, write_json
 from pipeline.lib.fitting import FitSettings, fit, schedule
 from pipeline.lib.models import load_model
 from pipeline.params import load
@@ -111,3 +114,53 @@ def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
     assert np.array_equal(subset, monitor_subset(rows, labels, 30, seed=4))
     assert np.array_equal(monitor_subset(rows, labels, None, seed=4), rows)
     assert np.array_equal(monitor_subset(rows, labels, 100, seed=4), rows)
+
+
+def fold_outputs(models: list[FitSettings]) -> dict[tuple[str, int], tuple]:
+    """Return each model's fold files as trained: OOF rows and probabilities, fingerprints and per-epoch losses."""
+    out = {}
+    for model, fold in ((m.model, k) for m in models for k in range(3)):
+        oof, meta = read_npz(paths.fold_oof(model, fold)), read_json(paths.fold_meta(model, fold))
+        losses = [(r["loss"], r["val_loss"], r["val_accuracy"]) for r in meta["history"]]
+        out[model, fold] = (oof["rows"].tolist(), oof["probs"].tolist(), meta["fingerprint"], losses)
+    return out
+
+
+def test_two_processes_train_exactly_the_folds_of_one(prepared, capfd):
+    """Folds trained two at a time in worker processes (standing in for two GPUs) are those one process trains one
+    after another: the same OOF probabilities, fingerprints, losses and metrics; DVCLive holds each fold's epochs; a
+    rerun in two processes keeps every fold and starts no worker."""
+    models = [replace(train.fit_settings(load("train"), "mlp", None), epochs=2)]
+    one = train.train_all(models, 3, seed=1, device=configure())
+    alone = fold_outputs(models)
+    shutil.rmtree(paths.FOLDS_DIR)
+    capfd.readouterr()
+    two = train.train_all(models, 3, seed=1, device=configure(), options=train.Options(envs=({}, {})))
+    out = capfd.readouterr().out
+    assert "[worker 1] train: mlp fold" in out and "[worker 2] train: mlp fold" in out
+    assert fold_outputs(models) == alone
+    assert two == {**one, "seconds_per_epoch": two["seconds_per_epoch"]}
+    for model, fold in alone:
+        logged = read_history(model, fold)
+        recorded = read_json(paths.fold_meta(model, fold))["history"]
+        assert logged == [{k: r[k] for k in logged[0]} for r in recorded]
+    train.train_all(models, 3, seed=1, device=configure(), options=train.Options(envs=({}, {})))
+    out = capfd.readouterr().out
+    assert out.count("already trained with these settings") == 3 and "[worker" not in out
+
+
+def test_a_failed_worker_stops_train_and_names_its_fold(prepared, monkeypatch, capfd):
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every worker process exits 1 at once
+    assert train.main(["--epochs", "1", "--processes", "2"]) == 2
+    err = capfd.readouterr().err
+    assert re.search(r"train: error: the worker process training \S+ fold [01] exited 1\n$", err)
+    assert not paths.METRICS_JSON.exists() and not any(paths.FOLDS_DIR.rglob("*.json"))
+
+
+def test_training_processes_come_from_the_device_plan():
+    plan = configure()
+    assert train.process_envs(plan, None) == plan.train_envs == ({},)  # no GPU: this process
+    assert train.process_envs(plan, 2) == ({}, {})
+    gpus = replace(plan, train_envs=({"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}))
+    assert train.process_envs(gpus, None) == gpus.train_envs
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in train.process_envs(gpus, 3)] == ["0", "1", "0"]

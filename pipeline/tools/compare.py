@@ -28,9 +28,10 @@ from pipeline import augment, params, paths
 from pipeline.device import DevicePlan, clear_session, configure
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.ensemble import choose_weights, cross_fitted_blend, cross_fitted_weights, ensemble_report
-from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
+from pipeline.lib.files import OutputError, write_json, write_text
 from pipeline.lib.fitting import EpochSampler, FitSettings, accuracy, fit, log_loss, predict_probs
 from pipeline.lib.models import PUBLISHED, base_name, check_name, multiply_adds
+from pipeline.lib.training_data import Augmented, TrainingData, no_copies, read_training_data
 from pipeline.params import AugmentParams, CompareParams
 from pipeline.train import fit_settings, settings_for
 
@@ -115,13 +116,14 @@ def recipe_settings(base: FitSettings, recipe: Recipe, max_epochs: int | None = 
     )
 
 
-def recipe_copies(images: np.ndarray, recipe: Recipe, cfg: AugmentParams, copies: int, seed: int) -> dict:
+def recipe_copies(images: np.ndarray, recipe: Recipe, cfg: AugmentParams, copies: int, seed: int) -> Augmented:
     """Return `copies` copies of every image under `recipe`'s transform with their source rows (none when the
     recipe does not augment), made by the augment stage's code with `cfg`'s chunking and workers."""
     if not recipe.augments():
-        return {"x": images[:0], "source": np.empty(0, np.int64)}
+        return no_copies(images)
     spec = replace(cfg, copies=copies, rotate_deg=recipe.rotate_deg, scale=recipe.scale, shift=recipe.shift)
-    return augment.augment(images, spec, seed, augment.worker_count(spec))
+    made = augment.augment(images, spec, seed, augment.worker_count(spec))
+    return Augmented(made["x"], made["source"])
 
 
 def published_figures(recipe: Recipe, held_out_by_epoch: list[float]) -> list[dict]:
@@ -173,16 +175,16 @@ def split_rows(
 
 
 def compare_model(
-    settings: FitSettings, data: dict, aug: dict, cfg: CompareParams, seed: int, device: DevicePlan | None = None
+    settings: FitSettings, data: TrainingData, cfg: CompareParams, seed: int, device: DevicePlan | None = None
 ) -> tuple[dict, np.ndarray]:
     """Train `settings.model` on each compared fold; return its report row and OOF probabilities (fold order)."""
     probs, labels, seconds, train_rows, curves = [], [], [], [], []
     count = madds = 0
     for fold in cfg.folds:
-        rows, val_rows = split_rows(data["fold"], data["y"], fold, cfg.max_train_rows, seed + fold)
+        rows, val_rows = split_rows(data.fold, data.y, fold, cfg.max_train_rows, seed + fold)
         keras.utils.set_random_seed(seed + fold)
-        sampler = EpochSampler(data["x"], data["y"], rows, aug["x"], aug["source"], seed + 1000 * fold)
-        val = (data["x"][val_rows], data["y"][val_rows])
+        sampler = EpochSampler(data.x, data.y, rows, data.aug.x, data.aug.source, seed + 1000 * fold)
+        val = (data.x[val_rows], data.y[val_rows])
         model, history = fit(settings, sampler, val, device)
         probs.append(predict_probs(model, val[0]))
         labels.append(val[1])
@@ -214,8 +216,7 @@ def compare_model(
 
 def compare(
     base: FitSettings,
-    data: dict,
-    aug: dict,
+    data: TrainingData,
     cfg: CompareParams,
     overrides: dict[str, dict],
     seed: int,
@@ -223,12 +224,12 @@ def compare(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every model of `cfg.models` with the same folds, rows and budget; return the rows and an OOF blend."""
-    check_compare(cfg, int(data["fold"].max()) + 1)
+    check_compare(cfg, data.n_folds)
     rows, oofs = [], []
     for name in cfg.models:
         start = time.perf_counter()
         settings = replace(settings_for(base, name, overrides), epochs=cfg.epochs)
-        row, oof = compare_model(settings, data, aug, cfg, seed, device)
+        row, oof = compare_model(settings, data, cfg, seed, device)
         rows.append(row)
         oofs.append(oof)
         log(
@@ -240,7 +241,7 @@ def compare(
 
 def compare_published(
     base: FitSettings,
-    data: dict,
+    data: TrainingData,
     cfg: CompareParams,
     overrides: dict[str, dict],
     seed: int,
@@ -252,7 +253,7 @@ def compare_published(
     """Train every model of `cfg.models` at its published recipe (RECIPES, at most `max_epochs` epochs) on every
     training row of the compared folds; return the rows, each with the published figures beside ours, and an
     OOF blend."""
-    check_compare(cfg, int(data["fold"].max()) + 1)
+    check_compare(cfg, data.n_folds)
     cfg = replace(cfg, max_train_rows=None)
     rows, oofs, pools = [], [], {}
     for name in cfg.models:
@@ -260,9 +261,9 @@ def compare_published(
         recipe = RECIPES[name]
         transform = (recipe.rotate_deg, recipe.scale, recipe.shift)
         if transform not in pools:
-            pools[transform] = recipe_copies(data["x"], recipe, augment_cfg, cfg.published_copies, seed)
+            pools[transform] = recipe_copies(data.x, recipe, augment_cfg, cfg.published_copies, seed)
         settings = recipe_settings(settings_for(base, name, overrides), recipe, max_epochs)
-        row, oof = compare_model(settings, data, pools[transform], cfg, seed, device)
+        row, oof = compare_model(settings, replace(data, aug=pools[transform]), cfg, seed, device)
         row.update(recipe=asdict(recipe), figures=published_figures(recipe, row["held_out_by_epoch"]))
         rows.append(row)
         oofs.append(oof)
@@ -273,14 +274,14 @@ def compare_published(
     return {"mode": "published", "rows": rows, "blend": blend_report(oofs, data, cfg.folds)}
 
 
-def blend_report(oofs: list[np.ndarray], data: dict, folds: list[int]) -> dict | None:
+def blend_report(oofs: list[np.ndarray], data: TrainingData, folds: list[int]) -> dict | None:
     """Return the OOF log-loss-weighted blend of the compared models' OOF probabilities `oofs` (in `folds`
     order), None for one model: in-sample, and with two or more folds also cross-fitted (each fold's rows
     blended with weights chosen on the other compared folds' rows)."""
     if len(oofs) < 2:
         return None
-    labels = np.concatenate([data["y"][data["fold"] == f] for f in folds])
-    fold_ids = np.concatenate([np.full(int(np.sum(data["fold"] == f)), f) for f in folds])
+    labels = np.concatenate([data.y[data.fold == f] for f in folds])
+    fold_ids = np.concatenate([np.full(int(np.sum(data.fold == f)), f) for f in folds])
     report = ensemble_report(oofs, labels, choose_weights(oofs, labels, "log_loss"))
     if len(folds) > 1:
         honest = cross_fitted_blend(oofs, fold_ids, cross_fitted_weights(oofs, labels, fold_ids))
@@ -378,17 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = params.load("model")
     base = fit_settings(params.load("train"), model_cfg.name, None)
     device = configure(params.load("device").precision)
-    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
+    data = read_training_data(copies_required=False)
     if args.published:
         return main_published(base, data, cfg, model_cfg.overrides, device, args.max_epochs)
-    aug = (
-        read_npz(paths.AUGMENTED_NPZ)
-        if paths.AUGMENTED_NPZ.is_file()
-        else {"x": data["x"][:0], "source": np.empty(0, np.int64)}
-    )
     print(f"compare: {', '.join(cfg.models)} on folds {cfg.folds}, {cfg.epochs} epochs, on {device.describe()}")
     try:
-        result = compare(base, data, aug, cfg, model_cfg.overrides, params.seed(), device)
+        result = compare(base, data, cfg, model_cfg.overrides, params.seed(), device)
         write_json(paths.MODELS_JSON, {**result, "device": device.describe()})
         write_text(paths.MODELS_MD, markdown(result, device.describe()))
     except (OutputError, ValueError) as exc:
@@ -398,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_published(
-    base: FitSettings, data: dict, cfg: CompareParams, overrides: dict, device: DevicePlan, max_epochs: int | None
+    base: FitSettings,
+    data: TrainingData,
+    cfg: CompareParams,
+    overrides: dict,
+    device: DevicePlan,
+    max_epochs: int | None,
 ) -> int:
     """Train the compared models at their published recipes and write reports/models.{md,json}."""
     shortened = f", at most {max_epochs} epochs each" if max_epochs else ""
