@@ -128,16 +128,20 @@ def fold_outputs(models: list[FitSettings]) -> dict[tuple[str, int], tuple]:
 
 def test_two_processes_train_exactly_the_folds_of_one(prepared, capfd):
     """Folds trained two at a time in worker processes (standing in for two GPUs) are those one process trains one
-    after another: the same OOF probabilities, fingerprints, losses and metrics; DVCLive holds each fold's epochs; a
-    rerun in two processes keeps every fold and starts no worker."""
+    after another: the same OOF probabilities, fingerprints, losses and metrics; a finished fold is kept; DVCLive
+    holds each fold's epochs; a rerun in two processes keeps every fold and starts no worker."""
     models = [replace(train.fit_settings(load("train"), "mlp", None), epochs=2)]
     one = train.train_all(models, 3, seed=1, device=configure())
     alone = fold_outputs(models)
-    shutil.rmtree(paths.FOLDS_DIR)
+    for fold in (1, 2):  # fold 0 stays finished
+        for path in (paths.fold_model, paths.fold_oof, paths.fold_meta):
+            path("mlp", fold).unlink()
     capfd.readouterr()
     two = train.train_all(models, 3, seed=1, device=configure(), options=train.Options(envs=({}, {})))
     out = capfd.readouterr().out
-    assert "[worker 1] train: mlp fold" in out and "[worker 2] train: mlp fold" in out
+    assert "train: fold 0 already trained with these settings" in out
+    started = re.findall(r"\[worker (\d)\] train: mlp fold (\d)/3 on", out)  # folds 1 and 2, one per worker
+    assert sorted(w for w, _ in started) == ["1", "2"] and sorted(f for _, f in started) == ["2", "3"]
     assert fold_outputs(models) == alone
     assert two == {**one, "seconds_per_epoch": two["seconds_per_epoch"]}
     for model, fold in alone:
