@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -335,7 +336,7 @@ def pending_jobs(models: list[FitSettings], data: TrainingData, run: Run, bar: A
 
 
 def worker_spec(job: FoldJob, run: Run) -> str:
-    """Return the JSON a worker process reads from stdin to train `job` as `run` would (see `train_in_worker`)."""
+    """Return the JSON line a worker process reads from stdin to train `job` as `run` would (`train_in_worker`)."""
     fold = {"settings": asdict(job.settings), "fold": job.fold, "precision": run.device.precision}
     shared = {"seed": run.seed, "data_id": run.data_id, "verbose": run.verbose, "monitor_rows": run.monitor_rows}
     return json.dumps({**fold, **shared, "excluded": run.excluded.tolist()})
@@ -351,6 +352,14 @@ def train_in_worker(spec: str) -> None:
     train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)
 
 
+def exit_with_parent() -> None:
+    """End this worker process when its parent ends (stdin, held open by the parent, closes) instead of training on
+    beside a rerun; its checkpoint stays for that rerun to resume."""
+    while os.read(sys.stdin.fileno(), 1 << 16):  # the file descriptor: no lock that could stall this process's exit
+        pass
+    os._exit(1)
+
+
 def run_worker(job: FoldJob, run: Run, env: Mapping[str, str], name: str) -> FoldJob:
     """Train `job` in a worker process (`python -m pipeline.train --worker`) with this process's environment and
     Keras backend under the device plan's `env` (its GPU; device.process_env), relaying its output lines prefixed
@@ -359,8 +368,8 @@ def run_worker(job: FoldJob, run: Run, env: Mapping[str, str], name: str) -> Fol
     cmd = [sys.executable, "-m", "pipeline.train", "--worker"]
     with subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
         with contextlib.suppress(BrokenPipeError):  # a worker that ended before reading its job: its exit code says
-            proc.stdin.write(worker_spec(job, run))
-            proc.stdin.close()
+            proc.stdin.write(worker_spec(job, run) + "\n")
+            proc.stdin.flush()  # stdin stays open while this process lives: see `exit_with_parent`
         for line in proc.stdout:
             progress.note(f"[{name}] {line.rstrip()}")
     if proc.returncode:
@@ -486,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--processes must be at least 1, got {args.processes}")
     try:
         if args.worker:
-            train_in_worker(sys.stdin.read())
+            spec = sys.stdin.readline()
+            threading.Thread(target=exit_with_parent, daemon=True).start()
+            train_in_worker(spec)
             return 0
         tuned = read_tuned()
         models = [replace(s, epochs=args.epochs) for s in member_settings(cfg, params.load("model"), tuned)]

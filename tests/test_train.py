@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 
@@ -14,8 +15,9 @@ import pytest
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
 from pipeline.lib.files import read_json, read_npz, write_json
-from pipeline.lib.fitting import FitSettings, fit, schedule
+from pipeline.lib.fitting import FitSettings, checkpoint_history, fit, schedule
 from pipeline.lib.models import load_model
+from pipeline.lib.training_data import read_training_data
 from pipeline.params import load
 from tests.dvclive_files import read_history
 
@@ -159,6 +161,28 @@ def test_a_failed_worker_stops_train_and_names_its_fold(prepared, monkeypatch, c
     err = capfd.readouterr().err
     assert re.search(r"train: error: the worker process training \S+ fold [01] exited 1\n$", err)
     assert not paths.METRICS_JSON.exists() and not any(paths.FOLDS_DIR.rglob("*.json"))
+
+
+def test_a_worker_stops_when_its_parent_is_gone(prepared):
+    """A worker process whose parent ended (its stdin closes) stops training rather than go on beside a rerun; the
+    checkpoint of its last epoch stays for the rerun to resume."""
+    cfg = replace(train.fit_settings(load("train"), "mlp", None), epochs=10_000)
+    run = train.Run(1, configure(), ("data",), np.zeros(0, np.int64))
+    job = train.fold_job(cfg, 0, read_training_data(), run)
+    cmd = [sys.executable, "-m", "pipeline.train", "--worker"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write(train.worker_spec(job, run) + "\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("train: mlp fold 1/3 on ")
+        assert proc.stdout.readline().startswith("  fold 0 epoch 1/10000: ")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not paths.fold_meta("mlp", 0).exists()
+    assert len(checkpoint_history(paths.fold_checkpoint_dir("mlp", 0), job.fingerprint) or []) >= 1
 
 
 def test_training_processes_come_from_the_device_plan():
