@@ -338,6 +338,7 @@ def pending_jobs(models: list[FitSettings], data: TrainingData, run: Run, bar: A
 def worker_spec(job: FoldJob, run: Run) -> str:
     """Return the JSON line a worker process reads from stdin to train `job` as `run` would (`train_in_worker`)."""
     fold = {"settings": asdict(job.settings), "fold": job.fold, "precision": run.device.precision}
+    fold["why"] = run.device.reasons.get("precision", "")  # the parent's reason for it, for the worker's log
     shared = {"seed": run.seed, "data_id": run.data_id, "verbose": run.verbose, "monitor_rows": run.monitor_rows}
     return json.dumps({**fold, **shared, "excluded": run.excluded.tolist()})
 
@@ -347,6 +348,7 @@ def train_in_worker(spec: str) -> None:
     fingerprints of the parent's run, on this process's device under the parent's precision."""
     given = json.loads(spec)
     data, device = read_training_data(), configure(given["precision"])
+    device = replace(device, reasons={**device.reasons, "precision": given["why"]})
     excluded = np.asarray(given["excluded"], np.int64)
     run = Run(given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
     train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)

@@ -119,12 +119,12 @@ def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
 
 
 def fold_outputs(models: list[FitSettings]) -> dict[tuple[str, int], tuple]:
-    """Return each model's fold files as trained: OOF rows and probabilities, fingerprints and per-epoch losses."""
+    """Return each model's fold files as trained: OOF rows and probabilities, fingerprint, per-epoch losses, device."""
     out = {}
     for model, fold in ((m.model, k) for m in models for k in range(3)):
         oof, meta = read_npz(paths.fold_oof(model, fold)), read_json(paths.fold_meta(model, fold))
         losses = [(r["loss"], r["val_loss"], r["val_accuracy"]) for r in meta["history"]]
-        out[model, fold] = (oof["rows"].tolist(), oof["probs"].tolist(), meta["fingerprint"], losses)
+        out[model, fold] = (oof["rows"].tolist(), oof["probs"].tolist(), meta["fingerprint"], losses, meta["device"])
     return out
 
 
