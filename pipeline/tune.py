@@ -52,6 +52,7 @@ from pipeline.lib.fitting import EpochSampler, FitSettings, fit, monitor_subset
 from pipeline.lib.models import search_space
 from pipeline.lib.plots import save_figure
 from pipeline.lib.secrets import mask_url, scrub
+from pipeline.lib.training_data import TrainingData, read_training_data
 from pipeline.params import TrainParams, TuneParams
 from pipeline.train import fit_settings
 
@@ -159,13 +160,13 @@ def check_running(trial: optuna.Trial) -> None:
 
 
 def make_objective(
-    data: dict, aug: dict, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: DevicePlan, target: int
+    data: TrainingData, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: DevicePlan, target: int
 ) -> Callable[[optuna.Trial], float]:
     """Return the objective: train on the tuning rows with the trial's settings, report val accuracy each epoch."""
-    train_rows, val_rows = tuning_rows(data["fold"], data["y"], cfg, seed)
-    val_rows = monitor_subset(val_rows, data["y"], cfg.max_val_rows, seed)
-    sampler = EpochSampler(data["x"], data["y"], train_rows, aug["x"], aug["source"], seed)
-    val = (data["x"][val_rows], data["y"][val_rows])
+    train_rows, val_rows = tuning_rows(data.fold, data.y, cfg, seed)
+    val_rows = monitor_subset(val_rows, data.y, cfg.max_val_rows, seed)
+    sampler = EpochSampler(data.x, data.y, train_rows, data.aug.x, data.aug.source, seed)
+    val = (data.x[val_rows], data.y[val_rows])
     worker = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
@@ -261,7 +262,7 @@ def study_name_for(cfg: TuneParams, model: str, space: dict, data_id: str) -> st
 
 
 def data_id_of(data: dict) -> str:
-    """Return a hash of the training images and fold assignment."""
+    """Return a hash of the training images and fold assignment (train.npz's x and fold)."""
     return hashlib.sha256(data["x"].tobytes() + data["fold"].tobytes()).hexdigest()
 
 
@@ -526,8 +527,7 @@ def parse_args(argv: list[str] | None, cfg: TuneParams) -> argparse.Namespace:
 
 def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Callable[[optuna.Trial], float]:
     """Load the data once for this process, pick the device, and return the objective."""
-    data = read_npz(require(paths.TRAIN_NPZ, "ingest"))
-    aug = read_npz(require(paths.AUGMENTED_NPZ, "augment"))
+    data = read_training_data()
     device = configure(params.load("device").precision)
     base = fit_settings(params.load("train"), params.load("model").name, None)
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -535,7 +535,7 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
         f"tune: worker {os.getpid()}{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu else ''} on {device.describe()}",
         flush=True,
     )
-    return make_objective(data, aug, base, cfg, space, seed, device, target)
+    return make_objective(data, base, cfg, space, seed, device, target)
 
 
 def run_study(args: argparse.Namespace, cfg: TuneParams) -> int:
