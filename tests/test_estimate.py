@@ -11,6 +11,7 @@ import yaml
 
 from pipeline import params, paths
 from pipeline.tools import estimate
+from pipeline.train import member_settings
 from tests.conftest import REPO, tracked_conf
 
 
@@ -30,6 +31,21 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert seconds["total"] == pytest.approx(seconds["tune"] + seconds["train"] + seconds["predict"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
+
+
+def test_each_member_is_calibrated_at_its_own_model_and_batch_size():
+    # the estimate priced every ensemble member at model.name's cost per image (issue 23)
+    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
+    settings = params.validate(doc)
+    members = member_settings(settings.sections["train"], settings.sections["model"], None)
+    kinds = estimate.calibration_kinds(members)
+    train, bn_lite = doc["train"], doc["model"]["overrides"]["bn_lite"]
+    assert [m.model for m in members] == ["dropout_cnn", "bn_lite", "bn_lite@1"]
+    assert {key: s.batch_size for key, s in kinds.items()} == {
+        ("dropout_cnn", train["batch_size"]): train["batch_size"],
+        ("bn_lite", bn_lite["batch_size"]): bn_lite["batch_size"],
+    }
+    assert kinds[("bn_lite", bn_lite["batch_size"])].learning_rate == bn_lite["learning_rate"]
 
 
 def test_the_full_profile_is_estimated_far_longer_than_the_quick_one():

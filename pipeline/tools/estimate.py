@@ -1,16 +1,16 @@
 """`python -m pipeline.tools.estimate`: before `make run` starts the long stages on a machine without a GPU, measure
-this machine for a few seconds (training and inference steps of model.name at train.batch_size on random
-images) and print how long the profile in params.yaml will take here (tune, train, predict), with the quick
-profile as the alternative; then the run proceeds. The estimate is recorded in reports/estimate.json, to
-compare with the stages' own wall times in reports/timings/. With a GPU it only says so (the full profile is
-sized for one). Not a stage."""
+this machine for a few seconds (training and inference steps of model.name and of each model.ensemble member, at
+its own batch size, on random images) and print how long the profile in params.yaml will take here (tune, train,
+predict), with the quick profile as the alternative; then the run proceeds. The estimate is recorded in
+reports/estimate.json, to compare with the stages' own wall times in reports/timings/. With a GPU it only says so
+(the full profile is sized for one). Not a stage."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +18,10 @@ from pipeline import params, paths
 from pipeline.lib import progress
 from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.files import write_json
-from pipeline.params import FitParams, ParamsError
+from pipeline.lib.fitting import FitSettings
+from pipeline.lib.models import base_name
+from pipeline.params import ParamsError
+from pipeline.train import member_settings
 
 COMPETITION_TRAIN_ROWS = 42000
 COMPETITION_TEST_ROWS = 28000
@@ -32,22 +35,35 @@ class Rates:
     infer: float
 
 
-def calibrate(model: str, batch_size: int, budget: float = 3.0) -> Rates:
-    """Return the seconds per image of training and of inference of `model` at `batch_size`, measured on random
-    images for about `budget` seconds after one warm-up step of each."""
+def calibrate(settings: FitSettings, budget: float = 3.0) -> Rates:
+    """Return the seconds per image of training and of inference of `settings.model` at its batch size, measured
+    on random images for about `budget` seconds after one warm-up step of each."""
     from pipeline.device import configure
-    from pipeline.lib.fitting import FitSettings, as_input, compiled_model, one_hot
+    from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
     device = configure(params.load("device").precision)
-    train = params.load("train")
-    base = FitSettings(model=model, **{f.name: getattr(train, f.name) for f in fields(FitParams)})
-    cfg = replace(base, batch_size=batch_size)
-    net = compiled_model(cfg, steps_per_epoch=100, jit_compile=device.jit_compile)
+    net = compiled_model(settings, steps_per_epoch=100, jit_compile=device.jit_compile)
     rng = np.random.default_rng(0)
-    x = as_input(rng.integers(0, 256, size=(batch_size, 28, 28), dtype=np.uint8))
-    y = one_hot(rng.integers(0, 10, size=batch_size))
-    fit = per_image(lambda: net.train_on_batch(x, y), batch_size, budget * 2 / 3)
-    return Rates(train=fit, infer=per_image(lambda: net.predict_on_batch(x), batch_size, budget / 3))
+    batch = settings.batch_size
+    x = as_input(rng.integers(0, 256, size=(batch, 28, 28), dtype=np.uint8))
+    y = one_hot(rng.integers(0, 10, size=batch))
+    fit = per_image(lambda: net.train_on_batch(x, y), batch, budget * 2 / 3)
+    return Rates(train=fit, infer=per_image(lambda: net.predict_on_batch(x), batch, budget / 3))
+
+
+def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSettings]:
+    """Return the settings to calibrate for the ensemble `members`: one per distinct (model, batch size), seed
+    members (`bn_lite@1`) priced as their model."""
+    return {(base_name(m.model), m.batch_size): replace(m, model=base_name(m.model)) for m in members}
+
+
+def member_rates(members: list[FitSettings], budget: float = 3.0) -> Rates:
+    """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images),
+    each distinct model and batch size calibrated once in its share of `budget` seconds."""
+    kinds = calibration_kinds(members)
+    measured = {key: calibrate(settings, budget / len(kinds)) for key, settings in kinds.items()}
+    rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
+    return Rates(train=float(np.mean([r.train for r in rates])), infer=float(np.mean([r.infer for r in rates])))
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -113,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         doc = params.read_raw()
-        model, train = params.load("model"), params.load("train")
+        members = member_settings(params.load("train"), params.load("model"), None)
         tune = params.load("tune")
     except ParamsError as exc:
         return fail("estimate", exc)
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
-    rates = calibrate(model.name, train.batch_size, args.seconds)
+    rates = member_rates(members, args.seconds)
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
