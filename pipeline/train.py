@@ -369,9 +369,12 @@ def run_worker(job: FoldJob, run: Run, env: Mapping[str, str], name: str) -> Fol
     env = process_env({**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONUNBUFFERED": "1"}, env)
     cmd = [sys.executable, "-m", "pipeline.train", "--worker"]
     with subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
-        with contextlib.suppress(BrokenPipeError):  # a worker that ended before reading its job: its exit code says
+        try:
             proc.stdin.write(worker_spec(job, run) + "\n")
             proc.stdin.flush()  # stdin stays open while this process lives: see `exit_with_parent`
+        except BrokenPipeError:  # a worker that ended before reading its job: its exit code says why
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()  # closed despite the failed flush, so Popen's exit does not flush again
         for line in proc.stdout:
             progress.note(f"[{name}] {line.rstrip()}")
     if proc.returncode:

@@ -163,6 +163,17 @@ def test_a_failed_worker_stops_train_and_names_its_fold(prepared, monkeypatch, c
     assert not paths.METRICS_JSON.exists() and not any(paths.FOLDS_DIR.rglob("*.json"))
 
 
+def test_a_worker_that_ends_before_reading_its_job_is_a_failed_fold(prepared, monkeypatch, tmp_path, capfd):
+    # CI: a worker that had already exited when its job was written broke train with a BrokenPipeError
+    worker = tmp_path / "worker"
+    worker.write_text("#!/bin/sh\nexec 0<&-\nsleep 1\nexit 3\n")  # closes its stdin unread, then fails
+    worker.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(worker))
+    assert train.main(["--epochs", "1", "--processes", "2"]) == 2
+    err = capfd.readouterr().err
+    assert re.search(r"train: error: the worker process training \S+ fold [01] exited 3\n$", err)
+
+
 def test_a_worker_stops_when_its_parent_is_gone(prepared):
     """A worker process whose parent ended (its stdin closes) stops training rather than go on beside a rerun; the
     checkpoint of its last epoch stays for the rerun to resume."""
