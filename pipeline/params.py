@@ -142,6 +142,12 @@ class FitParams:
     ema_momentum: Annotated[float | None, setting("weight averaging momentum (null = off)", ge=0.0, lt=1.0)] = field(
         default=None, kw_only=True
     )
+    pseudo_rounds: Annotated[int, setting("rounds of pseudo-labelling the test images (0 = off)", ge=0)] = field(
+        default=0, kw_only=True
+    )
+    pseudo_threshold: Annotated[float, setting("confidence a pseudo-label needs", gt=0.0, le=1.0)] = field(
+        default=0.99, kw_only=True
+    )
 
 
 @schema

@@ -8,8 +8,12 @@ fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and i
 through DVCLive in reports/live/ (pipeline/lib/live.py); overall models/oof.npz (model.name's OOF probabilities) and
 reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
 "oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).
-A killed run resumes: finished folds are kept, the interrupted fold restarts from its last epoch
-checkpoint in models/checkpoints/<model>/. On several GPUs the folds train at once, each in a worker process
+With train.pseudo_rounds, each fold's model (the teacher, which never saw the fold) labels the test images
+(data/processed/test.npz): the confident ones, with augmented copies made as the augment stage makes them, join the
+fold's training rows for a model trained afresh (the student), which becomes the fold's model; the OOF estimate stays
+honest, as nothing of fold k's rows reaches fold k's student. A killed run resumes: finished folds are kept,
+the interrupted fold restarts from its last epoch checkpoint in models/checkpoints/<model>/ (a student's in
+round<r>/ there). On several GPUs the folds train at once, each in a worker process
 of its own on one GPU (the device plan's train_envs, `python -m pipeline.device`; `--processes N` sets how
 many), seeded by the seed, fold and member only, so with the results of one process."""
 
@@ -40,7 +44,16 @@ from pipeline.device import DevicePlan, configure, process_env
 from pipeline.lib import live, progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.exclusions import kept_mask, read_exclusions
-from pipeline.lib.files import OutputError, read_json, read_npz, remove_partials, write_json, write_npz, write_with
+from pipeline.lib.files import (
+    OutputError,
+    read_json,
+    read_npz,
+    remove_partials,
+    require,
+    write_json,
+    write_npz,
+    write_with,
+)
 from pipeline.lib.fitting import (
     EpochSampler,
     FitSettings,
@@ -52,8 +65,17 @@ from pipeline.lib.fitting import (
     scores,
 )
 from pipeline.lib.models import base_name, check_name, seed_offset
-from pipeline.lib.training_data import TrainingData, read_training_data
-from pipeline.params import OVERRIDABLE, TUNABLE, FitParams, ModelParams, ParamsError, TrainParams, fit_setting
+from pipeline.lib.training_data import Augmented, TrainingData, read_training_data
+from pipeline.params import (
+    OVERRIDABLE,
+    TUNABLE,
+    AugmentParams,
+    FitParams,
+    ModelParams,
+    ParamsError,
+    TrainParams,
+    fit_setting,
+)
 
 # The code that decides what a fold's model becomes (architecture, sampling, schedule, fit loop, rows and
 # seeds): part of every fold's fingerprint, so finished folds are not reused after it changes.
@@ -156,6 +178,14 @@ def code_digest() -> str:
 
 
 @dataclass(frozen=True)
+class Unlabelled:
+    """The images pseudo-labelling draws from (test.npz's, uint8 (m, 28, 28)) and how their copies are made."""
+
+    x: np.ndarray
+    augment: AugmentParams
+
+
+@dataclass(frozen=True)
 class Options:
     """How a train run reports and spreads its folds: Keras' output (0, 1 or 2), the held-out rows of each epoch's
     curve (None: the whole fold), the fold that scored tuning (left out of "oof_untuned_rows"), and one environment
@@ -165,13 +195,15 @@ class Options:
     monitor_rows: int | None = None
     scored_fold: int | None = None
     envs: tuple[Mapping[str, str], ...] = ({},)
+    augment: AugmentParams | None = None  # how pseudo-labelled images are copied (None: params.yaml's augment:)
 
 
 @dataclass(frozen=True)
 class Run:
     """What every fold of a train run shares: the seed, the device, the identity of the data and training code, the
     rows left out of training, Keras' output, the held-out rows of each epoch's curve, and the DVCLive logger that
-    records each epoch as it ends (None in a worker process: the parent logs the fold's history when it is done)."""
+    records each epoch as it ends (None in a worker process: the parent logs the fold's history when it is done),
+    and the unlabelled images of pseudo-labelling (None when no model uses it)."""
 
     seed: int
     device: DevicePlan
@@ -180,6 +212,7 @@ class Run:
     verbose: int = 0
     monitor_rows: int | None = None
     logger: Any = None
+    unlabelled: Unlabelled | None = None
 
 
 @dataclass(frozen=True)
@@ -228,24 +261,33 @@ def remove_stale_partials(models: list[str], n_folds: int) -> None:
             progress.note(f"train: removed {path}, left by an interrupted run")
 
 
+def stage_fingerprint(job: FoldJob, stage: str) -> str:
+    """Return the fingerprint of the checkpoints of `job`'s `stage` ("" for the fold's final model, " teacher" or
+    " round1" ... for the models before it)."""
+    return job.fingerprint + stage.replace(" ", "-")
+
+
 def resume_point(job: FoldJob, logger: Any) -> Path:
     """Return `job`'s checkpoint folder, emptied when its checkpoint was made with another fingerprint; log a
-    matching checkpoint's epochs to the DVCLive `logger` (if any), as they are not trained again."""
+    matching checkpoint's epochs to the DVCLive `logger` (if any), as they are not trained again (a teacher's
+    are not logged: its student is the fold's model)."""
     cfg, fold = job.settings, job.fold
     folder = paths.fold_checkpoint_dir(cfg.model, fold)
-    history = checkpoint_history(folder, job.fingerprint) or []
+    first = " teacher" if cfg.pseudo_rounds else ""
+    history = checkpoint_history(folder, stage_fingerprint(job, first)) or []
     if not history and folder.exists():
         shutil.rmtree(folder)
         progress.note(f"train: fold {fold} discarded {folder}: made with other settings, data or code")
     if history:
-        progress.note(f"train: fold {fold} resumes after epoch {len(history)}/{cfg.epochs} ({folder})")
-        if logger is not None:
+        progress.note(f"train: fold {fold}{first} resumes after epoch {len(history)}/{cfg.epochs} ({folder})")
+        if logger is not None and not first:
             live.log_history(logger, cfg.model, fold, history)
     return folder
 
 
-def epoch_reporter(job: FoldJob, bar: Any, logger: Any) -> Callable[[int, dict], None]:
-    """Return the hook that shows each epoch of `job` on `bar` and as a line, and logs it to the DVCLive `logger`."""
+def epoch_reporter(job: FoldJob, bar: Any, logger: Any, stage: str = "") -> Callable[[int, dict], None]:
+    """Return the hook that shows each epoch of `job` (of its `stage`, e.g. " teacher") on `bar` and as a line, and
+    logs it to the DVCLive `logger`."""
     cfg, fold = job.settings, job.fold
 
     def report(epoch: int, row: dict) -> None:
@@ -254,31 +296,93 @@ def epoch_reporter(job: FoldJob, bar: Any, logger: Any) -> Callable[[int, dict],
         if logger is not None:
             live.log_epoch(logger, cfg.model, fold, row)
         progress.note(
-            f"  fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+            f"  fold {fold}{stage} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
             f"val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
 
     return report
 
 
-def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
-    """Train `job`'s fold on the other folds' rows minus the excluded ones (resuming from its checkpoint) and write
-    its model, OOF probabilities (every row of the fold, excluded or not) and metadata with its history; return
-    the metadata."""
+def confident_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rows of class probabilities `probs` whose top class has at least `threshold`, and that class."""
+    rows = np.flatnonzero(probs.max(axis=1) >= threshold)
+    return rows, probs[rows].argmax(axis=1)
+
+
+def with_pseudo_rows(data: TrainingData, images: np.ndarray, labels: np.ndarray, copies: Augmented) -> TrainingData:
+    """Return `data` with `images` appended as rows labelled `labels` in no fold (fold -1: they train every fold and
+    are never scored), and their augmented `copies` (sources counted from the first appended row)."""
+    n = len(data.y)
+    return TrainingData(
+        np.concatenate([data.x, images]),
+        np.concatenate([data.y, labels.astype(data.y.dtype)]),
+        np.concatenate([data.fold, np.full(len(images), -1, data.fold.dtype)]),
+        Augmented(np.concatenate([data.aug.x, copies.x]), np.concatenate([data.aug.source, copies.source + n])),
+    )
+
+
+def pseudo_labelled(
+    teacher: keras.Model, data: TrainingData, unlabelled: Unlabelled, threshold: float, seed: int
+) -> tuple[TrainingData, int]:
+    """Return `data` plus the unlabelled images `teacher` labels with at least `threshold` confidence (with copies
+    augmented under seed `seed`), and how many there are."""
+    from pipeline.augment import augment, worker_count
+
+    rows, labels = confident_labels(predict_probs(teacher, unlabelled.x), threshold)
+    images = unlabelled.x[rows]
+    made = augment(images, unlabelled.augment, seed, worker_count(unlabelled.augment))
+    return with_pseudo_rows(data, images, labels, Augmented(made["x"], made["source"])), len(rows)
+
+
+def fit_fold(job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = "") -> tuple[keras.Model, list]:
+    """Fit `job`'s model on `data`'s rows outside its fold minus the excluded ones, resuming from `checkpoint`; the
+    epochs of a `stage` (a teacher) are shown but not logged to DVCLive. Return the model and its history."""
     cfg, fold = job.settings, job.fold
-    progress.note(f"train: {cfg.model} fold {fold + 1}/{data.n_folds} on {run.device.describe()}")
     seed = member_seed(run.seed, cfg.model)
     keras.utils.set_random_seed(seed + fold)
     train_rows = np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), run.excluded))
     val_rows = np.flatnonzero(data.fold == fold)
     sampler = EpochSampler(data.x, data.y, train_rows, data.aug.x, data.aug.source, seed + 1000 * fold)
+    with progress.progress(cfg.epochs, f"fold {fold}{stage}", unit="epoch", lines=False, leave=False) as bar:
+        watch = monitor_subset(val_rows, data.y, run.monitor_rows, seed + fold)
+        report = epoch_reporter(job, bar, None if stage else run.logger, stage)
+        val = (data.x[watch], data.y[watch])
+        return fit(cfg, sampler, val, run.device, report, checkpoint, stage_fingerprint(job, stage), run.verbose)
+
+
+def fit_with_pseudo_labels(
+    job: FoldJob, data: TrainingData, run: Run, checkpoint: Path
+) -> tuple[keras.Model, list[dict], list[dict]]:
+    """Fit `job`'s fold, then for each of `pseudo_rounds` a student on the fold's training rows plus the test images
+    the previous model labels confidently (resuming each from its own checkpoint). Return the last model, its
+    history, and per round the teacher's scores on the fold and the pseudo-labelled rows."""
+    cfg, rounds = job.settings, job.settings.pseudo_rounds
+    val_rows = np.flatnonzero(data.fold == job.fold)
+    model, history = fit_fold(job, data, run, checkpoint, " teacher" if rounds else "")
+    teachers = []
+    for r in range(1, rounds + 1):
+        if run.unlabelled is None:
+            raise ValueError("train.pseudo_rounds needs the test images (data/processed/test.npz): none were given")
+        seed = member_seed(run.seed, cfg.model) + 1000 * job.fold + r
+        student_data, n_rows = pseudo_labelled(model, data, run.unlabelled, cfg.pseudo_threshold, seed)
+        teacher = scores(predict_probs(model, data.x[val_rows]), data.y[val_rows])
+        teachers.append({"round": r, "teacher": teacher, "pseudo_rows": n_rows})
+        progress.note(f"train: fold {job.fold} round {r}: teacher {teacher['accuracy']:.4f}, {n_rows} pseudo-labels")
+        stage = f" round{r}" if r < rounds else ""
+        model, history = fit_fold(job, student_data, run, checkpoint / f"round{r}", stage)
+    return model, history, teachers
+
+
+def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
+    """Train `job`'s fold on the other folds' rows minus the excluded ones (resuming from its checkpoint), with its
+    rounds of pseudo-labelling, and write its model, OOF probabilities (every row of the fold, excluded or not) and
+    metadata with its history; return the metadata."""
+    cfg, fold = job.settings, job.fold
+    progress.note(f"train: {cfg.model} fold {fold + 1}/{data.n_folds} on {run.device.describe()}")
     start = time.perf_counter()
     checkpoint = resume_point(job, run.logger)
-    with progress.progress(cfg.epochs, f"fold {fold}", unit="epoch", lines=False, leave=False) as bar:
-        watch = monitor_subset(val_rows, data.y, run.monitor_rows, seed + fold)
-        report = epoch_reporter(job, bar, run.logger)
-        val = (data.x[watch], data.y[watch])
-        model, history = fit(cfg, sampler, val, run.device, report, checkpoint, job.fingerprint, run.verbose)
+    model, history, teachers = fit_with_pseudo_labels(job, data, run, checkpoint)
+    val_rows = np.flatnonzero(data.fold == fold)
     probs = predict_probs(model, data.x[val_rows])
     meta = {
         "fold": fold,
@@ -289,8 +393,9 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
         "settings": asdict(cfg),
         "device": run.device.describe(),
         "seconds": time.perf_counter() - start,
-        "train_rows": len(train_rows),
+        "train_rows": int(np.sum((data.fold != fold) & kept_mask(len(data.y), run.excluded))),
         "history": history,
+        "pseudo_rounds": teachers,
     }
     write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs)
@@ -340,7 +445,8 @@ def worker_spec(job: FoldJob, run: Run) -> str:
     fold = {"settings": asdict(job.settings), "fold": job.fold, "precision": run.device.precision}
     fold["why"] = run.device.reasons.get("precision", "")  # the parent's reason for it, for the worker's log
     shared = {"seed": run.seed, "data_id": run.data_id, "verbose": run.verbose, "monitor_rows": run.monitor_rows}
-    return json.dumps({**fold, **shared, "excluded": run.excluded.tolist()})
+    augment = asdict(run.unlabelled.augment) if run.unlabelled is not None else None
+    return json.dumps({**fold, **shared, "excluded": run.excluded.tolist(), "augment": augment})
 
 
 def train_in_worker(spec: str) -> None:
@@ -350,7 +456,9 @@ def train_in_worker(spec: str) -> None:
     data, device = read_training_data(), configure(given["precision"])
     device = replace(device, reasons={**device.reasons, "precision": given["why"]})
     excluded = np.asarray(given["excluded"], np.int64)
+    unlabelled = read_unlabelled(AugmentParams(**given["augment"])) if given["augment"] else None
     run = Run(given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
+    run = replace(run, unlabelled=unlabelled)
     train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)
 
 
@@ -429,9 +537,26 @@ def process_envs(plan: DevicePlan, processes: int | None) -> tuple[Mapping[str, 
     return envs if processes is None else tuple(envs[i % len(envs)] for i in range(processes))
 
 
-def data_identity() -> tuple[str, ...]:
-    """Return the identity of train's data and code: the digests of train.npz, augmented.npz and the training code."""
-    return file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest()
+def data_identity(unlabelled: Unlabelled | None) -> tuple[str, ...]:
+    """Return the identity of train's data and code: the digests of train.npz, augmented.npz and the training code,
+    and with `unlabelled` images, test.npz's digest and how their copies are made."""
+    own = (file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest())
+    if unlabelled is None:
+        return own
+    return (*own, file_digest(paths.TEST_NPZ), json.dumps(asdict(unlabelled.augment), sort_keys=True))
+
+
+def read_unlabelled(augment: AugmentParams) -> Unlabelled:
+    """Return test.npz's images (ingest's) as pseudo-labelling's unlabelled images, copied under `augment`."""
+    return Unlabelled(read_npz(require(paths.TEST_NPZ, "ingest"))["x"], augment)
+
+
+def unlabelled_for(models: list[FitSettings], augment: AugmentParams | None) -> Unlabelled | None:
+    """Return the unlabelled images, copied under `augment` (None: params.yaml's augment settings), when a model of
+    `models` pseudo-labels; None otherwise."""
+    if not any(m.pseudo_rounds for m in models):
+        return None
+    return read_unlabelled(augment or params.load("augment"))
 
 
 def train_all(
@@ -447,8 +572,10 @@ def train_all(
     if len(excluded):
         progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
     remove_stale_partials([m.model for m in models], n_folds)
+    unlabelled = unlabelled_for(models, options.augment)
     logger = live.open_live()
-    run = Run(seed, device, data_identity(), excluded, options.verbose, options.monitor_rows, logger)
+    identity = data_identity(unlabelled)
+    run = Run(seed, device, identity, excluded, options.verbose, options.monitor_rows, logger, unlabelled)
     with progress.progress(n_folds * len(models), "train", unit="fold", lines=False) as fold_bar:
         train_jobs(pending_jobs(models, data, run, fold_bar), data, run, options.envs, fold_bar)
     oofs = {cfg.model: collect_oof(cfg.model, len(data.y), n_folds) for cfg in models}
@@ -514,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     names = ", ".join(m.model for m in models)
     print(f"train: {names}, {cfg.folds} folds x {args.epochs} epochs on {device.describe()}")
     print(f"train: settings {asdict(models[0])}")
-    options = Options(args.verbose, cfg.monitor_rows, scored_fold, process_envs(device, args.processes))
+    envs = process_envs(device, args.processes)
+    options = Options(args.verbose, cfg.monitor_rows, scored_fold, envs, params.load("augment"))
     try:
         metrics = train_all(models, cfg.folds, params.seed(), device, options)
     except (OutputError, ValueError, FileNotFoundError, ChildProcessError) as exc:

@@ -43,6 +43,8 @@ CHANGED = {  # another value for every fit setting
     "lr_decay": 0.5,
     "plateau_patience": 2,
     "ema_momentum": 0.9,
+    "pseudo_rounds": 1,
+    "pseudo_threshold": 0.5,
 }
 
 
