@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -179,10 +180,26 @@ def code_digest() -> str:
 
 @dataclass(frozen=True)
 class Unlabelled:
-    """The images pseudo-labelling draws from (test.npz's, uint8 (m, 28, 28)) and how their copies are made."""
+    """The images pseudo-labelling draws from (test.npz's, uint8 (m, 28, 28)), how their copies are made and from
+    which seed; the copies are made once, when a first fold needs them, and serve every fold and round."""
 
     x: np.ndarray
     augment: AugmentParams
+    seed: int
+
+    @cached_property
+    def copies(self) -> Augmented:
+        """The augmented copies of every image, as the augment stage makes a training image's."""
+        from pipeline.augment import augment, worker_count
+
+        progress.note(f"train: {self.augment.copies} augmented copies of each of {len(self.x)} test images")
+        made = augment(self.x, self.augment, self.seed, worker_count(self.augment))
+        return Augmented(made["x"], made["source"])
+
+    def copies_of(self, rows: np.ndarray) -> Augmented:
+        """Return the copies of the images at sorted `rows`, their sources renumbered 0.. in the order of `rows`."""
+        keep = np.isin(self.copies.source, rows)
+        return Augmented(self.copies.x[keep], np.searchsorted(rows, self.copies.source[keep]))
 
 
 @dataclass(frozen=True)
@@ -322,16 +339,12 @@ def with_pseudo_rows(data: TrainingData, images: np.ndarray, labels: np.ndarray,
 
 
 def pseudo_labelled(
-    teacher: keras.Model, data: TrainingData, unlabelled: Unlabelled, threshold: float, seed: int
+    teacher: keras.Model, data: TrainingData, unlabelled: Unlabelled, threshold: float
 ) -> tuple[TrainingData, int]:
-    """Return `data` plus the unlabelled images `teacher` labels with at least `threshold` confidence (with copies
-    augmented under seed `seed`), and how many there are."""
-    from pipeline.augment import augment, worker_count
-
+    """Return `data` plus the unlabelled images `teacher` labels with at least `threshold` confidence, with their
+    copies, and how many there are."""
     rows, labels = confident_labels(predict_probs(teacher, unlabelled.x), threshold)
-    images = unlabelled.x[rows]
-    made = augment(images, unlabelled.augment, seed, worker_count(unlabelled.augment))
-    return with_pseudo_rows(data, images, labels, Augmented(made["x"], made["source"])), len(rows)
+    return with_pseudo_rows(data, unlabelled.x[rows], labels, unlabelled.copies_of(rows)), len(rows)
 
 
 def fit_fold(job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = "") -> tuple[keras.Model, list]:
@@ -363,8 +376,7 @@ def fit_with_pseudo_labels(
     for r in range(1, rounds + 1):
         if run.unlabelled is None:
             raise ValueError("train.pseudo_rounds needs the test images (data/processed/test.npz): none were given")
-        seed = member_seed(run.seed, cfg.model) + 1000 * job.fold + r
-        student_data, n_rows = pseudo_labelled(model, data, run.unlabelled, cfg.pseudo_threshold, seed)
+        student_data, n_rows = pseudo_labelled(model, data, run.unlabelled, cfg.pseudo_threshold)
         teacher = scores(predict_probs(model, data.x[val_rows]), data.y[val_rows])
         teachers.append({"round": r, "teacher": teacher, "pseudo_rows": n_rows})
         progress.note(f"train: fold {job.fold} round {r}: teacher {teacher['accuracy']:.4f}, {n_rows} pseudo-labels")
@@ -456,7 +468,7 @@ def train_in_worker(spec: str) -> None:
     data, device = read_training_data(), configure(given["precision"])
     device = replace(device, reasons={**device.reasons, "precision": given["why"]})
     excluded = np.asarray(given["excluded"], np.int64)
-    unlabelled = read_unlabelled(AugmentParams(**given["augment"])) if given["augment"] else None
+    unlabelled = read_unlabelled(AugmentParams(**given["augment"]), given["seed"]) if given["augment"] else None
     run = Run(given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
     run = replace(run, unlabelled=unlabelled)
     train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)
@@ -546,17 +558,21 @@ def data_identity(unlabelled: Unlabelled | None) -> tuple[str, ...]:
     return (*own, file_digest(paths.TEST_NPZ), json.dumps(asdict(unlabelled.augment), sort_keys=True))
 
 
-def read_unlabelled(augment: AugmentParams) -> Unlabelled:
-    """Return test.npz's images (ingest's) as pseudo-labelling's unlabelled images, copied under `augment`."""
-    return Unlabelled(read_npz(require(paths.TEST_NPZ, "ingest"))["x"], augment)
+UNLABELLED_SEED = 7919  # the test images' copies are drawn from seed + this, apart from the training copies' seed
 
 
-def unlabelled_for(models: list[FitSettings], augment: AugmentParams | None) -> Unlabelled | None:
-    """Return the unlabelled images, copied under `augment` (None: params.yaml's augment settings), when a model of
-    `models` pseudo-labels; None otherwise."""
+def read_unlabelled(augment: AugmentParams, seed: int) -> Unlabelled:
+    """Return test.npz's images (ingest's) as pseudo-labelling's unlabelled images, copied under `augment` from
+    the run's `seed`."""
+    return Unlabelled(read_npz(require(paths.TEST_NPZ, "ingest"))["x"], augment, seed + UNLABELLED_SEED)
+
+
+def unlabelled_for(models: list[FitSettings], augment: AugmentParams | None, seed: int) -> Unlabelled | None:
+    """Return the unlabelled images, copied under `augment` (None: params.yaml's augment settings) from `seed`, when
+    a model of `models` pseudo-labels; None otherwise."""
     if not any(m.pseudo_rounds for m in models):
         return None
-    return read_unlabelled(augment or params.load("augment"))
+    return read_unlabelled(augment or params.load("augment"), seed)
 
 
 def train_all(
@@ -572,7 +588,7 @@ def train_all(
     if len(excluded):
         progress.note(f"train: {len(excluded)} rows of {paths.EXCLUDE_ROWS} left out of every fold's training rows")
     remove_stale_partials([m.model for m in models], n_folds)
-    unlabelled = unlabelled_for(models, options.augment)
+    unlabelled = unlabelled_for(models, options.augment, seed)
     logger = live.open_live()
     identity = data_identity(unlabelled)
     run = Run(seed, device, identity, excluded, options.verbose, options.monitor_rows, logger, unlabelled)

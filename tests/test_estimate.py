@@ -31,6 +31,9 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert seconds["total"] == pytest.approx(seconds["tune"] + seconds["train"] + seconds["predict"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
+    doc["train"]["pseudo_rounds"] = 2  # per round: the test set labelled, then a student on 750 + up to 500 rows
+    student = 3 * (750 + 500)
+    assert estimate.workload(doc)["train"] == (2 * 4 * (3 * 750 + 2 * student), 2 * 4 * (3 * 1000 + 2 * 500))
 
 
 def test_each_member_is_calibrated_at_its_own_model_and_batch_size():

@@ -81,10 +81,17 @@ def test_a_folds_teacher_is_the_model_it_has_without_pseudo_labels(prepared):
 
 def test_pseudo_labelling_reads_the_test_images_and_augment_settings(prepared):
     student = replace(SETTINGS, pseudo_rounds=1)
-    assert train.unlabelled_for([SETTINGS], None) is None  # not read when no model pseudo-labels
-    unlabelled = train.unlabelled_for([SETTINGS, student], None)
+    assert train.unlabelled_for([SETTINGS], None, 1) is None  # not read when no model pseudo-labels
+    unlabelled = train.unlabelled_for([SETTINGS, student], None, 1)
     assert np.array_equal(unlabelled.x, read_npz(paths.TEST_NPZ)["x"])
     assert unlabelled.augment == load("augment")
+    copies = unlabelled.augment.copies
+    assert len(unlabelled.copies.x) == copies * len(unlabelled.x)
+    rows = np.array([2, 5, 11])
+    some = unlabelled.copies_of(rows)  # the copies of three images, renumbered 0, 1, 2
+    assert some.source.tolist() == [0] * copies + [1] * copies + [2] * copies
+    for i, row in enumerate(rows):
+        assert np.array_equal(some.x[some.source == i], unlabelled.copies.x[unlabelled.copies.source == row])
     paths.TEST_NPZ.unlink()
     with pytest.raises(FileNotFoundError, match="ingest"):
-        train.unlabelled_for([student], None)
+        train.unlabelled_for([student], None, 1)

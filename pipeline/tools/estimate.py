@@ -89,11 +89,14 @@ def workload(doc: dict) -> dict[str, tuple[float, float]]:
     tune_val = min(tune["max_val_rows"] or fold_rows, fold_rows)
     monitor = min(train["monitor_rows"] or fold_rows, fold_rows)
     views = 1 + predict["tta_views"]
+    rounds = train.get("pseudo_rounds", 0)  # each round: the teacher labels the test set; a student trains on more
+    fits = (1 + rounds) * fit_rows + rounds * test_rows  # (pseudo-labels: at most every test image)
     return {
         "tune": (tune["trials"] * tune["epochs"] * tune_fit, tune["trials"] * tune["epochs"] * tune_val),
         "train": (
-            models * folds * train["epochs"] * fit_rows,
-            models * folds * (train["epochs"] * monitor + fold_rows),
+            models * folds * train["epochs"] * fits,
+            models * folds * (1 + rounds) * (train["epochs"] * monitor + fold_rows)
+            + models * folds * rounds * test_rows,
         ),
         "predict": (0.0, models * folds * views * (fold_rows + test_rows)),
     }
