@@ -10,6 +10,8 @@ GPU_STAMP := $(VENV)/.installed-gpu
 EXTRAS := dev,jax,dashboard
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
+# make run BUDGET=150: the full profile with the most epochs per fold that fit 150 minutes on this machine (estimated)
+BUDGET ?=
 # the columns `make exps` keeps of `dvc exp show` (120 wide): the profile, the settings most runs change, OOF accuracy
 EXP_COLUMNS := ^(Experiment|Created|profile|model\.name|train\.epochs|augment\.copies|train\.aug_prob|oof_blend_accuracy)$$
 
@@ -38,7 +40,7 @@ data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download
 
 run: data ## the full profile: the competition job (on a CPU it prints its estimated time first) -> submissions/latest.csv
 	$(BIN)/python -m pipeline.params --profile full $(SET)
-	$(BIN)/python -m pipeline.tools.estimate
+	$(BIN)/python -m pipeline.tools.estimate $(if $(BUDGET),--budget $(BUDGET) $(SET))
 	$(BIN)/dvc repro
 
 quick: data ## the quick profile (sized for a laptop CPU) through the same dvc.yaml -> submissions/latest.csv

@@ -4,6 +4,7 @@ with the quick profile as the alternative, and records the estimate."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -75,3 +76,43 @@ def test_make_run_estimates_before_the_pipeline_starts():
     measured = next(i for i, line in enumerate(lines) if "pipeline.tools.estimate" in line)
     started = next(i for i, line in enumerate(lines) if "dvc repro" in line)
     assert composed < measured < started
+
+
+def test_a_budget_keeps_the_most_epochs_that_fit():
+    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
+    rates = estimate.Rates(train=0.001, infer=0.0002)
+    by_epochs = {}
+    for epochs in (doc["train"]["epochs"], 12, 13):
+        trial = {**doc, "train": {**doc["train"], "epochs": epochs}}
+        by_epochs[epochs] = estimate.estimate(trial, rates)["total"]
+    full = doc["train"]["epochs"]
+    assert estimate.epochs_within(doc, rates, by_epochs[full] + 1) == full  # the profile fits: unchanged
+    between = (by_epochs[12] + by_epochs[13]) / 2
+    assert estimate.epochs_within(doc, rates, between) == 12
+    assert estimate.epochs_within(doc, rates, by_epochs[12]) == 12  # an estimate equal to the budget fits
+    assert estimate.epochs_within(doc, rates, 1.0) == 0  # not even one epoch
+    assert doc["train"]["epochs"] == full  # the settings given are not changed
+
+
+def test_a_budget_recomposes_params_yaml_with_the_epochs_that_fit(project, monkeypatch):
+    shutil.copytree(tracked_conf(), project / "conf")
+    params.write_params(params.compose(["profile=test", "train.batch_size=8"]), force=True)
+    doc = params.read_raw()
+    doc["train"]["epochs"] = 9
+    rates = estimate.Rates(train=0.001, infer=0.0002)
+    fits = estimate.epochs_within(doc, rates, 1e9)
+    assert estimate.fit_budget(doc, rates, 1e9 / 60, ["train.batch_size=8"]) == fits == 9
+    budget = estimate.estimate({**doc, "train": {**doc["train"], "epochs": 4}}, rates)["total"]
+    assert estimate.fit_budget(doc, rates, budget / 60, ["train.batch_size=8"]) == 4
+    written = params.read_raw()
+    assert (written["profile"], written["train"]["epochs"], written["train"]["batch_size"]) == ("test", 4, 8)
+    before = paths.PARAMS.read_text()
+    with pytest.raises(params.ParamsError, match="not even one epoch"):
+        estimate.fit_budget(doc, rates, 1e-6, [])
+    assert paths.PARAMS.read_text() == before
+
+
+def test_make_run_passes_the_budget_and_the_overrides_to_the_estimate():
+    cmd = ["make", "-n", "run", "BUDGET=150", "SET=train.epochs=40"]
+    recipe = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "pipeline.tools.estimate --budget 150 train.epochs=40" in recipe

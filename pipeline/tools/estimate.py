@@ -3,10 +3,12 @@ this machine for a few seconds (training and inference steps of model.name and o
 its own batch size, on random images) and print how long the profile in params.yaml will take here (tune, train,
 predict), with the quick profile as the alternative; then the run proceeds. The estimate is recorded in
 reports/estimate.json, to compare with the stages' own wall times in reports/timings/. With a GPU it only says so
-(the full profile is sized for one). Not a stage."""
+(the full profile is sized for one). With `--budget MINUTES` (`make run BUDGET=150`) a profile estimated to take longer
+is recomposed with the most epochs per fold (train.epochs) that fit the budget here. Not a stage."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -110,6 +112,33 @@ def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]
     return seconds
 
 
+def epochs_within(doc: dict, rates: Rates, budget: float, tune_workers: int = 1) -> int:
+    """Return the most epochs per fold (at most `doc`'s train.epochs) whose estimated total at `rates` is within
+    `budget` seconds, or 0 when not even one epoch fits."""
+    trial = copy.deepcopy(doc)
+    for epochs in range(doc["train"]["epochs"], 0, -1):
+        trial["train"]["epochs"] = epochs
+        if estimate(trial, rates, tune_workers)["total"] <= budget:
+            return epochs
+    return 0
+
+
+def fit_budget(doc: dict, rates: Rates, minutes: float, overrides: list[str], tune_workers: int = 1) -> int:
+    """Recompose params.yaml (its profile, `overrides`, then train.epochs) with the most epochs that fit `minutes`
+    on this machine when the profile would take longer; return the epochs per fold the run will train."""
+    epochs = epochs_within(doc, rates, minutes * 60, tune_workers)
+    if epochs == doc["train"]["epochs"]:
+        return epochs
+    if epochs == 0:
+        raise ParamsError(
+            f"not even one epoch per fold of profile {doc['profile']} fits {minutes:g} minutes on this machine: "
+            "choose fewer members (model.ensemble), a longer budget or `make quick`"
+        )
+    text = params.compose([f"profile={doc['profile']}", *overrides, f"train.epochs={epochs}"])
+    params.write_params(text)
+    return epochs
+
+
 def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
     """Return the lines printed before the run: the estimate per stage and the quick alternative."""
     parts = ", ".join(f"{stage} {progress.format_seconds(s)}" for stage, s in seconds.items() if stage != "total")
@@ -129,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     """Print and record the estimate of the profile in params.yaml on this machine (nothing to do on a GPU)."""
     parser = stage_parser("estimate", __doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="calibration budget in seconds (default 3)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="MINUTES",
+        help="recompose params.yaml with the most train.epochs that fit this many minutes here (tune, train, predict)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="with --budget: the composition's overrides")
     args = parser.parse_args(argv)
     try:
         doc = params.read_raw()
@@ -145,6 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
+    if args.budget is not None:
+        try:
+            epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
+        except ParamsError as exc:
+            return fail("estimate", exc)
+        doc = params.read_raw()
+        record.update(budget_minutes=args.budget, epochs=epochs, seconds=estimate(doc, rates, tune.workers_cpu))
+        print(
+            f"estimate: budget {args.budget:g} min: train.epochs {epochs} (about "
+            f"{progress.format_seconds(record['seconds']['total'])} here)",
+            flush=True,
+        )
     write_json(paths.ESTIMATE_JSON, {**record, "infer_seconds_per_image": rates.infer})
     return 0
 
