@@ -139,7 +139,7 @@ def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> s
     return "## Folds\n\n" + md_table(header, rows)
 
 
-def accuracy_section(predict: dict, blend_by: str) -> str:
+def accuracy_section(predict: dict, blend_by: str, minutes: dict[str, float] | None = None) -> str:
     """Return OOF accuracy and loss without and with test-time augmentation, and an ensemble's blend (weights chosen by
     OOF `blend_by`)."""
     if not predict:
@@ -156,13 +156,13 @@ def accuracy_section(predict: dict, blend_by: str) -> str:
         "## Out-of-fold accuracy\n\n"
         + md_table(["", "accuracy", "loss"], rows)
         + f"\n\nTTA gain: {predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
-        + blend_line(predict, blend_by)
+        + blend_line(predict, blend_by, minutes)
     )
 
 
-def blend_line(predict: dict, blend_by: str) -> str:
-    """Return the ensemble's weights (chosen by OOF `blend_by`) and OOF accuracy (cross-fitted, then in-sample), or ""
-    for a single model."""
+def blend_line(predict: dict, blend_by: str, minutes: dict[str, float] | None = None) -> str:
+    """Return the ensemble's weights (chosen by OOF `blend_by`) and OOF accuracy (cross-fitted, then in-sample), with
+    each member's worth per training minute (`minutes`: its folds' training time), or "" for a single model."""
     weights = predict.get("weights") or {}
     if len(weights) < 2:
         return ""
@@ -171,12 +171,13 @@ def blend_line(predict: dict, blend_by: str) -> str:
         f"\n\nThe submission blends {parts} (weights chosen by OOF {blend_by}); blend OOF accuracy "
         f"{predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights chosen on the other "
         f"folds' rows only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample, with the submission's weights "
-        "fitted on these rows). The table above is model.name alone." + members_table(predict)
+        "fitted on these rows). The table above is model.name alone." + members_table(predict, minutes or {})
     )
 
 
-def members_table(predict: dict) -> str:
-    """Return a table of each ensemble member's OOF TTA accuracy and the cross-fitted blend without it, or ""."""
+def members_table(predict: dict, minutes: dict[str, float]) -> str:
+    """Return a table of each ensemble member's OOF TTA accuracy, the cross-fitted blend without it, what it adds, its
+    folds' training minutes (`minutes`) and what it adds per training hour, or ""."""
     without = predict.get("without") or {}
     if not without:
         return ""
@@ -186,10 +187,19 @@ def members_table(predict: dict) -> str:
             f"{predict['models'][m]['oof_tta_accuracy']:.5f}",
             f"{w['oof_blend_accuracy']:.5f}",
             f"{w['member_gain']:+.5f}",
+            f"{minutes[m]:.1f}" if minutes.get(m) else "?",
+            f"{w['member_gain'] * 60 / minutes[m]:+.5f}" if minutes.get(m) else "?",
         ]
         for m, w in without.items()
     ]
-    return "\n\n" + md_table(["member", "alone (OOF, TTA)", "blend without it", "what it adds"], rows)
+    head = ["member", "alone (OOF, TTA)", "blend without it", "what it adds", "training minutes", "adds per hour"]
+    return "\n\n" + md_table(head, rows)
+
+
+def training_minutes(models: list[str], folds: list[int]) -> dict[str, float]:
+    """Return each of `models`' training minutes, summed over its fold files' metadata (folds without one: skipped)."""
+    metas = {m: [paths.fold_meta(m, k) for k in folds] for m in models}
+    return {m: sum(read_json(p)["seconds"] for p in files if p.is_file()) / 60 for m, files in metas.items()}
 
 
 def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int) -> str:
@@ -283,7 +293,7 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
         counts_section(facts["train"]["y"], facts["test_rows"]),
         params_section(facts["settings"], facts["tuned"], predict.get("tta_views")),
         folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
-        accuracy_section(predict, facts["blend_by"]),
+        accuracy_section(predict, facts["blend_by"], facts.get("minutes")),
         confusion_section(confusion_pairs(matrix, cfg.confusion_pairs), int((predicted != labels).sum()), len(labels)),
         audit_section(facts.get("audit", {}), facts["audit_settings"]),
         timings_section(facts["timings"]),
@@ -330,6 +340,7 @@ def gather() -> dict[str, Any]:
         "tuned": optional_json(paths.BEST_PARAMS),
         "settings": metas[min(metas)].get("settings") if metas else None,
         "metas": metas,
+        "minutes": training_minutes(list(optional_json(paths.PREDICT_JSON).get("models") or []), folds),
         "timings": read_timings(),
         "submission_rows": submission_rows(),
     }

@@ -208,8 +208,9 @@ def test_an_ensemble_summary_lists_what_each_member_adds() -> None:
         "without": {"dropout_cnn": {"oof_blend_accuracy": 0.9957, "member_gain": 0.0005},
                     "bn_lite": {"oof_blend_accuracy": 0.9954, "member_gain": 0.0008}},
     }  # fmt: skip
-    text = report.blend_line(predict_json, "log_loss")
+    text = report.blend_line(predict_json, "log_loss", {"dropout_cnn": 30.0, "bn_lite": 20.0})
     assert "(weights chosen by OOF log_loss)" in text
-    assert "| dropout_cnn | 0.99540 | 0.99570 | +0.00050 |" in text
-    assert "| bn_lite | 0.99570 | 0.99540 | +0.00080 |" in text
+    assert "| dropout_cnn | 0.99540 | 0.99570 | +0.00050 | 30.0 | +0.00100 |" in text  # +0.0005 in half an hour
+    assert "| bn_lite | 0.99570 | 0.99540 | +0.00080 | 20.0 | +0.00240 |" in text
+    assert "| bn_lite | 0.99570 | 0.99540 | +0.00080 | ? | ? |" in report.blend_line(predict_json, "log_loss")
     assert report.blend_line({**predict_json, "weights": {"bn_lite": 1.0}}, "log_loss") == ""
