@@ -95,3 +95,21 @@ def test_pseudo_labelling_reads_the_test_images_and_augment_settings(prepared):
     paths.TEST_NPZ.unlink()
     with pytest.raises(FileNotFoundError, match="ingest"):
         train.unlabelled_for([student], None, 1)
+
+
+def test_a_worker_process_pseudo_labels_as_this_process_does(prepared, capfd):
+    """A fold trained in a worker process (train's --processes, one per GPU) gets the test images and their augment
+    settings from its job, and writes exactly the fold this process writes."""
+    student = replace(SETTINGS, epochs=1, pseudo_rounds=1, pseudo_threshold=0.5)
+    train.train_all([student], FOLDS, seed=1, device=configure())
+    alone = {k: (read_json(paths.fold_meta("mlp", k)), read_npz(paths.fold_oof("mlp", k))) for k in (1, 2)}
+    for fold in (1, 2):
+        for path in (paths.fold_model, paths.fold_oof, paths.fold_meta):
+            path("mlp", fold).unlink()
+    capfd.readouterr()
+    train.train_all([student], FOLDS, seed=1, device=configure(), options=train.Options(envs=({}, {})))
+    assert capfd.readouterr().out.count("round 1: teacher") == 2  # folds 1 and 2, in the workers
+    for fold, (meta, oof) in alone.items():
+        again = read_json(paths.fold_meta("mlp", fold))
+        assert (again["fingerprint"], again["pseudo_rounds"]) == (meta["fingerprint"], meta["pseudo_rounds"])
+        assert np.array_equal(read_npz(paths.fold_oof("mlp", fold))["probs"], oof["probs"])
