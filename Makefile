@@ -10,6 +10,8 @@ GPU_STAMP := $(VENV)/.installed-gpu
 EXTRAS := dev,jax,dashboard
 # Hydra overrides composed into params.yaml over the profile, e.g. make quick SET='train.epochs=10'
 SET ?=
+# make run PROFILE=cpu: the full profile less its second bn_lite seed (conf/profile/cpu.yaml), for a CPU without AMX
+PROFILE ?= full
 # make run BUDGET=150: the full profile with the most epochs per fold that fit 150 minutes on this machine (estimated)
 BUDGET ?=
 # the columns `make exps` keeps of `dvc exp show` (120 wide): the profile, the settings most runs change, OOF accuracy
@@ -38,8 +40,8 @@ install-gpu: $(GPU_STAMP) ## install, plus the gpu extra: TensorFlow's and JAX's
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
 	$(BIN)/python -m pipeline.tools.download
 
-run: data ## the full profile: the competition job (on a CPU it prints its estimated time first) -> submissions/latest.csv
-	$(BIN)/python -m pipeline.params --profile full $(SET)
+run: data ## the full profile (PROFILE=cpu: one member less): the competition job (on a CPU it prints its estimated time first)
+	$(BIN)/python -m pipeline.params --profile $(PROFILE) $(SET)
 	$(BIN)/python -m pipeline.tools.estimate $(if $(BUDGET),--budget $(BUDGET) $(SET))
 	$(BIN)/dvc repro
 
