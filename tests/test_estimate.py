@@ -29,6 +29,9 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert work["predict"] == (0.0, 4 * 3 * (250 + 500))  # every fold model, 3 views, its OOF rows and the test
     seconds = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001))
     assert seconds["train"] == pytest.approx(4 * 3 * 750 * 0.002 + 4 * 1000 * 0.001)
+    started = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001, startup=5.0))
+    assert started["train"] == pytest.approx(seconds["train"] + 4 * 5.0)  # one model built per fold
+    assert started["tune"] == pytest.approx(seconds["tune"] + 5 * 5.0)  # and per trial
     assert seconds["total"] == pytest.approx(seconds["tune"] + seconds["train"] + seconds["predict"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)

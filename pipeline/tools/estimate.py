@@ -31,15 +31,21 @@ COMPETITION_TEST_ROWS = 28000
 
 @dataclass(frozen=True)
 class Rates:
-    """Measured seconds per image on this machine: one training step, one forward pass."""
+    """Measured seconds on this machine: per image of a training epoch and of a forward pass, and per model trained
+    (building and compiling it: its first fit call's time)."""
 
     train: float
     infer: float
+    startup: float = 0.0
+
+
+CALIBRATION_BATCHES = 16  # images per timed model.fit epoch: this many batches (fit's per-epoch overhead included)
 
 
 def calibrate(settings: FitSettings, budget: float = 3.0) -> Rates:
-    """Return the seconds per image of training and of inference of `settings.model` at its batch size, measured
-    on random images for about `budget` seconds after one warm-up step of each."""
+    """Return the seconds per image of training (model.fit epochs, as train runs them) and of inference of
+    `settings.model` at its batch size, measured on random images for about `budget` seconds after a first fit call,
+    whose time is the model's startup."""
     from pipeline.device import configure
     from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
@@ -47,10 +53,15 @@ def calibrate(settings: FitSettings, budget: float = 3.0) -> Rates:
     net = compiled_model(settings, steps_per_epoch=100, jit_compile=device.jit_compile)
     rng = np.random.default_rng(0)
     batch = settings.batch_size
-    x = as_input(rng.integers(0, 256, size=(batch, 28, 28), dtype=np.uint8))
-    y = one_hot(rng.integers(0, 10, size=batch))
-    fit = per_image(lambda: net.train_on_batch(x, y), batch, budget * 2 / 3)
-    return Rates(train=fit, infer=per_image(lambda: net.predict_on_batch(x), batch, budget / 3))
+    n = batch * CALIBRATION_BATCHES
+    x = as_input(rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+    y = one_hot(rng.integers(0, 10, size=n))
+    start = time.perf_counter()
+    net.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
+    startup = time.perf_counter() - start
+    epoch = per_image(lambda: net.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False), n, budget / 2, 1)
+    infer = per_image(lambda: net.predict_on_batch(x[:batch]), batch, budget / 3)
+    return Rates(train=epoch, infer=infer, startup=startup)
 
 
 def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSettings]:
@@ -65,7 +76,7 @@ def member_rates(members: list[FitSettings], budget: float = 3.0) -> Rates:
     kinds = calibration_kinds(members)
     measured = {key: calibrate(settings, budget / len(kinds)) for key, settings in kinds.items()}
     rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
-    return Rates(train=float(np.mean([r.train for r in rates])), infer=float(np.mean([r.infer for r in rates])))
+    return Rates(*(float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup")))
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -104,9 +115,20 @@ def workload(doc: dict) -> dict[str, tuple[float, float]]:
     }
 
 
+def models_built(doc: dict) -> dict[str, float]:
+    """Return how many models each long stage of the settings `doc` builds and trains (each starts up once)."""
+    members = 1 + len(doc["model"].get("ensemble") or [])
+    rounds = 1 + doc["train"].get("pseudo_rounds", 0)
+    return {"tune": doc["tune"]["trials"], "train": members * doc["train"]["folds"] * rounds, "predict": 0}
+
+
 def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]:
     """Return the estimated seconds of each long stage (and "total") for the settings `doc` at `rates`."""
-    seconds = {stage: fit * rates.train + infer * rates.infer for stage, (fit, infer) in workload(doc).items()}
+    built = models_built(doc)
+    seconds = {
+        stage: fit * rates.train + infer * rates.infer + built[stage] * rates.startup
+        for stage, (fit, infer) in workload(doc).items()
+    }
     seconds["tune"] /= max(1, min(tune_workers, doc["tune"]["trials"]))
     seconds["total"] = sum(seconds.values())
     return seconds
@@ -182,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
+    record["startup_seconds_per_model"] = rates.startup
     if args.budget is not None:
         try:
             epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
