@@ -551,11 +551,16 @@ def process_envs(plan: DevicePlan, processes: int | None) -> tuple[Mapping[str, 
 
 def data_identity(unlabelled: Unlabelled | None) -> tuple[str, ...]:
     """Return the identity of train's data and code: the digests of train.npz, augmented.npz and the training code,
-    and with `unlabelled` images, test.npz's digest and how their copies are made."""
+    and with `unlabelled` images, test.npz's digest and how their copies are made (settings and code)."""
     own = (file_digest(paths.TRAIN_NPZ), file_digest(paths.AUGMENTED_NPZ), code_digest())
     if unlabelled is None:
         return own
-    return (*own, file_digest(paths.TEST_NPZ), json.dumps(asdict(unlabelled.augment), sort_keys=True))
+    from pipeline import augment
+    from pipeline.lib import transforms
+
+    copying = [json.dumps(asdict(unlabelled.augment), sort_keys=True)]
+    copying += [file_digest(Path(m.__file__)) for m in (augment, transforms)]
+    return (*own, file_digest(paths.TEST_NPZ), *copying)
 
 
 UNLABELLED_SEED = 7919  # the test images' copies are drawn from seed + this, apart from the training copies' seed

@@ -5,12 +5,14 @@ augmented copies join only the training rows of fold k's student; nothing append
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, train
 from pipeline.device import configure
+from pipeline.lib import transforms
 from pipeline.lib.files import read_json, read_npz
 from pipeline.lib.fitting import EpochSampler, FitSettings
 from pipeline.lib.training_data import Augmented, read_training_data
@@ -92,6 +94,10 @@ def test_pseudo_labelling_reads_the_test_images_and_augment_settings(prepared):
     assert some.source.tolist() == [0] * copies + [1] * copies + [2] * copies
     for i, row in enumerate(rows):
         assert np.array_equal(some.x[some.source == i], unlabelled.copies.x[unlabelled.copies.source == row])
+    plain, pseudo = train.data_identity(None), train.data_identity(unlabelled)
+    assert pseudo[: len(plain)] == plain  # and what makes the copies: test.npz, the augment settings and code
+    for made_by in (paths.TEST_NPZ, Path(augment.__file__), Path(transforms.__file__)):
+        assert train.file_digest(made_by) in pseudo
     paths.TEST_NPZ.unlink()
     with pytest.raises(FileNotFoundError, match="ingest"):
         train.unlabelled_for([student], None, 1)
