@@ -325,13 +325,14 @@ def gather() -> dict[str, Any]:
     model = params.load("model").name
     metas = {k: read_json(paths.fold_meta(model, k)) for k in folds if paths.fold_meta(model, k).is_file()}
     test_x = read_npz(require(paths.TEST_NPZ, "ingest"))["x"]
+    predict = optional_json(paths.PREDICT_JSON)
     return {
         "train": train,
         "test_x": test_x,
         "test_rows": len(test_x),
         "oof": read_npz(require(paths.OOF_TTA_NPZ, "predict")),
         "metrics": read_json(require(paths.METRICS_JSON, "train")),
-        "predict": optional_json(paths.PREDICT_JSON),
+        "predict": predict,
         "blend_by": params.load("predict").blend_by,
         "audit": optional_json(paths.AUDIT_JSON),
         "audit_settings": params.load("audit"),
@@ -340,7 +341,7 @@ def gather() -> dict[str, Any]:
         "tuned": optional_json(paths.BEST_PARAMS),
         "settings": metas[min(metas)].get("settings") if metas else None,
         "metas": metas,
-        "minutes": training_minutes(list(optional_json(paths.PREDICT_JSON).get("models") or []), folds),
+        "minutes": training_minutes(list(predict.get("models") or []), folds),
         "timings": read_timings(),
         "submission_rows": submission_rows(),
     }

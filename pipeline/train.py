@@ -347,14 +347,19 @@ def pseudo_labelled(
     return with_pseudo_rows(data, unlabelled.x[rows], labels, unlabelled.copies_of(rows)), len(rows)
 
 
+def fold_rows(data: TrainingData, fold: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return fold `fold`'s training rows (the other folds' rows, appended ones included, minus `excluded`) and its
+    held-out rows."""
+    return np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), excluded)), np.flatnonzero(data.fold == fold)
+
+
 def fit_fold(job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = "") -> tuple[keras.Model, list]:
     """Fit `job`'s model on `data`'s rows outside its fold minus the excluded ones, resuming from `checkpoint`; the
     epochs of a `stage` (a teacher) are shown but not logged to DVCLive. Return the model and its history."""
     cfg, fold = job.settings, job.fold
     seed = member_seed(run.seed, cfg.model)
     keras.utils.set_random_seed(seed + fold)
-    train_rows = np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), run.excluded))
-    val_rows = np.flatnonzero(data.fold == fold)
+    train_rows, val_rows = fold_rows(data, fold, run.excluded)
     sampler = EpochSampler(data.x, data.y, train_rows, data.aug.x, data.aug.source, seed + 1000 * fold)
     with progress.progress(cfg.epochs, f"fold {fold}{stage}", unit="epoch", lines=False, leave=False) as bar:
         watch = monitor_subset(val_rows, data.y, run.monitor_rows, seed + fold)
@@ -370,7 +375,7 @@ def fit_with_pseudo_labels(
     the previous model labels confidently (resuming each from its own checkpoint). Return the last model, its
     history, and per round the teacher's scores on the fold and the pseudo-labelled rows."""
     cfg, rounds = job.settings, job.settings.pseudo_rounds
-    val_rows = np.flatnonzero(data.fold == job.fold)
+    _, val_rows = fold_rows(data, job.fold, run.excluded)
     model, history = fit_fold(job, data, run, checkpoint, " teacher" if rounds else "")
     teachers = []
     for r in range(1, rounds + 1):
@@ -394,7 +399,7 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
     start = time.perf_counter()
     checkpoint = resume_point(job, run.logger)
     model, history, teachers = fit_with_pseudo_labels(job, data, run, checkpoint)
-    val_rows = np.flatnonzero(data.fold == fold)
+    train_rows, val_rows = fold_rows(data, fold, run.excluded)
     probs = predict_probs(model, data.x[val_rows])
     meta = {
         "fold": fold,
@@ -405,7 +410,7 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
         "settings": asdict(cfg),
         "device": run.device.describe(),
         "seconds": time.perf_counter() - start,
-        "train_rows": int(np.sum((data.fold != fold) & kept_mask(len(data.y), run.excluded))),
+        "train_rows": len(train_rows),
         "history": history,
         "pseudo_rounds": teachers,
     }
@@ -469,8 +474,8 @@ def train_in_worker(spec: str) -> None:
     device = replace(device, reasons={**device.reasons, "precision": given["why"]})
     excluded = np.asarray(given["excluded"], np.int64)
     unlabelled = read_unlabelled(AugmentParams(**given["augment"]), given["seed"]) if given["augment"] else None
-    run = Run(given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
-    run = replace(run, unlabelled=unlabelled)
+    shared = (given["seed"], device, tuple(given["data_id"]), excluded, given["verbose"], given["monitor_rows"])
+    run = Run(*shared, unlabelled=unlabelled)
     train_fold(fold_job(FitSettings(**given["settings"]), given["fold"], data, run), data, run)
 
 

@@ -90,6 +90,11 @@ def per_image(step: Callable[[], object], batch: int, budget: float, least: int 
     return (time.perf_counter() - start) / (calls * batch)
 
 
+def member_count(doc: dict) -> int:
+    """Return how many models the settings `doc` train on every fold: model.name and its ensemble members."""
+    return 1 + len(doc["model"].get("ensemble") or [])
+
+
 def workload(doc: dict) -> dict[str, tuple[float, float]]:
     """Return the images each long stage of the settings `doc` (params.yaml) trains on and infers, per stage."""
     rows = doc["ingest"]["max_train_rows"] or COMPETITION_TRAIN_ROWS
@@ -97,7 +102,7 @@ def workload(doc: dict) -> dict[str, tuple[float, float]]:
     train, tune, predict = doc["train"], doc["tune"], doc["predict"]
     folds = train["folds"]
     fold_rows, fit_rows = rows / folds, rows * (folds - 1) / folds
-    models = 1 + len(doc["model"].get("ensemble") or [])
+    models = member_count(doc)
     tune_fit = min(tune["max_train_rows"] or fit_rows, fit_rows)
     tune_val = min(tune["max_val_rows"] or fold_rows, fold_rows)
     monitor = min(train["monitor_rows"] or fold_rows, fold_rows)
@@ -117,9 +122,8 @@ def workload(doc: dict) -> dict[str, tuple[float, float]]:
 
 def models_built(doc: dict) -> dict[str, float]:
     """Return how many models each long stage of the settings `doc` builds and trains (each starts up once)."""
-    members = 1 + len(doc["model"].get("ensemble") or [])
     rounds = 1 + doc["train"].get("pseudo_rounds", 0)
-    return {"tune": doc["tune"]["trials"], "train": members * doc["train"]["folds"] * rounds, "predict": 0}
+    return {"tune": doc["tune"]["trials"], "train": member_count(doc) * doc["train"]["folds"] * rounds, "predict": 0}
 
 
 def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]:
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
-    record["startup_seconds_per_model"] = rates.startup
+    record.update(infer_seconds_per_image=rates.infer, startup_seconds_per_model=rates.startup)
     if args.budget is not None:
         try:
             epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{progress.format_seconds(record['seconds']['total'])} here)",
             flush=True,
         )
-    write_json(paths.ESTIMATE_JSON, {**record, "infer_seconds_per_image": rates.infer})
+    write_json(paths.ESTIMATE_JSON, record)
     return 0
 
 
