@@ -33,6 +33,10 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert started["train"] == pytest.approx(seconds["train"] + 4 * 5.0)  # one model built per fold
     assert started["tune"] == pytest.approx(seconds["tune"] + 5 * 5.0)  # and per trial
     assert seconds["total"] == pytest.approx(seconds["tune"] + seconds["train"] + seconds["predict"])
+    named = estimate.Rates(train=0.004, infer=0.003)  # tune trains only model.name: priced at its own rates
+    own = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001, tune=named))
+    assert own["tune"] == pytest.approx(2 * seconds["tune"] + 5 * 2 * 250 * 0.001)
+    assert (own["train"], own["predict"]) == (seconds["train"], seconds["predict"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
     doc["train"]["pseudo_rounds"] = 2  # per round: the test set labelled, then a student on 750 + up to 500 rows

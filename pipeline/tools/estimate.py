@@ -32,11 +32,13 @@ COMPETITION_TEST_ROWS = 28000
 @dataclass(frozen=True)
 class Rates:
     """Measured seconds on this machine: per image of a training epoch and of a forward pass, and per model trained
-    (building and compiling it: its first fit call's time)."""
+    (building and compiling it: its first fit call's time); `tune`: model.name's own, when they differ (tune trains
+    only it)."""
 
     train: float
     infer: float
     startup: float = 0.0
+    tune: Rates | None = None
 
 
 CALIBRATION_BATCHES = 16  # images per timed model.fit epoch: this many batches (fit's per-epoch overhead included)
@@ -71,12 +73,14 @@ def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSe
 
 
 def member_rates(members: list[FitSettings], budget: float = 3.0) -> Rates:
-    """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images),
-    each distinct model and batch size calibrated once in its share of `budget` seconds."""
+    """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images), with
+    the first member's (model.name's) as `tune`; each distinct model and batch size calibrated once in its share of
+    `budget` seconds."""
     kinds = calibration_kinds(members)
     measured = {key: calibrate(settings, budget / len(kinds)) for key, settings in kinds.items()}
     rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
-    return Rates(*(float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup")))
+    mean = (float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup"))
+    return Rates(*mean, tune=rates[0])
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -127,12 +131,13 @@ def models_built(doc: dict) -> dict[str, float]:
 
 
 def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]:
-    """Return the estimated seconds of each long stage (and "total") for the settings `doc` at `rates`."""
+    """Return the estimated seconds of each long stage (and "total") for the settings `doc` at `rates` (tune at
+    `rates.tune` when measured)."""
     built = models_built(doc)
-    seconds = {
-        stage: fit * rates.train + infer * rates.infer + built[stage] * rates.startup
-        for stage, (fit, infer) in workload(doc).items()
-    }
+    seconds = {}
+    for stage, (fit, infer) in workload(doc).items():
+        at = (rates.tune or rates) if stage == "tune" else rates
+        seconds[stage] = fit * at.train + infer * at.infer + built[stage] * at.startup
     seconds["tune"] /= max(1, min(tune_workers, doc["tune"]["trials"]))
     seconds["total"] = sum(seconds.values())
     return seconds
