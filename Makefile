@@ -40,7 +40,7 @@ install-gpu: $(GPU_STAMP) ## install, plus the gpu extra: TensorFlow's and JAX's
 data: $(STAMP) ## make sure data/raw holds the competition data (kaggle download if credentials exist)
 	$(BIN)/python -m pipeline.tools.download
 
-run: data ## the full profile (PROFILE=cpu: one member less): the competition job (on a CPU it prints its estimated time first)
+run: data ## the full profile (PROFILE=cpu: two members less): the competition job (on a CPU it prints its estimated time first)
 	$(BIN)/python -m pipeline.params --profile $(PROFILE) $(SET)
 	$(BIN)/python -m pipeline.tools.estimate $(if $(BUDGET),--budget $(BUDGET) $(SET))
 	$(BIN)/dvc repro

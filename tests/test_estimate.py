@@ -51,7 +51,8 @@ def test_each_member_is_calibrated_at_its_own_model_and_batch_size():
     members = member_settings(settings.sections["train"], settings.sections["model"], None)
     kinds = estimate.calibration_kinds(members)
     train, bn_lite = doc["train"], doc["model"]["overrides"]["bn_lite"]
-    assert [m.model for m in members] == ["dropout_cnn", "bn_lite", "bn_lite@1"]
+    assert [m.model for m in members] == [doc["model"]["name"], *doc["model"]["ensemble"]]
+    assert {m.model for m in members} > {"dropout_cnn", "bn_lite", "bn_lite@1"}
     assert {key: s.batch_size for key, s in kinds.items()} == {
         ("dropout_cnn", train["batch_size"]): train["batch_size"],
         ("bn_lite", bn_lite["batch_size"]): bn_lite["batch_size"],

@@ -181,7 +181,7 @@ def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
         lines.append(
             "estimate: for a run of about 7-14 minutes on a 2-core CPU (bf16 or float32), stop now (Ctrl-C) and run "
             "`make quick` (the quick profile, conf/profile/quick.yaml); on a CPU without AMX, `make run PROFILE=cpu` "
-            "(one member less) or `make run BUDGET=150` (fewer epochs) fit 2 h 30 min; the run proceeds"
+            "(two members less) or `make run BUDGET=150` (fewer epochs) fit 2 h 30 min; the run proceeds"
         )
     return "\n".join(lines)
 
