@@ -37,6 +37,10 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     own = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001, tune=named))
     assert own["tune"] == pytest.approx(2 * seconds["tune"] + 5 * 2 * 250 * 0.001)
     assert (own["train"], own["predict"]) == (seconds["train"], seconds["predict"])
+    # predict infers in batches of predict.batch_size, cheaper per image than training's validation batches
+    batched = estimate.estimate(doc, estimate.Rates(train=0.002, infer=0.001, predict=0.0004))
+    assert batched["predict"] == pytest.approx(4 * 3 * (250 + 500) * 0.0004)
+    assert (batched["train"], batched["tune"]) == (seconds["train"], seconds["tune"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
     doc["train"]["pseudo_rounds"] = 2  # per round: the test set labelled, then a student on 750 + up to 500 rows
@@ -74,6 +78,7 @@ def test_estimate_measures_this_machine_prints_the_quick_alternative_and_records
     assert "ms per training image" in out and "`make quick`" in out
     record = json.loads(paths.ESTIMATE_JSON.read_text())
     assert record["profile"] == "test" and record["train_seconds_per_image"] > 0
+    assert record["predict_seconds_per_image"] > 0  # inference timed at predict.batch_size too
     assert record["seconds"]["total"] == pytest.approx(sum(v for k, v in record["seconds"].items() if k != "total"))
 
 

@@ -31,23 +31,25 @@ COMPETITION_TEST_ROWS = 28000
 
 @dataclass(frozen=True)
 class Rates:
-    """Measured seconds on this machine: per image of a training epoch and of a forward pass, and per model trained
-    (building and compiling it: its first fit call's time); `tune`: model.name's own, when they differ (tune trains
-    only it)."""
+    """Measured seconds on this machine: per image of a training epoch and of a forward pass at the training batch
+    size (validation), and per model trained (building and compiling it: its first fit call's time); `predict`: per
+    image of a forward pass at predict's batch size (None: `infer`); `tune`: model.name's own, when they differ (tune
+    trains only it)."""
 
     train: float
     infer: float
     startup: float = 0.0
     tune: Rates | None = None
+    predict: float | None = None
 
 
 CALIBRATION_BATCHES = 16  # images per timed model.fit epoch: this many batches (fit's per-epoch overhead included)
 
 
-def calibrate(settings: FitSettings, budget: float = 3.0) -> Rates:
+def calibrate(settings: FitSettings, budget: float = 3.0, predict_batch: int | None = None) -> Rates:
     """Return the seconds per image of training (model.fit epochs, as train runs them) and of inference of
-    `settings.model` at its batch size, measured on random images for about `budget` seconds after a first fit call,
-    whose time is the model's startup."""
+    `settings.model` at its batch size and at `predict_batch` (when given), measured on random images for about
+    `budget` seconds after a first fit call, whose time is the model's startup."""
     from pipeline.device import configure
     from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
@@ -62,8 +64,12 @@ def calibrate(settings: FitSettings, budget: float = 3.0) -> Rates:
     net.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
     startup = time.perf_counter() - start
     epoch = per_image(lambda: net.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False), n, budget / 2, 1)
-    infer = per_image(lambda: net.predict_on_batch(x[:batch]), batch, budget / 3)
-    return Rates(train=epoch, infer=infer, startup=startup)
+    infer = per_image(lambda: net.predict_on_batch(x[:batch]), batch, budget / 4)
+    if predict_batch is None:
+        return Rates(train=epoch, infer=infer, startup=startup)
+    big = as_input(rng.integers(0, 256, size=(predict_batch, 28, 28), dtype=np.uint8))
+    predict = per_image(lambda: net.predict_on_batch(big), predict_batch, budget / 4)
+    return Rates(train=epoch, infer=infer, startup=startup, predict=predict)
 
 
 def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSettings]:
@@ -72,15 +78,16 @@ def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSe
     return {(base_name(m.model), m.batch_size): replace(m, model=base_name(m.model)) for m in members}
 
 
-def member_rates(members: list[FitSettings], budget: float = 3.0) -> Rates:
+def member_rates(members: list[FitSettings], budget: float = 3.0, predict_batch: int | None = None) -> Rates:
     """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images), with
     the first member's (model.name's) as `tune`; each distinct model and batch size calibrated once in its share of
-    `budget` seconds."""
+    `budget` seconds (inference also at `predict_batch`, when given)."""
     kinds = calibration_kinds(members)
-    measured = {key: calibrate(settings, budget / len(kinds)) for key, settings in kinds.items()}
+    measured = {key: calibrate(settings, budget / len(kinds), predict_batch) for key, settings in kinds.items()}
     rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
-    mean = (float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup"))
-    return Rates(*mean, tune=rates[0])
+    train, infer, startup = (float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup"))
+    predict = None if predict_batch is None else float(np.mean([r.predict for r in rates]))
+    return Rates(train, infer, startup, tune=rates[0], predict=predict)
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -132,12 +139,13 @@ def models_built(doc: dict) -> dict[str, float]:
 
 def estimate(doc: dict, rates: Rates, tune_workers: int = 1) -> dict[str, float]:
     """Return the estimated seconds of each long stage (and "total") for the settings `doc` at `rates` (tune at
-    `rates.tune` when measured)."""
+    `rates.tune` when measured, predict's inference at `rates.predict`)."""
     built = models_built(doc)
     seconds = {}
     for stage, (fit, infer) in workload(doc).items():
         at = (rates.tune or rates) if stage == "tune" else rates
-        seconds[stage] = fit * at.train + infer * at.infer + built[stage] * at.startup
+        per_inference = at.predict if stage == "predict" and at.predict is not None else at.infer
+        seconds[stage] = fit * at.train + infer * per_inference + built[stage] * at.startup
     seconds["tune"] /= max(1, min(tune_workers, doc["tune"]["trials"]))
     seconds["total"] = sum(seconds.values())
     return seconds
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = params.read_raw()
         members = member_settings(params.load("train"), params.load("model"), None)
         tune = params.load("tune")
+        predict_batch = params.load("predict").batch_size
     except ParamsError as exc:
         return fail("estimate", exc)
     from pipeline.device import detect
@@ -209,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
-    rates = member_rates(members, args.seconds)
+    rates = member_rates(members, args.seconds, predict_batch)
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
     record.update(infer_seconds_per_image=rates.infer, startup_seconds_per_model=rates.startup)
+    record.update(predict_seconds_per_image=rates.predict)
     if args.budget is not None:
         try:
             epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
