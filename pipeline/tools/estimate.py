@@ -46,10 +46,10 @@ class Rates:
 CALIBRATION_BATCHES = 16  # images per timed model.fit epoch: this many batches (fit's per-epoch overhead included)
 
 
-def calibrate(settings: FitSettings, budget: float = 3.0, predict_batch: int | None = None) -> Rates:
+def calibrate(settings: FitSettings, predict_batch: int, budget: float = 3.0) -> Rates:
     """Return the seconds per image of training (model.fit epochs, as train runs them) and of inference of
-    `settings.model` at its batch size and at `predict_batch` (when given), measured on random images for about
-    `budget` seconds after a first fit call, whose time is the model's startup."""
+    `settings.model` at its batch size and at `predict_batch`, measured on random images for about `budget` seconds
+    after a first fit call, whose time is the model's startup."""
     from pipeline.device import configure
     from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
@@ -65,8 +65,6 @@ def calibrate(settings: FitSettings, budget: float = 3.0, predict_batch: int | N
     startup = time.perf_counter() - start
     epoch = per_image(lambda: net.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False), n, budget / 2, 1)
     infer = per_image(lambda: net.predict_on_batch(x[:batch]), batch, budget / 4)
-    if predict_batch is None:
-        return Rates(train=epoch, infer=infer, startup=startup)
     big = as_input(rng.integers(0, 256, size=(predict_batch, 28, 28), dtype=np.uint8))
     predict = per_image(lambda: net.predict_on_batch(big), predict_batch, budget / 4)
     return Rates(train=epoch, infer=infer, startup=startup, predict=predict)
@@ -78,15 +76,16 @@ def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSe
     return {(base_name(m.model), m.batch_size): replace(m, model=base_name(m.model)) for m in members}
 
 
-def member_rates(members: list[FitSettings], budget: float = 3.0, predict_batch: int | None = None) -> Rates:
+def member_rates(members: list[FitSettings], predict_batch: int, budget: float = 3.0) -> Rates:
     """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images), with
     the first member's (model.name's) as `tune`; each distinct model and batch size calibrated once in its share of
-    `budget` seconds (inference also at `predict_batch`, when given)."""
+    `budget` seconds (inference also at `predict_batch`)."""
     kinds = calibration_kinds(members)
-    measured = {key: calibrate(settings, budget / len(kinds), predict_batch) for key, settings in kinds.items()}
+    measured = {key: calibrate(settings, predict_batch, budget / len(kinds)) for key, settings in kinds.items()}
     rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
-    train, infer, startup = (float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup"))
-    predict = None if predict_batch is None else float(np.mean([r.predict for r in rates]))
+    train, infer, startup, predict = (
+        float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup", "predict")
+    )
     return Rates(train, infer, startup, tune=rates[0], predict=predict)
 
 
@@ -218,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
-    rates = member_rates(members, args.seconds, predict_batch)
+    rates = member_rates(members, predict_batch, args.seconds)
     seconds = estimate(doc, rates, tune.workers_cpu)
     print(describe(seconds, params.profile(), rates), flush=True)
     record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
-    record.update(infer_seconds_per_image=rates.infer, startup_seconds_per_model=rates.startup)
-    record.update(predict_seconds_per_image=rates.predict)
+    record.update(
+        infer_seconds_per_image=rates.infer,
+        predict_seconds_per_image=rates.predict,
+        startup_seconds_per_model=rates.startup,
+    )
     if args.budget is not None:
         try:
             epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
