@@ -5,6 +5,7 @@ plus reports/augmentations.png showing originals beside their copies."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -71,16 +72,45 @@ def helper_chunk(cfg: AugmentParams, seed: int, index: int) -> int:
     return augment_into(_HELPER["out"], _HELPER["images"], cfg, seed, index)
 
 
+def remove_stale_folders(folder: Path = paths.TMP_DIR, prefix: str = "augment-") -> list[Path]:
+    """Delete the job folders `folder`/<prefix><pid>-* of processes that no longer run (a killed run's images and
+    memory-mapped copies); return them."""
+    stale = []
+    for path in sorted(Path(folder).glob(f"{prefix}*")) if Path(folder).is_dir() else []:
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not process_runs(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
+    return stale
+
+
+def process_runs(pid: int) -> bool:
+    """Return whether a process with id `pid` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def augment_shared(images: np.ndarray, out: np.ndarray, cfg: AugmentParams, seed: int, helpers: int, bar) -> None:
     """Fill `out` with every chunk's copies, this process and `helpers` spawned ones working together.
 
     The helpers are handed every chunk from the first on; this process takes chunks from the last one down,
     from the start (so the helpers' start-up costs no time), until it meets one a helper has taken. Input
     and output pass through memory-mapped files, so no image array is pickled through a pipe, and nothing
-    waits for the helpers to exit."""
+    waits for the helpers to exit. The files live in the project (data/processed/tmp/augment-<pid>-*), never in the
+    system's temporary folder, and a run removes those a killed run left."""
     n_chunks = -(-len(images) // cfg.chunk_rows)
+    remove_stale_folders()
+    paths.TMP_DIR.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="augment-", ignore_cleanup_errors=True)))
+        job = tempfile.TemporaryDirectory(
+            prefix=f"augment-{os.getpid()}-", dir=paths.TMP_DIR.resolve(), ignore_cleanup_errors=True
+        )
+        folder = Path(stack.enter_context(job))
         (folder / "claims").mkdir()
         np.save(folder / "images.npy", images)
         shared = np.lib.format.open_memmap(folder / "copies.npy", "w+", np.uint8, out.shape)

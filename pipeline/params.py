@@ -71,6 +71,20 @@ AuditFilter = Literal[
 ]
 AuditRanking = Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
 TTA_VIEWS = 8  # the deterministic views pipeline/lib/tta.py offers
+# the model zoo's names (pipeline/lib/models.py MODELS, which tests/test_bad_settings.py holds to this list): here
+# too, so that settings are checked without importing Keras; `name@N` (N >= 1) is model `name` from other seeds
+MODEL_NAMES = (
+    "mlp",
+    "cnn_basic",
+    "cnn_small2x2",
+    "dropout_cnn",
+    "bn_cnn",
+    "bn_lite",
+    "bn_plain3",
+    "bn_plain5",
+    "bn_plain7",
+)
+SEED_MEMBER = re.compile(r"^(?P<model>[^@]+)(@(?P<seed>[1-9][0-9]*))?$")
 
 
 def choices(kind: Any) -> tuple:
@@ -101,7 +115,7 @@ class AugmentParams:
 
 @schema
 class ModelParams:
-    name: Annotated[str, setting("the model (pipeline/lib/models.py); predict blends it with `ensemble`")]
+    name: Annotated[str, setting(f"the model: {', '.join(MODEL_NAMES)}; predict blends it with `ensemble`")]
     ensemble: Annotated[list[str], setting("more models on the same folds; `name@N` is the model from other seeds")] = (
         field(default_factory=list)
     )
@@ -388,6 +402,7 @@ def check_space(tune: TuneParams) -> None:
     for name, spec in tune.space.items():
         check_spec(f"tune.space.{name}", name, spec)
     for model, entries in tune.model_space.items():
+        check_model_name("tune.model_space", model, seeded=False)
         if not isinstance(entries, dict):
             raise ParamsError(f"params.yaml tune.model_space.{model}: got {shown(entries)}, expected a mapping")
         for name, spec in entries.items():
@@ -395,8 +410,21 @@ def check_space(tune: TuneParams) -> None:
                 check_spec(f"tune.model_space.{model}.{name}", name, spec)
 
 
+def check_model_name(key: str, name: Any, seeded: bool = True) -> None:
+    """Raise ParamsError unless `name` (at `key`) is a model of the zoo, or with `seeded` one followed by @N (N >= 1,
+    the same model trained from other seeds)."""
+    match = SEED_MEMBER.match(name) if isinstance(name, str) else None
+    if not match or match["model"] not in MODEL_NAMES or (match["seed"] and not seeded):
+        also = ", or one followed by @N (N >= 1) for the same model from other seeds" if seeded else ""
+        raise ParamsError(f"params.yaml {key}: got {shown(name)}, expected one of {', '.join(MODEL_NAMES)}{also}")
+
+
 def check_model(model: ModelParams) -> None:
-    """Check model.ensemble (no model twice) and model.overrides (training settings of the models, by name)."""
+    """Check the model names, model.ensemble (no model twice) and model.overrides (training settings of the models,
+    by name)."""
+    check_model_name("model.name", model.name)
+    for name in model.ensemble:
+        check_model_name("model.ensemble", name)
     model.members()
     for name, settings in model.overrides.items():
         if not isinstance(settings, dict):
@@ -440,6 +468,8 @@ def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> Settings:
     sections = {name: build(name, doc[name], path) for name in SECTIONS}
     check_space(sections["tune"])
     check_model(sections["model"])
+    for name in sections["compare"].models:
+        check_model_name("compare.models", name, seeded=False)
     check_across(sections, path)
     return Settings(profile=str(doc.get("profile", "full")), seed=doc["seed"], sections=sections)
 
@@ -553,9 +583,32 @@ def compose(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
         with initialize_config_dir(str(Path(conf).resolve()), version_base=None):
             cfg = hydra_compose(config_name=paths.CONF_CONFIG.stem, overrides=list(overrides))
         OmegaConf.resolve(cfg)
+    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: Hydra passes PyYAML's error on
+        raise ParamsError(yaml_error(marked_file(exc, Path(conf) / paths.CONF_CONFIG.name), exc)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ParamsError(f"cannot compose {Path(conf) / paths.CONF_CONFIG.name} with {overrides}: {exc}") from exc
     return OmegaConf.to_yaml(cfg)
+
+
+def marked_file(exc: yaml.YAMLError, default: Path) -> Path:
+    """Return the file PyYAML's error `exc` is about (relative to the cwd when inside it), else `default`."""
+    mark = getattr(exc, "problem_mark", None)
+    name = Path(mark.name) if mark and mark.name and not mark.name.startswith("<") else Path(default)
+    try:
+        return name.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return name
+
+
+def composed(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
+    """Return the YAML text Hydra composes from `conf` with `overrides`, every setting validated (`validate`) before
+    anything is written: a bad value is refused here, not by the stage that runs it after DVC removed its outputs."""
+    text = compose(overrides, conf)
+    try:
+        checked(text, paths.PARAMS)
+    except ParamsError as exc:
+        raise ParamsError(f"{exc} (composed with {' '.join(overrides)}; {paths.PARAMS} is left as it was)") from None
+    return text
 
 
 def digest(text: str) -> str:
@@ -634,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile or args.overrides:
         overrides = ([f"profile={args.profile}"] if args.profile else []) + list(args.overrides)
         try:
-            backup = write_params(compose(overrides), force=args.force)
+            backup = write_params(composed(overrides), force=args.force)
             if args.profile:
                 choose_profile(args.profile)
         except ParamsError as exc:

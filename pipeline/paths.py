@@ -22,6 +22,10 @@ TEST_NPZ = PROCESSED_DIR / "test.npz"
 AUGMENTED_NPZ = PROCESSED_DIR / "augmented.npz"
 BEST_PARAMS = PROCESSED_DIR / "best_params.json"
 OPTUNA_DB = PROCESSED_DIR / "optuna.db"
+# stage `settings`: written when every setting of params.yaml is valid, always the same bytes (every other stage
+# depends on it, so `dvc repro` checks params.yaml before it removes any stage's outputs)
+SETTINGS_CHECKED = PROCESSED_DIR / "settings_checked.json"
+TMP_DIR = PROCESSED_DIR / "tmp"  # a stage's temporary files (git- and DVC-ignored; a rerun removes a killed run's)
 EXCLUDE_ROWS = Path("data/exclude_rows.csv")  # git-tracked: training rows left out (pipeline/lib/exclusions.py)
 
 MODELS_DIR = Path("models")

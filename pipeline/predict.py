@@ -43,7 +43,16 @@ from pipeline.lib.ensemble import (
     left_out_blends,
 )
 from pipeline.lib.exclusions import kept_mask, read_exclusions
-from pipeline.lib.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
+from pipeline.lib.files import (
+    OutputError,
+    arrays_digest,
+    read_json,
+    read_npz,
+    require,
+    write_json,
+    write_npz,
+    write_text,
+)
 from pipeline.lib.fitting import accuracy, log_loss
 from pipeline.lib.image import ImageError, load_digit
 from pipeline.lib.models import load_model
@@ -196,9 +205,27 @@ def require_models(models: list[str], n_folds: int) -> None:
             require(paths.fold_model(model, fold), "train")
 
 
+def check_trained_on(data: dict[str, np.ndarray], models: list[str], n_folds: int) -> None:
+    """Raise ValueError naming the first fold model of `models` that train did not record as trained on `data`
+    (train.npz's images, labels and fold assignment: its fold{k}.json `train_data` digest)."""
+    digest = arrays_digest({"x": data["x"], "y": data["y"], "fold": data["fold"]})
+    for model in models:
+        for fold in range(n_folds):
+            meta = paths.fold_meta(model, fold)
+            recorded = read_json(meta).get("train_data") if meta.is_file() else None
+            if recorded != digest:
+                why = f"{meta} records other data" if recorded else f"{meta} does not record its data"
+                raise ValueError(
+                    f"{paths.fold_model(model, fold)} was not trained on the current {paths.TRAIN_NPZ} and its fold "
+                    f"assignment ({why}): run `dvc repro train` (or `python -m pipeline.train`) first"
+                )
+
+
 def predict_image(path: Path, models: list[str], n_folds: int, cfg: PredictParams) -> int:
     """Print the digit in the image file at `path` and its class probabilities; return the exit status."""
     require_models(models, n_folds)
+    if path.is_dir():
+        return fail("predict", f"{path} is a directory, expected an image file: a PNG or JPG holding one digit")
     try:
         image = load_digit(path)
     except ImageError as exc:
@@ -311,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keep = kept_mask(len(data["y"]), read_exclusions(len(data["y"])))
         require_models(models, n_folds)
+        check_trained_on(data, models, n_folds)
         outputs = {m: predict_folds(data, x_test, m, n_folds, cfg) for m in models}
         views, oof_probs, report = blend_models(outputs, data["y"], data["fold"], cfg.blend_by, keep)
         probs = views.mean(axis=0)

@@ -47,6 +47,7 @@ from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.exclusions import kept_mask, read_exclusions
 from pipeline.lib.files import (
     OutputError,
+    arrays_digest,
     read_json,
     read_npz,
     remove_partials,
@@ -159,6 +160,12 @@ def member_seed(seed: int, name: str) -> int:
 def fold_exclusions(folds: np.ndarray, excluded: np.ndarray, fold: int) -> list[int]:
     """Return the `excluded` rows that would otherwise train fold `fold` (those of the other folds)."""
     return [int(r) for r in excluded if folds[r] != fold]
+
+
+def training_digest(data: TrainingData) -> str:
+    """Return the digest of the training images, labels and fold assignment a fold model learns from (train.npz's
+    x, y and fold), which predict checks its fold models against."""
+    return arrays_digest({"x": data.x, "y": data.y, "fold": data.fold})
 
 
 def file_digest(path: Path) -> str:
@@ -340,11 +347,11 @@ def with_pseudo_rows(data: TrainingData, images: np.ndarray, labels: np.ndarray,
 
 def pseudo_labelled(
     teacher: keras.Model, data: TrainingData, unlabelled: Unlabelled, threshold: float
-) -> tuple[TrainingData, int]:
+) -> tuple[TrainingData, np.ndarray, np.ndarray]:
     """Return `data` plus the unlabelled images `teacher` labels with at least `threshold` confidence, with their
-    copies, and how many there are."""
+    copies, and which unlabelled rows those are with the labels given."""
     rows, labels = confident_labels(predict_probs(teacher, unlabelled.x), threshold)
-    return with_pseudo_rows(data, unlabelled.x[rows], labels, unlabelled.copies_of(rows)), len(rows)
+    return with_pseudo_rows(data, unlabelled.x[rows], labels, unlabelled.copies_of(rows)), rows, labels
 
 
 def fold_rows(data: TrainingData, fold: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -353,9 +360,23 @@ def fold_rows(data: TrainingData, fold: int, excluded: np.ndarray) -> tuple[np.n
     return np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), excluded)), np.flatnonzero(data.fold == fold)
 
 
-def fit_fold(job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = "") -> tuple[keras.Model, list]:
+def drawn_sources(
+    sampler: EpochSampler, aug_source: np.ndarray, epochs: int, aug_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rows whose own image `sampler` draws in its first `epochs` epochs, and the rows one of whose
+    augmented copies (made from `aug_source`) it draws: sorted, each once."""
+    index = [sampler.sample_indices(epoch, aug_prob)[0] for epoch in range(epochs)]
+    drawn = np.concatenate([np.zeros(0, np.int64), *index])
+    copies = drawn >= len(sampler.x)
+    return np.unique(drawn[~copies]), np.unique(aug_source[drawn[copies] - len(sampler.x)])
+
+
+def fit_fold(
+    job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = ""
+) -> tuple[keras.Model, list, tuple[np.ndarray, np.ndarray]]:
     """Fit `job`'s model on `data`'s rows outside its fold minus the excluded ones, resuming from `checkpoint`; the
-    epochs of a `stage` (a teacher) are shown but not logged to DVCLive. Return the model and its history."""
+    epochs of a `stage` (a teacher) are shown but not logged to DVCLive. Return the model, its history, and the
+    rows whose images and whose augmented copies trained it (`drawn_sources`)."""
     cfg, fold = job.settings, job.fold
     seed = member_seed(run.seed, cfg.model)
     keras.utils.set_random_seed(seed + fold)
@@ -365,29 +386,55 @@ def fit_fold(job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage
         watch = monitor_subset(val_rows, data.y, run.monitor_rows, seed + fold)
         report = epoch_reporter(job, bar, None if stage else run.logger, stage)
         val = (data.x[watch], data.y[watch])
-        return fit(cfg, sampler, val, run.device, report, checkpoint, stage_fingerprint(job, stage), run.verbose)
+        fingerprint = stage_fingerprint(job, stage)
+        model, history = fit(cfg, sampler, val, run.device, report, checkpoint, fingerprint, run.verbose)
+    return model, history, drawn_sources(sampler, data.aug.source, len(history), cfg.aug_prob)
 
 
 def fit_with_pseudo_labels(
     job: FoldJob, data: TrainingData, run: Run, checkpoint: Path
-) -> tuple[keras.Model, list[dict], list[dict]]:
+) -> tuple[keras.Model, list[dict], list[dict], dict[str, np.ndarray]]:
     """Fit `job`'s fold, then for each of `pseudo_rounds` a student on the fold's training rows plus the test images
     the previous model labels confidently (resuming each from its own checkpoint). Return the last model, its
-    history, and per round the teacher's scores on the fold and the pseudo-labelled rows."""
+    history, per round the teacher's scores on the fold and the pseudo-labelled rows, and the record of what
+    trained the fold's models (`training_record`)."""
     cfg, rounds = job.settings, job.settings.pseudo_rounds
     _, val_rows = fold_rows(data, job.fold, run.excluded)
-    model, history = fit_fold(job, data, run, checkpoint, " teacher" if rounds else "")
-    teachers = []
+    model, history, drawn = fit_fold(job, data, run, checkpoint, " teacher" if rounds else "")
+    teachers, draws, labelled = [], [drawn], []
     for r in range(1, rounds + 1):
         if run.unlabelled is None:
             raise ValueError("train.pseudo_rounds needs the test images (data/processed/test.npz): none were given")
-        student_data, n_rows = pseudo_labelled(model, data, run.unlabelled, cfg.pseudo_threshold)
+        student_data, test_rows, labels = pseudo_labelled(model, data, run.unlabelled, cfg.pseudo_threshold)
         teacher = scores(predict_probs(model, data.x[val_rows]), data.y[val_rows])
-        teachers.append({"round": r, "teacher": teacher, "pseudo_rows": n_rows})
-        progress.note(f"train: fold {job.fold} round {r}: teacher {teacher['accuracy']:.4f}, {n_rows} pseudo-labels")
+        teachers.append({"round": r, "teacher": teacher, "pseudo_rows": len(test_rows)})
+        labelled.append((np.full(len(test_rows), r), test_rows, labels))
+        progress.note(
+            f"train: fold {job.fold} round {r}: teacher {teacher['accuracy']:.4f}, {len(test_rows)} pseudo-labels"
+        )
         stage = f" round{r}" if r < rounds else ""
-        model, history = fit_fold(job, student_data, run, checkpoint / f"round{r}", stage)
-    return model, history, teachers
+        model, history, drawn = fit_fold(job, student_data, run, checkpoint / f"round{r}", stage)
+        draws.append(drawn)
+    return model, history, teachers, training_record(len(data.y), draws, labelled)
+
+
+def training_record(n_rows: int, draws: list[tuple[np.ndarray, np.ndarray]], labelled: list[tuple]) -> dict:
+    """Return what trained a fold's models (its teacher and students): `trained_rows`, the train.npz rows (of
+    `n_rows`) whose images any of them drew, and `copied_rows`, those whose augmented copies they drew (`draws`:
+    `drawn_sources` per model); and per pseudo-labelling round (`labelled`: (round, test row, label) arrays) the
+    test rows its student learned with the labels its teacher gave them."""
+
+    def joined(parts: Iterator[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.zeros(0, np.int64), *parts])
+
+    trained, copied = joined(own for own, _ in draws), joined(copies for _, copies in draws)
+    return {
+        "trained_rows": np.unique(trained[trained < n_rows]),
+        "copied_rows": np.unique(copied[copied < n_rows]),
+        "pseudo_round": joined(r for r, _, _ in labelled),
+        "pseudo_row": joined(row for _, row, _ in labelled),
+        "pseudo_label": joined(label for _, _, label in labelled),
+    }
 
 
 def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
@@ -398,7 +445,7 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
     progress.note(f"train: {cfg.model} fold {fold + 1}/{data.n_folds} on {run.device.describe()}")
     start = time.perf_counter()
     checkpoint = resume_point(job, run.logger)
-    model, history, teachers = fit_with_pseudo_labels(job, data, run, checkpoint)
+    model, history, teachers, record = fit_with_pseudo_labels(job, data, run, checkpoint)
     train_rows, val_rows = fold_rows(data, fold, run.excluded)
     probs = predict_probs(model, data.x[val_rows])
     meta = {
@@ -413,9 +460,10 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
         "train_rows": len(train_rows),
         "history": history,
         "pseudo_rounds": teachers,
+        "train_data": training_digest(data),
     }
     write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
-    write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs)
+    write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs, **record)
     write_json(paths.fold_meta(cfg.model, fold), meta)
     shutil.rmtree(checkpoint, ignore_errors=True)
     progress.note(f"train: fold {fold} OOF accuracy {meta['accuracy']:.4f} in {meta['seconds']:.0f}s")
@@ -620,8 +668,10 @@ def train_all(
     return metrics
 
 
-def describe_untuned(figures: dict, scored_fold: int | None) -> str:
+def describe_untuned(figures: dict, scored_fold: int | None, use_tuned: bool = True) -> str:
     """Return how the OOF figures read on the rows that did not choose the tuned settings."""
+    if not use_tuned:
+        return "train.use_tuned is false: tune's settings were not used, so every row is outside tuning"
     if scored_fold is None:
         return "no fold is recorded as having chosen the settings (untuned, or best_params.json predates it)"
     return f"{figures['accuracy']:.5f} on the {figures['rows']} rows outside fold {scored_fold}, which scored tuning"
@@ -678,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         start,
         device.describe(),
         f"OOF accuracy {metrics['oof']['accuracy']:.5f}, loss {metrics['oof']['loss']:.4f} "
-        f"({describe_untuned(metrics['oof_untuned_rows'], scored_fold)}){describe_kept(metrics['oof_kept_rows'])} "
+        f"({describe_untuned(metrics['oof_untuned_rows'], scored_fold, cfg.use_tuned)})"
+        f"{describe_kept(metrics['oof_kept_rows'])} "
         f"-> {paths.METRICS_JSON}",
     )
     return 0

@@ -54,7 +54,7 @@ from pipeline.lib.plots import save_figure
 from pipeline.lib.secrets import mask_url, scrub
 from pipeline.lib.training_data import TrainingData, read_training_data
 from pipeline.params import TrainParams, TuneParams
-from pipeline.train import fit_settings
+from pipeline.train import drawn_sources, fit_settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -159,6 +159,14 @@ def check_running(trial: optuna.Trial) -> None:
         )
 
 
+def trial_folds(sampler: EpochSampler, data: TrainingData, val_rows: np.ndarray, settings: FitSettings) -> dict:
+    """Return the folds (train.npz's) of the rows a trial with `settings` trains on, its images or their augmented
+    copies, in its epochs (`sampler`'s draws), and of the rows `val_rows` that score it."""
+    own, copied = drawn_sources(sampler, data.aug.source, settings.epochs, settings.aug_prob)
+    trained = np.unique(data.fold[np.concatenate([own, copied])])
+    return {"trained": trained.tolist(), "scored": np.unique(data.fold[val_rows]).tolist()}
+
+
 def make_objective(
     data: TrainingData, base: FitSettings, cfg: TuneParams, space: dict, seed: int, device: DevicePlan, target: int
 ) -> Callable[[optuna.Trial], float]:
@@ -177,6 +185,7 @@ def make_objective(
         trial.set_user_attr("worker", worker)
         check_claim(trial, target)
         settings = replace(base, epochs=cfg.epochs, **suggest(trial, space))
+        trial.set_user_attr("folds", trial_folds(sampler, data, val_rows, settings))
         pruning = KerasPruningCallback(trial, "val_accuracy")
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -189,6 +198,7 @@ def make_objective(
         finally:
             clear_session()  # Keras' clear_session also runs gc.collect
         check_running(trial)
+        trial.set_user_attr("train_accuracy", history[-1]["accuracy"])  # against the score: how much was memorised
         return history[-1]["val_accuracy"]
 
     return objective

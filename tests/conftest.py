@@ -2,7 +2,8 @@
 
 The tests build their own world: settings are composed from the tracked conf/ with the `test` profile (never the
 user's params.yaml, profile choice in conf/local/ or overrides), and HOME, the Keras config, the Kaggle notebook root,
-the tuning storage and the Keras backend are the tests' own (set here, before any test module imports Keras)."""
+the tuning storage and the Keras backend are the tests' own (set here, before any test module imports Keras), and
+every test starts from Keras' default global state (`fresh_keras`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import atexit
 import functools
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,6 +58,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
     for name, value in PINNED_ENV.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras() -> None:
+    """Start every test from Keras' defaults, whatever a test before it (in any module, in any order) left: the
+    float32 dtype policy (configure() and mixed-precision tests set the global one) and a cleared session (layer
+    names, the backend's graph state). Nothing to reset before Keras is first imported."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.clear_session(free_memory=False)  # the collection of garbage (1.5 s) is left to Python
 
 
 @functools.cache

@@ -1,7 +1,7 @@
 """A local HTTP server standing in for api.kaggle.com, for tests that run the real kaggle package (never
-the real service): token introspection, and the three requests of a competition submission (start the
-upload, PUT the file, create the submission). It checks credentials as Kaggle does and answers 401 to
-unknown ones, 403 where told to."""
+the real service): token introspection, the three requests of a competition submission (start the
+upload, PUT the file, create the submission), and the download of the competition's files (a redirect to
+the zip). It checks credentials as Kaggle does and answers 401 to unknown ones, 403 where told to."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class FakeKaggle(BaseHTTPRequestHandler):
     tokens: frozenset[str] = frozenset()  # access tokens that introspection and requests accept
     keys: frozenset[tuple[str, str]] | None = None  # accepted (username, key) pairs; None accepts any
     forbidden: bool = False  # answer 403 to the submission (rules not accepted, token without the scope)
+    zip_bytes: bytes = b""  # the competition zip DownloadDataFiles redirects to
 
     def log_message(self, *args: object) -> None:
         """Keep the test output quiet."""
@@ -67,8 +68,24 @@ class FakeKaggle(BaseHTTPRequestHandler):
             self.reply({"token": "blob-token-1", "createUrl": f"{host}/upload/blob-token-1"})
         elif self.path.endswith("/CreateSubmission"):
             self.reply({"message": "Successfully submitted to Digit Recognizer", "ref": 7})
+        elif self.path.endswith("/DownloadDataFiles"):
+            self.send_response(302)
+            self.send_header("Location", f"{host}/files/digit-recognizer.zip")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self.send_error(404)
+
+    def do_GET(self) -> None:
+        self.log.append({"method": "GET", "path": self.path})
+        if self.path != "/files/digit-recognizer.zip":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(len(self.zip_bytes)))
+        self.end_headers()
+        self.wfile.write(self.zip_bytes)
 
     def do_PUT(self) -> None:
         self.log.append({"method": "PUT", "path": self.path, "data": self.body()})

@@ -8,6 +8,7 @@ match (file, line, column, problem). Exit 0 rows are inputs that must be accepte
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -136,6 +137,11 @@ def corrupt_zip(root: Path) -> None:
 def zip_without_train(root: Path) -> None:
     """Replace the CSVs by a zip that holds only test.csv."""
     (root / ZIP).write_bytes(zipped(root, ("test.csv",)))
+
+
+def zip_without_test(root: Path) -> None:
+    """Replace the CSVs by a zip that holds only train.csv."""
+    (root / ZIP).write_bytes(zipped(root, ("train.csv",)))
 
 
 def remove_raw(root: Path) -> None:
@@ -334,6 +340,13 @@ INGEST_MATRIX: list[tuple[str, Damage, int, str]] = [
     ("truncated zip", truncated_zip, 2, rf"{ZIP}: not a readable zip archive .*download it again"),
     ("corrupt zip", corrupt_zip, 2, rf"{ZIP}: .*(not a readable zip archive|corrupt member).*download it again"),
     ("zip without train.csv", zip_without_train, 2, rf"{ZIP}: no train\.csv in the zip \(it holds \['test\.csv'\]\)"),
+    # was "corrupt member test.csv: ...: no test.csv in the zip": a missing member is said as it is
+    (
+        "zip without test.csv",
+        zip_without_test,
+        2,
+        rf"^ingest: error: {ZIP}: no test\.csv in the zip \(it holds \['train\.csv'\]\)$",
+    ),
     ("no raw data at all", remove_raw, 2, r"no competition data: expected data/raw/digit-recognizer\.zip"),
     (
         "wrong competition (Titanic train.csv)",
@@ -570,3 +583,56 @@ def test_ingest_process_warns_on_wrong_test_row_count(project: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "UserWarning: data/raw/test.csv: 19 rows, but Kaggle scores exactly 20" in done.stderr
     assert "19 test rows" in done.stdout
+
+
+def test_predict_image_on_a_folder_says_it_is_a_folder(project: Path, tmp_path: Path, capsys) -> None:
+    # was "no such file" for a folder that exists
+    from pipeline import params, paths, predict
+
+    name, folds = params.load("model").name, params.load("train").folds
+    paths.model_dir(name).mkdir(parents=True)
+    for fold in range(folds):
+        paths.fold_model(name, fold).write_bytes(b"a trained fold model")  # predict --image first checks they exist
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    assert predict.main(["--image", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"predict: error: {folder} is a directory, expected an image file: a PNG or JPG holding one digit\n"
+
+
+def test_augment_keeps_its_temporaries_in_the_project_and_removes_a_killed_runs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # was /tmp/augment-*: a killed augment with two workers left its images and memory-mapped copies there for good
+    import tempfile
+
+    from pipeline import augment, params, paths
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = paths.TMP_DIR / f"augment-{int(dead.stdout)}-left"  # what a run killed with SIGKILL leaves
+    killed.mkdir(parents=True)
+    (killed / "copies.npy").write_bytes(b"a killed run's copies")
+    seen: list[tuple[list[Path], list[Path]]] = []
+    augment_into = augment.augment_into
+
+    def watched(*args, **kwargs) -> int:
+        """Augment a chunk in this process, noting the job folders that exist meanwhile."""
+        seen.append((sorted(system_tmp.glob("augment-*")), sorted(paths.TMP_DIR.resolve().glob("augment-*"))))
+        return augment_into(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "augment_into", watched)
+    images = np.zeros((64, 28, 28), np.uint8)
+    cfg = params.load("augment")
+    out = augment.augment(images, cfg, seed=0, workers=2)
+    assert len(out["x"]) == len(images) * cfg.copies and seen
+    for in_system, in_project in seen:
+        assert in_system == [] and len(in_project) == 1  # this run's folder, in data/processed/tmp/, only
+        assert in_project[0].name.startswith(f"augment-{os.getpid()}-")
+    assert not killed.exists()
+    assert list(paths.TMP_DIR.glob("augment-*")) == []
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(paths.TMP_DIR / "x")], cwd=REPO)
+    assert ignored.returncode == 0  # git-ignored (and in .dvcignore)
+    assert f"/{paths.TMP_DIR}/" in (REPO / ".dvcignore").read_text().splitlines()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import ingest, paths
-from pipeline.lib.fitting import FitSettings
+from pipeline.lib.ensemble import blend, choose_weights
+from pipeline.lib.fitting import FitSettings, log_loss
 from pipeline.lib.models import MODELS, PUBLISHED, build_model, multiply_adds
 from pipeline.lib.training_data import Augmented, TrainingData, no_copies
 from pipeline.params import AugmentParams, CompareParams
@@ -28,26 +29,42 @@ def data(digits) -> TrainingData:
     return TrainingData(x, y, ingest.assign_folds(y, 3, seed=0), no_copies(x))
 
 
-def test_compare_trains_each_model_on_the_same_rows_and_budget(data):
+def test_compare_trains_each_model_on_the_same_rows_and_budget(data, monkeypatch):
     data = replace(data, aug=Augmented(data.x[::-1].copy(), np.arange(60)[::-1].copy()))  # one copy of each
     cfg = CompareParams(models=["mlp", "cnn_basic"], folds=[0, 2], epochs=1, max_train_rows=30)
-    logs = []
+    logs, oofs, compare_model = [], [], cmp.compare_model
+
+    def keeping_the_oof(*args, **kwargs):
+        row, oof = compare_model(*args, **kwargs)
+        oofs.append(oof)
+        return row, oof
+
+    monkeypatch.setattr(cmp, "compare_model", keeping_the_oof)  # the real one: its probabilities kept to check
     result = cmp.compare(BASE, data, cfg, {}, seed=1, log=logs.append)
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["mlp", "cnn_basic"]
     held_out = int(np.sum(np.isin(data.fold, [0, 2])))
+    labels = np.concatenate([data.y[data.fold == 0], data.y[data.fold == 2]])  # the held-out rows, fold by fold
+    assert [oof.shape for oof in oofs] == [(held_out, 10)] * 2
     for r in rows:
         assert r["params"] == build_model(r["model"]).count_params()
         assert r["train_rows"] == [30, 30]
         assert r["val_rows"] == held_out
         assert r["epochs"] == 1
         assert r["settings"]["batch_size"] == 16
-        assert 0.0 <= r["oof_accuracy"] <= 1.0
+        assert r["oof_accuracy"] == float(np.mean(oofs[rows.index(r)].argmax(1) == labels))
         assert r["oof_loss"] > 0
         assert r["seconds_per_epoch"] > 0
         assert r["published"]
     assert sum(result["blend"]["weights"]) == pytest.approx(1.0)
-    assert 0.0 <= result["blend"]["cross_fitted"]["accuracy"] <= 1.0  # two folds: fold 0 blended on fold 2's weights
+    # two folds: fold 0's rows blended with the weights chosen on fold 2's rows, and fold 2's with fold 0's
+    first = np.arange(len(labels)) < int(np.sum(data.fold == 0))
+    honest = np.empty_like(oofs[0])
+    for rows_in, chosen_on in ((first, ~first), (~first, first)):
+        weights = choose_weights([oof[chosen_on] for oof in oofs], labels[chosen_on], "log_loss")
+        honest[rows_in] = blend([oof[rows_in] for oof in oofs], weights)
+    assert result["blend"]["cross_fitted"]["accuracy"] == float(np.mean(honest.argmax(1) == labels))
+    assert result["blend"]["cross_fitted"]["loss"] == pytest.approx(log_loss(honest, labels), rel=1e-5)
     for r in rows:
         assert r["multiply_adds"] == multiply_adds(build_model(r["model"]))
         assert len(r["held_out_by_epoch"]) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import paths
 from tests.conftest import REPO
 
 STAGE_CMD = re.compile(r"^python -m pipeline\.(\w+)(\s|$)")
@@ -70,7 +71,23 @@ def stages() -> dict[str, tuple[str, list[str]]]:
 
 def test_every_pipeline_stage_is_checked() -> None:
     """The check below sees the pipeline's stages (a dvc.yaml whose commands it cannot read would pass vacuously)."""
-    assert {"ingest", "augment", "tune", "train", "predict", "report"} <= set(stages())
+    assert {"settings", "ingest", "augment", "tune", "train", "predict", "report"} <= set(stages())
+
+
+def test_every_stage_waits_for_the_settings_check_and_every_output_is_restorable() -> None:
+    """Stage `settings` tracks every key of params.yaml and writes one file that every other stage depends on first,
+    so a bad setting stops `dvc repro` before DVC removes any other stage's outputs; every output is DVC-cached, so
+    `dvc checkout` brings back the last good ones after any failure."""
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    checked = str(paths.SETTINGS_CHECKED)
+    assert doc["settings"]["params"] == [{"params.yaml": None}]  # the whole file, not a list of its sections
+    assert doc["settings"]["outs"] == [checked]
+    for name, stage in doc.items():
+        if name != "settings":
+            assert stage["deps"][0] == checked, f"stage {name!r} does not depend first on {checked}"
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            options = next(iter(out.values())) if isinstance(out, dict) else {}
+            assert options.get("cache", True), f"stage {name!r}: {out} is not DVC-cached (lost after a failure)"
 
 
 @pytest.mark.parametrize("stage", sorted(stages()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -340,3 +341,145 @@ def test_kaggle_refusals_name_the_source_never_the_secret(
     assert len(err.strip().splitlines()) == 1
     assert not any(value in out + err for value in ("revoked-key", "env-key", "expired-token"))
     assert not any(entry["path"].endswith("/CreateSubmission") for entry in log)  # nothing was submitted
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network in this process: every name lookup but 127.0.0.1's fails, as without a connection."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in ("127.0.0.1", "localhost"):
+            return real(host, *args, **kwargs)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def closed_port() -> int:
+    """Return a port of 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+NO_NETWORK = [
+    ({"KAGGLE_USERNAME": "env-user", "KAGGLE_KEY": "env-key"}, "the name lookup of api.kaggle.com failed"),
+    ({"KAGGLE_API_TOKEN": "tok-env"}, "the name lookup of api.kaggle.com failed"),  # fails in authenticate
+]
+
+
+@pytest.mark.parametrize(("env", "cause"), NO_NETWORK, ids=["key", "token"])
+def test_submit_without_network_says_so_in_one_line_and_exits_3(
+    submission_project, kaggle_endpoint, offline, monkeypatch, capsys, env, cause
+) -> None:
+    # it used to end in requests' ConnectionError traceback and exit 1
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_submit(capsys)
+    assert code == 3, out + err
+    assert err.startswith(f"submit: error: could not reach Kaggle: {cause} (no network?): check the connection"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert "export" not in err
+
+
+def test_a_refused_connection_is_named_too(submission_project, kaggle_endpoint, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", "env-user")
+    monkeypatch.setenv("KAGGLE_KEY", "env-key")
+    kaggle_endpoint(f"http://127.0.0.1:{closed_port()}")
+    code, out, err = run_submit(capsys)
+    assert code == 3, out + err
+    assert err.startswith("submit: error: could not reach Kaggle: the connection to 127.0.0.1 failed (no network?)")
+    assert len(err.strip().splitlines()) == 1
+
+
+# pipeline.tools.submit in a fresh process whose stdout is a pipe (block-buffered, as in a notebook's `!` cell) shared
+# with stderr, without network
+OFFLINE_CHILD = """
+import socket, sys
+def getaddrinfo(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+socket.getaddrinfo = getaddrinfo
+from pipeline.tools import submit
+sys.exit(submit.main(sys.argv[1:]))
+"""
+
+
+def test_submits_own_lines_come_before_its_error_and_no_traceback(submission_project, tmp_path_factory) -> None:
+    # stdout was block-buffered when not a terminal: the lines leading up to the failure printed after it
+    home = tmp_path_factory.mktemp("home")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(REPO), "KAGGLE_API_TOKEN": "tok-env"}
+    argv = [sys.executable, "-c", OFFLINE_CHILD, "-m", "offline", "--rows", str(ROWS)]
+    done = subprocess.run(
+        argv, cwd=submission_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 3, done.stdout
+    assert lines[-1].startswith("submit: error: could not reach Kaggle: the name lookup of api.kaggle.com failed")
+    assert [line.split(" ")[1] for line in lines[:-1]] == ["submissions/latest.csv", "first", "equivalent", "using"]
+    assert "Traceback" not in done.stdout
+
+
+def test_getdata_downloads_the_zip_with_the_kaggle_package(project, kaggle_endpoint, monkeypatch, capsys) -> None:
+    for name in ("train.csv", "test.csv"):
+        (project / "data" / "raw" / name).unlink()
+    monkeypatch.setenv("KAGGLE_USERNAME", "env-user")
+    monkeypatch.setenv("KAGGLE_KEY", "env-key")
+    with serve(keys=KEYS, zip_bytes=b"PK\x05\x06" + bytes(18)) as (url, log):
+        kaggle_endpoint(url)
+        code = download.main([])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert (project / "data" / "raw" / "digit-recognizer.zip").read_bytes() == b"PK\x05\x06" + bytes(18)
+    assert [e["path"] for e in log if e["method"] == "POST"] == [
+        "/v1/competitions.CompetitionApiService/DownloadDataFiles"
+    ]
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["digit-recognizer.zip"]
+
+
+@pytest.mark.parametrize(
+    ("env", "server", "message"),
+    [
+        (
+            {"KAGGLE_USERNAME": "env-user", "KAGGLE_KEY": "revoked-key"},
+            {},
+            "Kaggle answered 401 Unauthorized: the credentials from the KAGGLE_USERNAME and KAGGLE_KEY environment "
+            "variables were not accepted",
+        ),
+        (
+            {"KAGGLE_API_TOKEN": "tok-env"},
+            {"forbidden": True},
+            "Kaggle answered 403 Forbidden to the credentials from the KAGGLE_API_TOKEN environment variable: accept "
+            "the competition rules once at https://www.kaggle.com/c/digit-recognizer/rules",
+        ),
+        (
+            {"KAGGLE_API_TOKEN": "tok-env"},
+            None,  # no server: no network
+            "could not reach Kaggle: the name lookup of api.kaggle.com failed (no network?): turn the notebook's "
+            "internet on (Kaggle: Settings > Internet), or add the Digit Recognizer competition as the notebook's "
+            "input, or copy a zip you have: .venv/bin/python -m pipeline.tools.download --zip PATH",
+        ),
+    ],
+    ids=["401 revoked key", "403 rules not accepted", "no network"],
+)
+def test_getdata_failures_name_the_cause_in_one_line_and_exit_3(
+    project, kaggle_endpoint, offline, monkeypatch, capsys, env, server, message
+) -> None:
+    # the kaggle CLI's traceback (about 75 lines), then a guess: "have you accepted the competition rules?"
+    for name in ("train.csv", "test.csv"):
+        (project / "data" / "raw" / name).unlink()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if server is None:
+        code = download.main([])
+    else:
+        with serve(tokens=TOKENS, keys=KEYS, **server) as (url, _):
+            kaggle_endpoint(url)
+            code = download.main([])
+    out, err = capsys.readouterr()
+    assert code == 3, out + err
+    assert err.startswith(f"getdata: error: {message}") and err.count("\n") == 1, err
+    assert "Traceback" not in out and "export" not in err
+    assert list((project / "data" / "raw").iterdir()) == []  # nothing half-downloaded left behind

@@ -43,7 +43,13 @@ def test_without_the_layout_getdata_still_explains_how_to_get_the_data(project, 
     for name in ("train.csv", "test.csv"):
         (project / paths.RAW_DIR / name).unlink()
     assert download.main([]) == 2
-    assert "kaggle competitions download" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kaggle competitions download" in err
+    # every way, as it works in a notebook's `!` cell (each runs in a shell of its own: no `export`)
+    assert "KAGGLE_API_TOKEN" in err and "%env KAGGLE_API_TOKEN=" in err
+    assert ".venv/bin/python -m pipeline.tools.download --zip PATH" in err
+    assert "add the Digit Recognizer competition as the notebook's input" in err
+    assert "export" not in err and "~/Downloads" not in err
 
 
 def test_the_submission_also_goes_where_a_notebook_submits_it(project, tmp_path_factory, monkeypatch):

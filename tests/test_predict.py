@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, predict, train
-from pipeline.device import configure
+from pipeline.device import DevicePlan, configure
 from pipeline.lib.competition_csv import InputError
+from pipeline.lib.files import read_json, read_npz, write_json, write_npz
 from pipeline.lib.submission_file import submission_csv, validate_submission
 from pipeline.lib.tta import affine_view, apply_view, is_shift, predict_views, views_for
 from pipeline.params import load
+
+
+def profile_device() -> DevicePlan:
+    """Return the device plan under the test profile's precision (float32: the same arithmetic on every CPU)."""
+    return configure(load("device").precision)
 
 
 def test_identity_and_shift_views_are_exact(digits):
@@ -46,20 +54,72 @@ def test_submission_round_trip_and_validation():
 def test_predict_main_writes_a_valid_submission_and_tta_report(project):
     assert ingest.main([]) == 0
     assert augment.main([]) == 0
-    train.train_all([train.fit_settings(load("train"), "dropout_cnn", None)], 3, seed=0, device=configure())
+    train.train_all([train.fit_settings(load("train"), "dropout_cnn", None)], 3, seed=0, device=profile_device())
     assert predict.main([]) == 0
     text = paths.LATEST_SUBMISSION.read_text()
     assert len(validate_submission(text, 20)) == 20
     copies = list(paths.SUBMISSIONS_DIR.glob("submission-*.csv"))
     assert len(copies) == 1 and copies[0].read_text() == text
-    import json
-
     report = json.loads(paths.PREDICT_JSON.read_text())
-    assert report["tta_gain"] == pytest.approx(report["oof_tta_accuracy"] - report["oof_accuracy"])
-    from pipeline.lib.files import read_npz
+    oof, oof_tta = read_npz(paths.OOF_NPZ), read_npz(paths.OOF_TTA_NPZ)  # train's (no TTA) and predict's (one model)
+    plain = float(np.mean(oof["probs"].argmax(1) == oof["y"]))
+    with_tta = float(np.mean(oof_tta["probs"].argmax(1) == oof_tta["y"]))
+    assert report["oof_accuracy"] == pytest.approx(plain, abs=1e-6)
+    assert report["oof_tta_accuracy"] == pytest.approx(with_tta, abs=1e-6)
+    assert report["tta_gain"] == pytest.approx(with_tta - plain, abs=1e-6)
+    assert report["tta_views"] == 2 and report["test_rows"] == 20
 
-    oof = read_npz(paths.OOF_NPZ)
-    assert report["oof_accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == oof["y"])), abs=1e-6)
+
+@pytest.fixture
+def predicted(project):
+    """The tiny project after ingest, augment, train and predict: a first submission."""
+    assert ingest.main([]) == 0
+    assert augment.main([]) == 0
+    assert train.main(["--epochs", "1"]) == 0
+    assert predict.main([]) == 0
+    return project
+
+
+def other_data(data: dict[str, np.ndarray], change: str) -> dict[str, np.ndarray]:
+    """Return train.npz's arrays with one `change`: the rows in other folds, other labels, or another image."""
+    data = {k: v.copy() for k, v in data.items()}
+    if change == "fold assignment":
+        data["fold"] = (data["fold"] + 1) % 3
+    elif change == "labels":
+        data["y"][:2] = data["y"][1::-1]
+    else:
+        data["x"][0, 0, 0] ^= 1
+    return data
+
+
+@pytest.mark.parametrize("change", ["fold assignment", "labels", "images"])
+def test_predict_refuses_fold_models_trained_on_other_data(predicted, capsys, change) -> None:
+    data, before = read_npz(paths.TRAIN_NPZ), paths.LATEST_SUBMISSION.read_bytes()
+    outputs = {path: path.read_bytes() for path in (paths.OOF_TTA_NPZ, paths.TEST_PROBS_NPZ, paths.PREDICT_JSON)}
+    write_npz(paths.TRAIN_NPZ, **other_data(data, change))
+    capsys.readouterr()
+    assert predict.main([]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "predict: error: models/folds/dropout_cnn/fold0.keras was not trained on the current data/processed/train.npz "
+        "and its fold assignment (models/folds/dropout_cnn/fold0.json records other data): run `dvc repro train` (or "
+        "`python -m pipeline.train`) first\n"
+    )
+    assert paths.LATEST_SUBMISSION.read_bytes() == before  # nothing produced is lost or replaced
+    assert {path: path.read_bytes() for path in outputs} == outputs
+    write_npz(paths.TRAIN_NPZ, **data)  # the data the models were trained on: accepted again
+    assert predict.main([]) == 0
+
+
+def test_predict_refuses_a_fold_model_without_a_record_of_its_data(predicted, capsys) -> None:
+    meta = read_json(paths.fold_meta("dropout_cnn", 2))
+    write_json(paths.fold_meta("dropout_cnn", 2), {k: v for k, v in meta.items() if k != "train_data"})
+    assert predict.main([]) == 2
+    err = capsys.readouterr().err
+    assert "predict: error: models/folds/dropout_cnn/fold2.keras was not trained on the current " in err
+    assert "(models/folds/dropout_cnn/fold2.json does not record its data)" in err and err.count("\n") == 1
+    paths.fold_meta("dropout_cnn", 2).unlink()
+    assert predict.main([]) == 2
 
 
 def test_shift_views_match_the_affine_transform_bit_for_bit(digits):

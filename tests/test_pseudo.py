@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, train
-from pipeline.device import configure
+from pipeline.device import DevicePlan, configure
 from pipeline.lib import transforms
 from pipeline.lib.files import read_json, read_npz
 from pipeline.lib.fitting import EpochSampler, FitSettings
@@ -23,6 +23,11 @@ SETTINGS = FitSettings(
     dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0,
 )  # fmt: skip
 FOLDS = 3
+
+
+def profile_device() -> DevicePlan:
+    """Return the device plan under the test profile's precision (float32: the same arithmetic on every CPU)."""
+    return configure(load("device").precision)
 
 
 @pytest.fixture
@@ -64,10 +69,10 @@ def test_pseudo_rows_train_every_fold_and_are_never_scored(prepared):
 
 
 def test_a_folds_teacher_is_the_model_it_has_without_pseudo_labels(prepared):
-    plain = train.train_all([SETTINGS], FOLDS, seed=1, device=configure())
+    plain = train.train_all([SETTINGS], FOLDS, seed=1, device=profile_device())
     plain_folds = [read_json(paths.fold_meta("mlp", k)) for k in range(FOLDS)]
     student = replace(SETTINGS, pseudo_rounds=1, pseudo_threshold=0.0)  # every test image is pseudo-labelled
-    metrics = train.train_all([student], FOLDS, seed=1, device=configure())
+    metrics = train.train_all([student], FOLDS, seed=1, device=profile_device())
     test_rows = len(read_npz(paths.TEST_NPZ)["x"])
     for fold, before in enumerate(plain_folds):
         meta = read_json(paths.fold_meta("mlp", fold))
@@ -107,13 +112,13 @@ def test_a_worker_process_pseudo_labels_as_this_process_does(prepared, capfd):
     """A fold trained in a worker process (train's --processes, one per GPU) gets the test images and their augment
     settings from its job, and writes exactly the fold this process writes."""
     student = replace(SETTINGS, epochs=1, pseudo_rounds=1, pseudo_threshold=0.5)
-    train.train_all([student], FOLDS, seed=1, device=configure())
+    train.train_all([student], FOLDS, seed=1, device=profile_device())
     alone = {k: (read_json(paths.fold_meta("mlp", k)), read_npz(paths.fold_oof("mlp", k))) for k in (1, 2)}
     for fold in (1, 2):
         for path in (paths.fold_model, paths.fold_oof, paths.fold_meta):
             path("mlp", fold).unlink()
     capfd.readouterr()
-    train.train_all([student], FOLDS, seed=1, device=configure(), options=train.Options(envs=({}, {})))
+    train.train_all([student], FOLDS, seed=1, device=profile_device(), options=train.Options(envs=({}, {})))
     assert capfd.readouterr().out.count("round 1: teacher") == 2  # folds 1 and 2, in the workers
     for fold, (meta, oof) in alone.items():
         again = read_json(paths.fold_meta("mlp", fold))

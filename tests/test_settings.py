@@ -103,6 +103,16 @@ def loads(section: str, key: str, value: object) -> Callable[[], None]:
     return check
 
 
+def loads_space(name: str, index: int, value: object) -> Callable[[], None]:
+    """Return a check that params.yaml now loads, tune.space.`name`[`index`] equal to `value` (type included)."""
+
+    def check() -> None:
+        got = params.load("tune").space[name][index]
+        assert got == value and type(got) is type(value), (got, value)
+
+    return check
+
+
 PY = "params.yaml"
 # (case id, damage, message regex, or None and the check of an accepted file)
 MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
@@ -321,7 +331,7 @@ MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
     (
         "space in 2e-4 notation",
         replace_line("    - 0.0005", "    - 5e-4"),
-        lambda: params.load("tune").space["learning_rate"][0] == 0.0005,
+        loads_space("learning_rate", 0, 0.0005),  # YAML reads 5e-4 as a string: the schema makes it the number
     ),
     (
         "model_space low > high",
@@ -360,7 +370,7 @@ def apply(damage: Callable, path: Path = paths.PARAMS) -> None:
 def test_settings_matrix(project: Path, damage: Callable, expected) -> None:
     apply(damage)
     if callable(expected):
-        expected()  # accepted, and read as written
+        assert expected() is None  # accepted, and read as written: the check asserts (a returned value would be lost)
         return
     with pytest.raises(params.ParamsError) as caught:
         params.load("train")

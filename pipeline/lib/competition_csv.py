@@ -60,13 +60,15 @@ def missing_data_message() -> str:
     """Return the message telling the user both ways to get the competition data."""
     return (
         f"no competition data: expected {paths.RAW_ZIP} or both {paths.RAW_TRAIN_CSV} and {paths.RAW_TEST_CSV}.\n"
-        "Get it one of two ways:\n"
-        "  1. with Kaggle credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY), after accepting the\n"
-        "     competition rules on kaggle.com:\n"
-        f"       kaggle competitions download -c digit-recognizer -p {paths.RAW_DIR}\n"
-        "     (`make run` does this for you when credentials are configured)\n"
-        "  2. copy a zip you already have:\n"
-        f"       cp /path/to/digit-recognizer.zip {paths.RAW_ZIP}"
+        "Get it one of these ways:\n"
+        "  1. in a Kaggle notebook, add the Digit Recognizer competition as the notebook's input (Add Input):\n"
+        "     `make run` copies its CSVs\n"
+        "  2. with Kaggle credentials, after accepting the competition rules on kaggle.com: an API token in\n"
+        "     KAGGLE_API_TOKEN (in a notebook: %env KAGGLE_API_TOKEN=<token>, or Colab's secret of that name) or\n"
+        "     ~/.kaggle/access_token, or ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY; then `make run`\n"
+        f"     downloads it, or: .venv/bin/kaggle competitions download -c digit-recognizer -p {paths.RAW_DIR}\n"
+        "  3. a zip you already have (e.g. uploaded to the notebook):\n"
+        "       .venv/bin/python -m pipeline.tools.download --zip PATH"
     )
 
 
@@ -94,6 +96,8 @@ def read_member(source: RawSource, name: str) -> bytes:
             if name not in members:
                 raise InputError(str(source.zip_path), f"no {name} in the zip (it holds {sorted(members)})")
             return zf.read(members[name])
+    except InputError:  # a member missing: said as it is (an InputError is a ValueError, not a corrupt member)
+        raise
     except (zipfile.BadZipFile, zlib.error, EOFError, zipfile.LargeZipFile, OSError) as exc:
         raise InputError(str(source.zip_path), f"not a readable zip archive ({exc}); download it again") from exc
     except ValueError as exc:  # CRC mismatch in a damaged member

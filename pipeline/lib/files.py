@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,16 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Read every array of the .npz at `path` (pickles refused) into a dict."""
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """Return the SHA-256 of named `arrays`: each one's name, dtype, shape and values, in the order given."""
+    digest = hashlib.sha256()
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def write_with(path: Path, writer: Callable[[Path], None], suffix: str) -> None:

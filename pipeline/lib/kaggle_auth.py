@@ -124,3 +124,83 @@ def exposure_warnings(env: Mapping[str, str], home: Path) -> list[str]:
         for path in credential_files(env, home)
         if path.is_file() and path.stat().st_mode & 0o044
     ]
+
+
+class KaggleFailure(RuntimeError):
+    """A request to Kaggle failed; the message is one line naming the cause and what to do."""
+
+
+def exception_chain(exc: BaseException) -> list[object]:
+    """Return `exc` and every exception inside it: causes, contexts, args, and urllib3's `reason`."""
+    seen: list[object] = []
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if item is None or any(item is s for s in seen) or len(seen) > 50:
+            continue
+        seen.append(item)
+        if isinstance(item, BaseException):
+            todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return seen
+
+
+def failed_host(exc: BaseException) -> str:
+    """Return the host the failed request was for, or "Kaggle's API" when unknown."""
+    from urllib.parse import urlsplit
+
+    request = getattr(exc, "request", None)
+    host = urlsplit(str(getattr(request, "url", "") or "")).hostname
+    return host or "Kaggle's API"
+
+
+def explain_failure(exc: BaseException, source: str, competition: str, offline_advice: str) -> str:
+    """Return one line saying why a request to Kaggle with the credentials from `source` failed (no network, a failed
+    name lookup, 401, 403, ...) and what to do; `offline_advice` is what to do without network."""
+    import socket
+
+    import requests
+
+    chain = exception_chain(exc)
+    if isinstance(exc, SystemExit):  # the kaggle package exits when no credentials work (an expired token)
+        return (
+            f"Kaggle did not accept the credentials from {source} (an expired or revoked token?): "
+            "create a new API token on https://www.kaggle.com/settings and replace them"
+        )
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        host = failed_host(exc)
+        if any(isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError" for e in chain):
+            return f"could not reach Kaggle: the name lookup of {host} failed (no network?): {offline_advice}"
+        return f"could not reach Kaggle: the connection to {host} failed (no network?): {offline_advice}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"could not reach Kaggle: {failed_host(exc)} did not answer in time: {offline_advice}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 401:
+        return (
+            f"Kaggle answered 401 Unauthorized: the credentials from {source} were not accepted; "
+            "create a new API token on https://www.kaggle.com/settings and replace them"
+        )
+    if status == 403:
+        return (
+            f"Kaggle answered 403 Forbidden to the credentials from {source}: accept the competition rules once "
+            f"at https://www.kaggle.com/c/{competition}/rules, and check that the token may do this"
+        )
+    if status is not None:
+        return f"Kaggle answered {status}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return f"the request to Kaggle failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def authenticated_api(source: str, competition: str, offline_advice: str):
+    """Return an authenticated kaggle KaggleApi (imported here: importing kaggle reads credentials) for the
+    credentials from `source`; raise KaggleFailure saying why not."""
+    import contextlib
+    import io
+
+    try:  # the kaggle package prints its own help when the credentials fail: the one line below says it
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+    except (Exception, SystemExit) as exc:
+        raise KaggleFailure(explain_failure(exc, source, competition, offline_advice)) from None
+    return api

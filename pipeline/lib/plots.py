@@ -1,9 +1,15 @@
-"""PNG reports (matplotlib, headless): the augmentation grid and other image grids."""
+"""PNG reports (matplotlib, headless): the augmentation grid and other image grids. The Agg backend is chosen before
+matplotlib is imported (MPLBACKEND), so a caller's backend that cannot load (a notebook kernel's inline one, a
+matplotlibrc's) never matters."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
+if "matplotlib" not in sys.modules:  # imported already (a notebook's): matplotlib.use below switches it
+    os.environ["MPLBACKEND"] = "agg"
 import matplotlib
 
 matplotlib.use("Agg")

@@ -72,7 +72,7 @@ def validate_submission(text: str, expected_rows: int, name: str = "submission")
 def validate_submission_file(path: Path, expected_rows: int) -> pd.DataFrame:
     """Read the submission at `path` and validate it (see validate_submission)."""
     if not Path(path).is_file():
-        raise InputError(str(path), "does not exist: run `dvc repro` (or `make run`) first")
+        raise InputError(str(path), "does not exist: run `make run` (or `.venv/bin/dvc repro`) first")
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

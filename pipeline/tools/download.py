@@ -1,21 +1,29 @@
 """Makes sure the competition data is in data/raw/: keeps what is there, else copies the CSVs of a Kaggle
 notebook's input (/kaggle/input/digit-recognizer/, or under $DIGIT_KAGGLE_ROOT), else downloads the zip with
-the kaggle CLI when credentials are configured, else exits 2 naming both ways to get it.
-`--zip PATH` copies a zip you already have into place."""
+the kaggle package when credentials are configured, else exits 2 naming every way to get it.
+`--zip PATH` copies a zip you already have into place.
+Exit status: 0 the data is there, 2 no data and no way to get it (or a file could not be copied or written),
+3 Kaggle refused the download or could not be reached (one line says why and what to do)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.competition_csv import locate_raw, missing_data_message
 from pipeline.lib.files import OutputError, write_with
-from pipeline.lib.kaggle_auth import exposure_warnings, find_credentials
+from pipeline.lib.kaggle_auth import (
+    KaggleFailure,
+    authenticated_api,
+    explain_failure,
+    exposure_warnings,
+    find_credentials,
+)
 
 COMPETITION = "digit-recognizer"
 
@@ -46,12 +54,27 @@ def copy_kaggle_input(folder: Path) -> bool:
     return True
 
 
-def download() -> int:
-    """Download the competition zip into data/raw/ with the kaggle CLI; return its exit code."""
+OFFLINE_ADVICE = (
+    "turn the notebook's internet on (Kaggle: Settings > Internet), or add the Digit Recognizer competition as the "
+    "notebook's input, or copy a zip you have: .venv/bin/python -m pipeline.tools.download --zip PATH"
+)
+
+
+def download(source: str) -> None:
+    """Download the competition zip into data/raw/ with the kaggle package and the credentials from `source`
+    (into a temporary folder there, then renamed into place); raise KaggleFailure saying why it failed."""
+    api = authenticated_api(source, COMPETITION, OFFLINE_ADVICE)
     paths.RAW_DIR.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "kaggle.cli", "competitions", "download", "-c", COMPETITION, "-p", str(paths.RAW_DIR)]
-    print(f"getdata: {' '.join(['kaggle', *cmd[3:]])}", flush=True)
-    return subprocess.call(cmd)
+    print(f"getdata: kaggle competitions download -c {COMPETITION} -p {paths.RAW_DIR}", flush=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=paths.RAW_DIR) as folder:
+        try:
+            api.competition_download_files(COMPETITION, path=folder, quiet=False)
+        except (Exception, SystemExit) as exc:  # requests' ConnectionError, HTTPError, ...
+            raise KaggleFailure(explain_failure(exc, source, COMPETITION, OFFLINE_ADVICE)) from None
+        got = Path(folder) / paths.RAW_ZIP.name
+        if not got.is_file():
+            raise KaggleFailure(f"the kaggle download wrote no {got.name}: {OFFLINE_ADVICE}")
+        os.replace(got, paths.RAW_ZIP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,32 +83,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zip", type=Path, help="copy this competition zip to data/raw/")
     args = parser.parse_args(argv)
     for warning in exposure_warnings(os.environ, Path.home()):
-        print(f"getdata: warning: {warning}", file=sys.stderr)
+        print(f"getdata: warning: {warning}", file=sys.stderr, flush=True)
     try:
         if args.zip:
             copy_zip(args.zip)
     except (FileNotFoundError, OutputError) as exc:
         return fail("getdata", exc)
     if have_data():
-        print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}")
+        print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}", flush=True)
         return 0
     try:
         if copy_kaggle_input(paths.kaggle_input()):
-            print(f"getdata: copied train.csv and test.csv from the Kaggle notebook input {paths.kaggle_input()}")
+            print(
+                f"getdata: copied train.csv and test.csv from the Kaggle notebook input {paths.kaggle_input()}",
+                flush=True,
+            )
             return 0
     except OutputError as exc:
         return fail("getdata", exc)
     source = find_credentials(os.environ, Path.home())
-    if source is not None:
-        print(f"getdata: downloading with the Kaggle credentials from {source}", flush=True)
-        code = download()
-        if code == 0 and have_data():
-            return 0
-        print(
-            f"getdata: the kaggle download failed (exit {code}); have you accepted the competition rules?",
-            file=sys.stderr,
-        )
-    return fail("getdata", missing_data_message())
+    if source is None:
+        return fail("getdata", missing_data_message())
+    print(f"getdata: downloading with the Kaggle credentials from {source}", flush=True)
+    try:
+        download(source)
+    except KaggleFailure as exc:
+        return fail("getdata", exc, 3)
+    except OSError as exc:
+        return fail("getdata", f"cannot write {paths.RAW_ZIP}: {exc.strerror or exc}")
+    print(f"getdata: using {paths.RAW_ZIP}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """`python -m pipeline.tools.estimate`: before `make run` starts the long stages on a machine without a GPU, measure
 this machine for a few seconds (training and inference steps of model.name and of each model.ensemble member, at
 its own batch size, on random images) and print how long the profile in params.yaml will take here (tune, train,
-predict), with the quick profile as the alternative; then the run proceeds. The estimate is recorded in
-reports/estimate.json, to compare with the stages' own wall times in reports/timings/. With a GPU it only says so
-(the full profile is sized for one). With `--budget MINUTES` (`make run BUDGET=150`) a profile estimated to take longer
-is recomposed with the most epochs per fold (train.epochs) that fit the budget here. Not a stage."""
+predict). Then it says what fits the 2 h 30 min a CPU run is sized for (or `--budget`) here, each alternative (the
+quick, cpu and full profiles, a budget's fewer epochs) priced by the same measurement: no hint names a command
+whose own estimate here does not fit. The run then proceeds. The estimate is recorded in reports/estimate.json, to
+compare with the stages' own wall times in reports/timings/. With a GPU it only says so (the full profile is sized
+for one). With `--budget MINUTES` (`make run BUDGET=150`) a profile estimated to take longer is recomposed with the
+most epochs per fold (train.epochs) that fit the budget here. Not a stage."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pipeline import params, paths
 from pipeline.lib import progress
@@ -27,6 +31,9 @@ from pipeline.train import member_settings
 
 COMPETITION_TRAIN_ROWS = 42000
 COMPETITION_TEST_ROWS = 28000
+TARGET_MINUTES = 150.0  # what a CPU run is sized for (README): the hint names only what its estimate fits in here
+# the profiles the hint weighs, each priced here by its own estimate, and the command that runs each
+COMMANDS = {"quick": "make quick", "cpu": "make run PROFILE=cpu", "full": "make run"}
 
 
 @dataclass(frozen=True)
@@ -76,17 +83,26 @@ def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSe
     return {(base_name(m.model), m.batch_size): replace(m, model=base_name(m.model)) for m in members}
 
 
-def member_rates(members: list[FitSettings], predict_batch: int, budget: float = 3.0) -> Rates:
-    """Return the mean seconds per image over the ensemble `members` (each trains and infers the same images), with
-    the first member's (model.name's) as `tune`; each distinct model and batch size calibrated once in its share of
-    `budget` seconds (inference also at `predict_batch`)."""
-    kinds = calibration_kinds(members)
-    measured = {key: calibrate(settings, predict_batch, budget / len(kinds)) for key, settings in kinds.items()}
+def measure(kinds: dict[tuple[str, int], FitSettings], predict_batch: int, budget: float = 3.0) -> dict:
+    """Return the rates of each of `kinds` (calibration_kinds), each calibrated in its share of `budget` seconds."""
+    return {key: calibrate(settings, predict_batch, budget / len(kinds)) for key, settings in kinds.items()}
+
+
+def combined(members: list[FitSettings], measured: dict[tuple[str, int], Rates]) -> Rates:
+    """Return the mean rates over the ensemble `members` (each trains and infers the same images) from the `measured`
+    rates of their kinds, with the first member's (model.name's) as `tune`."""
     rates = [measured[(base_name(m.model), m.batch_size)] for m in members]
     train, infer, startup, predict = (
         float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup", "predict")
     )
     return Rates(train, infer, startup, tune=rates[0], predict=predict)
+
+
+def member_rates(members: list[FitSettings], predict_batch: int, budget: float = 3.0) -> Rates:
+    """Return the mean seconds per image over the ensemble `members`, with the first member's (model.name's) as
+    `tune`; each distinct model and batch size calibrated once in its share of `budget` seconds (inference also at
+    `predict_batch`)."""
+    return combined(members, measure(calibration_kinds(members), predict_batch, budget))
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -177,24 +193,90 @@ def fit_budget(doc: dict, rates: Rates, minutes: float, overrides: list[str], tu
     return epochs
 
 
+def members_of(doc: dict) -> list[FitSettings]:
+    """Return the fit settings of every member the settings `doc` train (model.name first; tune's values aside)."""
+    settings = params.validate(doc)
+    return member_settings(settings.sections["train"], settings.sections["model"], None)
+
+
+def profile_docs(current: str, conf: Path = paths.CONF_DIR) -> dict[str, dict]:
+    """Return the settings of each profile in COMMANDS other than `current` defined in `conf`, as its command runs it
+    (the profile alone); none when there is no `conf`."""
+    names = [p for p in COMMANDS if p != current and (Path(conf) / "profile" / f"{p}.yaml").is_file()]
+    return {name: yaml.safe_load(params.compose([f"profile={name}"], conf)) for name in names}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command the hint may name: its estimated seconds here and what it changes (`note`)."""
+
+    command: str
+    seconds: float
+    note: str = ""
+
+
+def options(
+    doc: dict, rates: Rates, others: dict[str, tuple[dict, Rates]], minutes: float, budgeted: bool = False
+) -> list[Option]:
+    """Return the alternatives to the run of `doc` at `rates`: each profile of `others` (its settings and rates here)
+    and, unless `budgeted` (a budget already applies), `make run BUDGET=minutes` on `doc`'s profile with the epochs
+    that fit, when fewer than its own do; each with its estimated seconds here."""
+    out = [
+        Option(COMMANDS.get(name, f"make run PROFILE={name}"), estimate(other, at, workers(other))["total"])
+        for name, (other, at) in others.items()
+    ]
+    profile, epochs = doc["profile"], doc["train"]["epochs"]
+    fits = 0 if budgeted or profile == "quick" else epochs_within(doc, rates, minutes * 60, workers(doc))
+    if 0 < fits < epochs:
+        command = f"make run BUDGET={minutes:g}" + ("" if profile == "full" else f" PROFILE={profile}")
+        seconds = estimate({**doc, "train": {**doc["train"], "epochs": fits}}, rates, workers(doc))["total"]
+        out.append(Option(command, seconds, f"train.epochs {fits} instead of {epochs}"))
+    return sorted(out, key=lambda o: -o.seconds)
+
+
+def workers(doc: dict) -> int:
+    """Return the tuning workers the settings `doc` run on a CPU."""
+    return int(doc["tune"].get("workers_cpu") or 1)
+
+
+def advice(profile: str, total: float, alternatives: list[Option], minutes: float) -> str:
+    """Return the hint printed after the estimate of `profile` (`total` seconds here): whether it fits `minutes`
+    here, the `alternatives` whose estimate fits them (longest first) and, when none does, the shortest one with
+    its time; a command is named as fitting only when its own estimate here does."""
+    limit, budget = minutes * 60, progress.format_seconds(minutes * 60)
+
+    def named(option: Option) -> str:
+        note = f"{option.note}, " if option.note else ""
+        return f"`{option.command}` ({note}about {progress.format_seconds(option.seconds)})"
+
+    fitting = [o for o in alternatives if o.seconds <= limit]
+    shorter = [o for o in fitting if o.seconds < total]
+    if total <= limit:
+        head = f"estimate: profile {profile} fits {budget} here"
+        tail = f"; shorter: {', '.join(named(o) for o in shorter)}" if shorter else ""
+    elif fitting:
+        head = f"estimate: profile {profile} does not fit {budget} here"
+        tail = f"; what fits {budget} here: {', '.join(named(o) for o in fitting)}"
+    else:
+        head = f"estimate: profile {profile} does not fit {budget} here, nor does any alternative"
+        least = min(alternatives, key=lambda o: o.seconds, default=None)
+        tail = f"; the shortest: {named(least)}" if least and least.seconds < total else ""
+    stop = " (stop now with Ctrl-C to run one of them)" if tail else ""
+    return f"{head}{tail}{stop}; the run proceeds"
+
+
 def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
-    """Return the lines printed before the run: the estimate per stage and the quick alternative."""
+    """Return the line printed before the run: the estimate per stage."""
     parts = ", ".join(f"{stage} {progress.format_seconds(s)}" for stage, s in seconds.items() if stage != "total")
-    lines = [
+    return (
         f"estimate: profile {profile} on this machine (no GPU): about {progress.format_seconds(seconds['total'])} "
         f"({parts}; measured {rates.train * 1e3:.2f} ms per training image, {rates.infer * 1e3:.2f} ms per inference)"
-    ]
-    if profile != "quick":
-        lines.append(
-            "estimate: for a run of about 7-14 minutes on a 2-core CPU (bf16 or float32), stop now (Ctrl-C) and run "
-            "`make quick` (the quick profile, conf/profile/quick.yaml); on a CPU without AMX, `make run PROFILE=cpu` "
-            "(two members less) or `make run BUDGET=150` (fewer epochs) fit 2 h 30 min; the run proceeds"
-        )
-    return "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print and record the estimate of the profile in params.yaml on this machine (nothing to do on a GPU)."""
+    """Print and record the estimate of the profile in params.yaml on this machine and what fits the time a CPU run
+    is sized for (or `--budget`) here (nothing to do on a GPU)."""
     parser = stage_parser("estimate", __doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="calibration budget in seconds (default 3)")
     parser.add_argument(
@@ -207,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         doc = params.read_raw()
+        profile = params.profile()
         members = member_settings(params.load("train"), params.load("model"), None)
-        tune = params.load("tune")
         predict_batch = params.load("predict").batch_size
+        others = {name: (other, members_of(other)) for name, other in profile_docs(profile).items()}
     except ParamsError as exc:
         return fail("estimate", exc)
     from pipeline.device import detect
@@ -217,27 +300,35 @@ def main(argv: list[str] | None = None) -> int:
     if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
-    rates = member_rates(members, predict_batch, args.seconds)
-    seconds = estimate(doc, rates, tune.workers_cpu)
-    print(describe(seconds, params.profile(), rates), flush=True)
-    record = {"profile": params.profile(), "seconds": seconds, "train_seconds_per_image": rates.train}
+    kinds = calibration_kinds(members)
+    for _, group in others.values():
+        kinds.update({key: s for key, s in calibration_kinds(group).items() if key not in kinds})
+    measured = measure(kinds, predict_batch, args.seconds)
+    rates = combined(members, measured)
+    seconds = estimate(doc, rates, workers(doc))
+    print(describe(seconds, profile, rates), flush=True)
+    record = {"profile": profile, "seconds": seconds, "train_seconds_per_image": rates.train}
     record.update(
         infer_seconds_per_image=rates.infer,
         predict_seconds_per_image=rates.predict,
         startup_seconds_per_model=rates.startup,
     )
+    minutes, total, running = args.budget or TARGET_MINUTES, seconds["total"], profile
     if args.budget is not None:
         try:
-            epochs = fit_budget(doc, rates, args.budget, args.overrides, tune.workers_cpu)
+            epochs = fit_budget(doc, rates, args.budget, args.overrides, workers(doc))
         except ParamsError as exc:
             return fail("estimate", exc)
+        if epochs != doc["train"]["epochs"]:
+            running = f"{profile} with train.epochs {epochs}"
         doc = params.read_raw()
-        record.update(budget_minutes=args.budget, epochs=epochs, seconds=estimate(doc, rates, tune.workers_cpu))
-        print(
-            f"estimate: budget {args.budget:g} min: train.epochs {epochs} (about "
-            f"{progress.format_seconds(record['seconds']['total'])} here)",
-            flush=True,
-        )
+        record.update(budget_minutes=args.budget, epochs=epochs, seconds=estimate(doc, rates, workers(doc)))
+        total = record["seconds"]["total"]
+        print(f"estimate: budget {args.budget:g} min: train.epochs {epochs} (about {progress.format_seconds(total)})")
+    priced = {name: (other, combined(group, measured)) for name, (other, group) in others.items()}
+    alternatives = options(doc, rates, priced, minutes, budgeted=args.budget is not None)
+    print(advice(running, total, alternatives, minutes), flush=True)
+    record["alternatives"] = {o.command: o.seconds for o in alternatives}
     write_json(paths.ESTIMATE_JSON, record)
     return 0
 

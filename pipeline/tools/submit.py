@@ -17,7 +17,7 @@ from typing import Any
 from pipeline import params, paths
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.competition_csv import InputError
-from pipeline.lib.kaggle_auth import find_credentials
+from pipeline.lib.kaggle_auth import KaggleFailure, authenticated_api, explain_failure, find_credentials
 from pipeline.lib.submission_file import (
     compare_submissions,
     describe_diff,
@@ -45,50 +45,22 @@ def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str
 
 
 def setup_help(home: Path) -> str:
-    """Return the instructions for configuring Kaggle credentials."""
+    """Return the instructions for configuring Kaggle credentials, as they work in a shell and in a notebook's
+    `!` cells (where each line runs in a shell of its own: a variable is set with %env)."""
     folder = home / ".kaggle"
     return (
         "no Kaggle credentials found. Set them up one of these ways, then run this command again:\n"
-        "  1. on https://www.kaggle.com/settings open 'API' and click 'Create New Token'; it downloads\n"
-        "     kaggle.json. Install it readable only by you:\n"
-        f"       mkdir -p {folder} && mv ~/Downloads/kaggle.json {folder}/ && chmod 600 {folder}/kaggle.json\n"
-        "  2. or export the two values from that file (e.g. in CI secrets):\n"
-        "       export KAGGLE_USERNAME=your-kaggle-username KAGGLE_KEY=your-api-key\n"
-        "  3. or, with a new-style API token, export KAGGLE_API_TOKEN=... (or save it to ~/.kaggle/access_token)\n"
+        "  1. on https://www.kaggle.com/settings open 'API' and create a new token; set it as the variable\n"
+        "     KAGGLE_API_TOKEN (a notebook: %env KAGGLE_API_TOKEN=<token>, or Colab's secret of that name;\n"
+        f"     a shell: KAGGLE_API_TOKEN=<token> before the command), or save it to {folder / 'access_token'}\n"
+        f"  2. or a legacy kaggle.json ('Create Legacy API Key'): save it as {folder / 'kaggle.json'}, then\n"
+        f"       chmod 600 {folder / 'kaggle.json'}\n"
+        "     (or set its two values as the variables KAGGLE_USERNAME and KAGGLE_KEY, e.g. CI secrets)\n"
         "Also accept the competition rules once at https://www.kaggle.com/c/digit-recognizer/rules."
     )
 
 
-def make_api(source: str = "the configured credentials") -> Any:
-    """Return an authenticated kaggle KaggleApi (imported here: importing kaggle reads credentials); `source`
-    names where the credentials come from in the error."""
-    from kaggle.api.kaggle_api_extended import KaggleApi
-
-    api = KaggleApi()
-    try:
-        api.authenticate()
-    except SystemExit as exc:  # the kaggle package exits when no credentials work
-        raise SubmitError(
-            f"Kaggle did not accept the credentials from {source} (an expired or revoked token?): "
-            "create a new one on https://www.kaggle.com/settings (see --help)"
-        ) from exc
-    return api
-
-
-def refusal(exc: Exception, source: str, competition: str) -> str:
-    """Return why Kaggle refused a request: its 401 and 403 replies name the credentials' `source` and the fix."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status == 401:
-        return (
-            f"Kaggle answered 401 Unauthorized: the credentials from {source} were not accepted; "
-            "create a new API token on https://www.kaggle.com/settings and replace them"
-        )
-    if status == 403:
-        return (
-            f"Kaggle answered 403 Forbidden to the credentials from {source}: accept the competition rules once "
-            f"at https://www.kaggle.com/c/{competition}/rules, and check that the token may submit"
-        )
-    return f"Kaggle refused the submission: {exc}"
+OFFLINE_ADVICE = "check the connection (in a notebook: its internet setting is on) and run this command again"
 
 
 def submit_file(
@@ -98,8 +70,8 @@ def submit_file(
     raise SubmitError."""
     try:
         response = api.competition_submit(str(path), message, competition, quiet=False)
-    except Exception as exc:  # the kaggle package raises requests' HTTPError, ValueError, ...
-        raise SubmitError(refusal(exc, source, competition)) from exc
+    except Exception as exc:  # the kaggle package raises requests' HTTPError, ConnectionError, ValueError, ...
+        raise SubmitError(explain_failure(exc, source, competition, OFFLINE_ADVICE)) from exc
     reply = str(getattr(response, "message", "") or "")
     if reply == UPLOAD_FAILED:
         raise SubmitError(f"the upload of {path} failed ({reply}): check your connection and try again")
@@ -140,24 +112,31 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     try:
         frame = validate_submission_file(args.file, args.rows)
     except InputError as exc:
-        return fail("submit", f"{exc}\nsubmit: fix the file (or rerun `dvc repro predict`) and try again", 1)
-    print(f"submit: {args.file} is valid ({len(frame)} rows)")
+        return fail(
+            "submit",
+            f"{exc}\nsubmit: fix the file (or rerun `make run`, or `.venv/bin/dvc repro predict`) and try again",
+            1,
+        )
+    print(f"submit: {args.file} is valid ({len(frame)} rows)", flush=True)
     try:
-        print(f"submit: {diff_summary(args.file, args.compare)}")
+        print(f"submit: {diff_summary(args.file, args.compare)}", flush=True)
     except InputError as exc:
         return fail("submit", f"cannot compare: {exc}", 1)
-    print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}")
+    print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}", flush=True)
     if args.dry_run:
         return 0
     source = find_credentials(env, home)
     if source is None:
         return fail("submit", setup_help(home))
-    print(f"submit: using Kaggle credentials from {source}")
+    print(f"submit: using Kaggle credentials from {source}", flush=True)
     try:
-        reply = submit_file(make_api(source), args.file, args.message, args.competition, source)
-    except SubmitError as exc:
+        api = authenticated_api(source, args.competition, OFFLINE_ADVICE)
+        reply = submit_file(api, args.file, args.message, args.competition, source)
+    except (KaggleFailure, SubmitError) as exc:
         return fail("submit", exc, 3)
-    print(f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions")
+    print(
+        f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions", flush=True
+    )
     return 0
 
 
