@@ -3,7 +3,8 @@ with an ensemble (params.yaml model.ensemble) the models are blended with weight
 out-of-fold (OOF) TTA probabilities only (predict.blend_by), never on the test set.
 
 Reads data/processed/{train,test}.npz, models/folds/ and data/exclude_rows.csv (rows left out of the
-OOF rows that fit the blend weights). Writes submissions/latest.csv (validated before it replaces the
+OOF rows that fit the blend weights); refuses fold models that train did not record as trained on the current
+train.npz and its fold assignment. Writes submissions/latest.csv (validated before it replaces the
 previous one) and a timestamped copy beside it (in a Kaggle notebook also /kaggle/working/submission.csv),
 models/test_probs.npz, models/oof_tta.npz (the blended OOF TTA probabilities of every training row, each
 fold's rows blended with weights chosen on the other folds' rows only, which the audit stage reads), and

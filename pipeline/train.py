@@ -4,7 +4,9 @@ model.overrides), all on the same folds: each fold's training rows plus their au
 
 Reads data/processed/{train,augmented}.npz, data/processed/best_params.json and data/exclude_rows.csv
 (rows left out of every fold's training rows, their augmented copies with them). Writes per model and
-fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz and fold{k}.json, and its per-epoch metrics
+fold models/folds/<model>/fold{k}.keras, fold{k}_oof.npz (the held-out rows' probabilities, and the record of what
+trained the fold: the rows whose images and whose augmented copies its models drew, the pseudo-labels its student
+learned) and fold{k}.json (with the digest of the training data, which predict checks), and its per-epoch metrics
 through DVCLive in reports/live/ (pipeline/lib/live.py); overall models/oof.npz (model.name's OOF probabilities) and
 reports/metrics.json (model.name's OOF and fold metrics, every model's OOF metrics under "models", and
 "oof_kept_rows": the OOF figures on the rows not excluded, which stay comparable as the list changes).

@@ -74,6 +74,19 @@ def test_compare_trains_each_model_on_the_same_rows_and_budget(data, monkeypatch
     assert "| mlp |" in text and "| cnn_basic |" in text and "blend" in text
 
 
+def test_the_cross_fitted_blend_scores_each_fold_with_the_other_folds_weights(data):
+    """Model a is right on fold 0's rows only, b on fold 2's only: each fold's rows blended with the weights the
+    other fold chooses (all on the model that is wrong there) are all wrong."""
+    labels = np.concatenate([data.y[data.fold == 0], data.y[data.fold == 2]])  # in compare's order: fold by fold
+    first = np.arange(len(labels)) < int(np.sum(data.fold == 0))
+    right, wrong = np.eye(10)[labels], np.eye(10)[(labels + 1) % 10]
+    a = np.where(first[:, None], 0.9 * right, 0.9 * wrong) + 0.01
+    b = np.where(first[:, None], 0.9 * wrong, 0.9 * right) + 0.01
+    report = cmp.blend_report([a.astype(np.float32), b.astype(np.float32)], data, [0, 2])
+    assert report["cross_fitted"]["accuracy"] == 0.0
+    assert report["cross_fitted"]["loss"] == pytest.approx(-np.log(0.01), rel=1e-5)
+
+
 def test_split_rows_subsamples_training_rows_stratified_and_keeps_the_whole_fold(data):
     train, val = cmp.split_rows(data.fold, data.y, 1, 20, seed=0)
     assert len(train) == 20

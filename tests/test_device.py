@@ -208,7 +208,7 @@ def test_a_users_tensorflow_memory_cap_is_kept():
     ],
 )
 def test_the_cli_plans_for_assumed_gpus(project: Path, capsys, assumed: list[str], policy: str, gpus: set[int]):
-    argv = ["--json", *[arg for gpu in assumed for arg in ("--assume", gpu)]]
+    argv = ["--json", "--precision", "auto", *[arg for gpu in assumed for arg in ("--assume", gpu)]]
     assert device.main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["precision"] == policy and plan["jit_compile"] is (keras.backend.backend() != "torch")
@@ -246,7 +246,7 @@ def test_a_gpu_that_nvidia_smi_lists_and_the_backend_misses_is_a_warning(tmp_pat
 
 
 def test_this_machines_plan_is_what_the_backend_reports(project: Path, capsys):
-    assert device.main(["--json"]) == 0
+    assert device.main(["--json", "--precision", "auto"]) == 0  # the test profile pins float32
     plan = json.loads(capsys.readouterr().out)
     hardware = device.detect()
     assert plan["backend"] == keras.backend.backend() and len(plan["gpus"]) == len(hardware.gpus)

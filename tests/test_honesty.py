@@ -15,7 +15,6 @@ towards the memorised accuracy. Measured on this CPU: memorised 0.95-1.0, out of
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ import optuna
 import pytest
 import yaml
 
-from pipeline import augment, ingest, paths, predict, train, tune
+from pipeline import augment, ingest, params, paths, predict, train, tune
+from pipeline.device import configure
 from pipeline.lib.files import read_json, read_npz
 from pipeline.lib.fitting import predict_probs
 from pipeline.lib.models import load_model
@@ -105,11 +105,17 @@ def pseudo_world(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def enter(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `root` the cwd and compute in its precision (device.precision), as its stages did."""
+    monkeypatch.chdir(root)
+    configure(params.load("device").precision)
+
+
 @pytest.fixture
-def inside(world: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def inside(world: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The cwd in the random-label project."""
-    monkeypatch.chdir(world)
-    yield world
+    enter(world, monkeypatch)
+    return world
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -222,11 +228,11 @@ def test_tune_trials_that_memorised_their_rows_score_chance(inside: Path) -> Non
 def test_fold_ks_student_learns_only_fold_ks_teacher(world: Path, pseudo_world: Path, monkeypatch) -> None:
     """The labels each fold's student learned (train's record) are those fold k's teacher gives: the model fold k has
     without pseudo-labelling (the plain run), which never saw fold k; another fold's teacher labels differently."""
-    monkeypatch.chdir(world)
+    enter(world, monkeypatch)
     x_test = read_npz(paths.TEST_NPZ)["x"]
     teachers = [predict_probs(load_model(str(paths.fold_model(MODEL, k))), x_test).argmax(axis=1) for k in range(3)]
     assert all((teachers[0] != teachers[k]).any() for k in (1, 2))  # the check tells the teachers apart
-    monkeypatch.chdir(pseudo_world)
+    enter(pseudo_world, monkeypatch)
     for fold in range(3):
         record = fold_record(MODEL, fold)
         assert record["pseudo_round"].tolist() == [1] * len(x_test)  # every test image, once
@@ -237,11 +243,11 @@ def test_fold_ks_student_learns_only_fold_ks_teacher(world: Path, pseudo_world: 
 def test_a_pseudo_labelled_student_scores_chance_out_of_fold(pseudo_world: Path, monkeypatch) -> None:
     """The test images are the training images: a teacher that saw fold k's rows would hand their true labels to
     fold k's student."""
-    monkeypatch.chdir(pseudo_world)
+    enter(pseudo_world, monkeypatch)
     data = read_npz(paths.TRAIN_NPZ)
+    assert accuracy(read_npz(paths.OOF_NPZ)["probs"], data["y"]) < CHANCE
     for fold in range(3):
         assert memorised(MODEL, fold, data) > MEMORISED
         record = fold_record(MODEL, fold)
         outside = np.flatnonzero(data["fold"] != fold)
-        assert set(record["trained_rows"]) | set(record["copied_rows"]) == set(outside)
-    assert accuracy(read_npz(paths.OOF_NPZ)["probs"], data["y"]) < CHANCE
+        assert set(record["trained_rows"]) | set(record["copied_rows"]) == set(outside)  # the teacher's too

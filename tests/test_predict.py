@@ -70,6 +70,19 @@ def test_predict_main_writes_a_valid_submission_and_tta_report(project):
     assert report["tta_views"] == 2 and report["test_rows"] == 20
 
 
+def test_tta_report_measures_what_the_views_add():
+    labels = np.array([0, 1, 2, 3])
+    views = np.full((3, 4, 10), 0.05, np.float32)  # the original, then two views
+    views[0, np.arange(4), [0, 1, 5, 5]] = 0.6  # the original: rows 2 and 3 wrong
+    views[1:, np.arange(4), labels] = [0.6, 0.6, 0.6, 0.4]  # both views: every row right
+    views[0, 3, 5] = 0.99  # so sure of row 3 that the average stays wrong there
+    report = predict.tta_report(views, labels)
+    assert (report["oof_accuracy"], report["oof_tta_accuracy"]) == (0.5, 0.75)
+    assert report["tta_gain"] == 0.25
+    assert report["oof_loss"] == pytest.approx(-np.log([0.6, 0.6, 0.05, 0.05]).mean())
+    assert report["oof_tta_loss"] == pytest.approx(-np.log([0.6, 0.6, (0.05 + 1.2) / 3, (0.05 + 0.8) / 3]).mean())
+
+
 @pytest.fixture
 def predicted(project):
     """The tiny project after ingest, augment, train and predict: a first submission."""

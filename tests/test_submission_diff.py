@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import paths, predict, report
 from pipeline.lib.competition_csv import InputError
@@ -112,11 +113,29 @@ def test_predict_writes_the_diff_json_and_grid(stamped):
     diff = predict.write_diff(stamped["new"], stamped["x"], stamped["probs"], limit=2)
     assert json.loads(paths.SUBMISSION_DIFF_JSON.read_text()) == diff
     assert (diff["old"], diff["changed"], diff["changed_ids"]) == (str(stamped["old"]), 3, [3, 10, 16])
-    assert paths.SUBMISSION_DIFF_PNG.read_bytes()[:8] == PNG_MAGIC
+    assert paths.SUBMISSION_DIFF_PNG.read_bytes()[:8] == PNG_MAGIC  # what it shows: the test below
     assert predict.diff_title(diff, 2).startswith("2 of the 3 test images whose label changed since submission-2026")
     assert predict.diff_note(diff).startswith("3 of 20 labels changed since ")
     first = predict.write_diff(stamped["old"], stamped["x"], stamped["probs"], limit=2)
     assert first["old"] is None and predict.diff_title(first, 0) == "First submission: nothing to compare with"
+
+
+def shown_rows(png: Path, values: np.ndarray) -> set[int]:
+    """Return the test rows whose image (all its pixels `values[row]`) fills an area of the grid `png`: drawn dark on
+    light (gray_r), a pixel value v shows as the gray 255 - v."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
+    gray = rgb[(rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])][:, 0]
+    return {row for row, v in enumerate(values) if np.sum(np.abs(gray - (255 - int(v))) <= 1) >= 5000}  # ~18,000 each
+
+
+@pytest.mark.parametrize(("limit", "rows"), [(2, {2, 9}), (5, {2, 9, 15})])
+def test_the_diff_grid_shows_the_changed_test_images(stamped, limit, rows):
+    values = np.arange(5, 205, 10, dtype=np.uint8)  # test row i is one flat gray: every pixel 5 + 10 i
+    x = np.repeat(values, 28 * 28).reshape(20, 28, 28)
+    predict.write_diff(stamped["new"], x, stamped["probs"], limit=limit)  # ImageIds 3, 10 and 16 changed
+    assert shown_rows(paths.SUBMISSION_DIFF_PNG, values) == rows  # ImageId i is test row i - 1
+    width, height = Image.open(paths.SUBMISSION_DIFF_PNG).size
+    assert 150 <= height <= 300 and width >= 150 * len(rows)  # one row of images (110 dpi): a row is 1.65 inch
 
 
 def test_predict_records_a_previous_file_it_cannot_compare(stamped, capsys):

@@ -1,6 +1,7 @@
 """Where the kaggle CLI finds Kaggle credentials, in its own order (kaggle 2.2 and kagglesdk: an access
 token first, then the legacy username and key, then `kaggle auth login`'s OAuth file), so getdata and
-submit can say which source will be used before running it, never its value. Not a stage.
+submit can say which source will be used before running it, never its value; and, when a request to Kaggle fails,
+the one line that says why (no network, a failed name lookup, 401, 403) and what to do. Not a stage.
 
 The order, as KaggleApi.authenticate and kagglesdk.kaggle_env.get_access_token_from_env read them:
 1. in a Kaggle notebook, the token file named by KAGGLE_API_V1_TOKEN;

@@ -83,6 +83,14 @@ def calibration_kinds(members: list[FitSettings]) -> dict[tuple[str, int], FitSe
     return {(base_name(m.model), m.batch_size): replace(m, model=base_name(m.model)) for m in members}
 
 
+def kinds_of(groups: list[list[FitSettings]]) -> dict[tuple[str, int], FitSettings]:
+    """Return the settings to calibrate for every ensemble of `groups` (calibration_kinds), each kind once."""
+    kinds: dict[tuple[str, int], FitSettings] = {}
+    for members in groups:
+        kinds.update({key: s for key, s in calibration_kinds(members).items() if key not in kinds})
+    return kinds
+
+
 def measure(kinds: dict[tuple[str, int], FitSettings], predict_batch: int, budget: float = 3.0) -> dict:
     """Return the rates of each of `kinds` (calibration_kinds), each calibrated in its share of `budget` seconds."""
     return {key: calibrate(settings, predict_batch, budget / len(kinds)) for key, settings in kinds.items()}
@@ -202,7 +210,7 @@ def members_of(doc: dict) -> list[FitSettings]:
 def profile_docs(current: str, conf: Path = paths.CONF_DIR) -> dict[str, dict]:
     """Return the settings of each profile in COMMANDS other than `current` defined in `conf`, as its command runs it
     (the profile alone); none when there is no `conf`."""
-    names = [p for p in COMMANDS if p != current and (Path(conf) / "profile" / f"{p}.yaml").is_file()]
+    names = [p for p in COMMANDS if p != current and (Path(conf) / paths.PROFILES_DIR.name / f"{p}.yaml").is_file()]
     return {name: yaml.safe_load(params.compose([f"profile={name}"], conf)) for name in names}
 
 
@@ -300,10 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if detect().gpus:
         print("estimate: a GPU is present: the full profile is sized for it (no CPU estimate needed)")
         return 0
-    kinds = calibration_kinds(members)
-    for _, group in others.values():
-        kinds.update({key: s for key, s in calibration_kinds(group).items() if key not in kinds})
-    measured = measure(kinds, predict_batch, args.seconds)
+    measured = measure(kinds_of([members, *(group for _, group in others.values())]), predict_batch, args.seconds)
     rates = combined(members, measured)
     seconds = estimate(doc, rates, workers(doc))
     print(describe(seconds, profile, rates), flush=True)
