@@ -95,7 +95,7 @@ def train_once(monkeypatch, excluded_text: str) -> tuple[list, dict, dict]:
     SpySampler.built = []
     monkeypatch.setattr(train, "EpochSampler", SpySampler)
     cfg = replace(train.fit_settings(load("train"), "dropout_cnn", None), epochs=1)
-    train.train_all([cfg], 3, seed=3, device=configure())
+    train.train_all([cfg], 3, seed=3, device=configure(load("device").precision))
     oof_rows = {k: read_npz(paths.fold_oof("dropout_cnn", k))["rows"] for k in range(3)}
     metas = {k: read_json(paths.fold_meta("dropout_cnn", k)) for k in range(3)}
     return list(SpySampler.built), oof_rows, metas

@@ -106,13 +106,6 @@ def combined(members: list[FitSettings], measured: dict[tuple[str, int], Rates])
     return Rates(train, infer, startup, tune=rates[0], predict=predict)
 
 
-def member_rates(members: list[FitSettings], predict_batch: int, budget: float = 3.0) -> Rates:
-    """Return the mean seconds per image over the ensemble `members`, with the first member's (model.name's) as
-    `tune`; each distinct model and batch size calibrated once in its share of `budget` seconds (inference also at
-    `predict_batch`)."""
-    return combined(members, measure(calibration_kinds(members), predict_batch, budget))
-
-
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
     """Return the seconds per image of `step` (one batch of `batch` images): one warm-up call, then calls until
     `budget` seconds have passed and at least `least` were timed."""
