@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Settings a user may have exported that would change what the tests exercise: another tuning storage, another
 # Keras backend (chosen when keras is first imported, so cleared here, before any test module imports it),
 # verbose native logs, and real Kaggle credentials (never used by tests). Cleared again around every test.
-LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE")
+# The variables of an enclosing `make test` (MAKELEVEL, MAKEFLAGS) go too: a test's own `make` is then a top-level
+# make, printing "make: ***" and no "Entering directory" lines, as a user's shell would.
+LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
 # The tests' own home: no ~/.keras/keras.json (which picks the backend when KERAS_BACKEND is unset), no
 # ~/.kaggle, and a Kaggle notebook root that does not exist, so that in a notebook (/kaggle/working) no test
 # writes the user's submission.csv. Set for the whole run and again around every test.

@@ -1,13 +1,13 @@
 """`python -m pipeline.tools.bench`: measures the pipeline's hot paths on this machine, each beside a
 reference measured in the same run, prints one table and writes it to reports/bench.json.
 
-1. training images/s: the train stage's input path and step (EpochSampler + training.fit, one
+1. training images/s: the train stage's input path and step (EpochSampler + lib.fitting.fit, one
    model.fit per epoch) vs one bare model.fit on in-memory arrays (same model, batch, epochs);
 2. inference image-views/s: tta.predict_views vs bare model.predict on the same (pre-transformed) views;
    mixed precision (the device plan's, else bf16) vs float32, training and inference on the pipeline's own
    path (fitting.fit with the plan's XLA setting, fitting.predict_probs), alternating in one run;
 3. augmentation images/s: pipeline.augment.augment on every core vs a single-process albumentations loop;
-4. ingest seconds: dataio.parse_train/parse_test on the competition zip's CSVs vs pandas.read_csv defaults;
+4. ingest seconds: lib.competition_csv.parse_train/parse_test on the competition zip's CSVs vs pandas.read_csv defaults;
 5. peak resident memory of each stage's core, run in a fresh subprocess, vs that process after its imports.
 
 Speeds are measured after a warm-up epoch or call; the table never asserts a target, it reports one."""
