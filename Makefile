@@ -75,5 +75,5 @@ format: $(STAMP) ## ruff autofix and format
 	$(BIN)/ruff format .
 
 clean: ## remove generated data, models, reports and submissions (keeps data/raw, the study and the tracked files)
-	rm -rf data/processed/*.npz data/processed/best_params.json models submissions/*.csv
+	rm -rf data/processed/*.npz data/processed/best_params.json data/processed/settings_checked.json data/processed/tmp models submissions/*.csv
 	[ ! -d reports ] || find reports -mindepth 1 -maxdepth 1 ! -name ablation.md -exec rm -rf {} +
