@@ -46,7 +46,6 @@ from pipeline.lib.ensemble import (
 from pipeline.lib.exclusions import kept_mask, read_exclusions
 from pipeline.lib.files import (
     OutputError,
-    arrays_digest,
     read_json,
     read_npz,
     require,
@@ -65,6 +64,7 @@ from pipeline.lib.submission_file import (
     submission_csv,
     validate_submission,
 )
+from pipeline.lib.training_data import training_digest
 from pipeline.lib.tta import predict_views
 from pipeline.params import PredictParams
 
@@ -209,7 +209,7 @@ def require_models(models: list[str], n_folds: int) -> None:
 def check_trained_on(data: dict[str, np.ndarray], models: list[str], n_folds: int) -> None:
     """Raise ValueError naming the first fold model of `models` that train did not record as trained on `data`
     (train.npz's images, labels and fold assignment: its fold{k}.json `train_data` digest)."""
-    digest = arrays_digest({"x": data["x"], "y": data["y"], "fold": data["fold"]})
+    digest = training_digest(data["x"], data["y"], data["fold"])
     for model in models:
         for fold in range(n_folds):
             meta = paths.fold_meta(model, fold)

@@ -49,7 +49,6 @@ from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.exclusions import kept_mask, read_exclusions
 from pipeline.lib.files import (
     OutputError,
-    arrays_digest,
     read_json,
     read_npz,
     remove_partials,
@@ -62,6 +61,7 @@ from pipeline.lib.fitting import (
     EpochSampler,
     FitSettings,
     checkpoint_history,
+    drawn_sources,
     fingerprint_of,
     fit,
     monitor_subset,
@@ -69,7 +69,7 @@ from pipeline.lib.fitting import (
     scores,
 )
 from pipeline.lib.models import base_name, check_name, seed_offset
-from pipeline.lib.training_data import Augmented, TrainingData, read_training_data
+from pipeline.lib.training_data import Augmented, TrainingData, read_training_data, training_digest
 from pipeline.params import (
     OVERRIDABLE,
     TUNABLE,
@@ -162,12 +162,6 @@ def member_seed(seed: int, name: str) -> int:
 def fold_exclusions(folds: np.ndarray, excluded: np.ndarray, fold: int) -> list[int]:
     """Return the `excluded` rows that would otherwise train fold `fold` (those of the other folds)."""
     return [int(r) for r in excluded if folds[r] != fold]
-
-
-def training_digest(data: TrainingData) -> str:
-    """Return the digest of the training images, labels and fold assignment a fold model learns from (train.npz's
-    x, y and fold), which predict checks its fold models against."""
-    return arrays_digest({"x": data.x, "y": data.y, "fold": data.fold})
 
 
 def file_digest(path: Path) -> str:
@@ -362,17 +356,6 @@ def fold_rows(data: TrainingData, fold: int, excluded: np.ndarray) -> tuple[np.n
     return np.flatnonzero((data.fold != fold) & kept_mask(len(data.y), excluded)), np.flatnonzero(data.fold == fold)
 
 
-def drawn_sources(
-    sampler: EpochSampler, aug_source: np.ndarray, epochs: int, aug_prob: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the rows whose own image `sampler` draws in its first `epochs` epochs, and the rows one of whose
-    augmented copies (made from `aug_source`) it draws: sorted, each once."""
-    index = [sampler.sample_indices(epoch, aug_prob)[0] for epoch in range(epochs)]
-    drawn = np.concatenate([np.zeros(0, np.int64), *index])
-    copies = drawn >= len(sampler.x)
-    return np.unique(drawn[~copies]), np.unique(aug_source[drawn[copies] - len(sampler.x)])
-
-
 def fit_fold(
     job: FoldJob, data: TrainingData, run: Run, checkpoint: Path, stage: str = ""
 ) -> tuple[keras.Model, list, tuple[np.ndarray, np.ndarray]]:
@@ -462,7 +445,7 @@ def train_fold(job: FoldJob, data: TrainingData, run: Run) -> dict:
         "train_rows": len(train_rows),
         "history": history,
         "pseudo_rounds": teachers,
-        "train_data": training_digest(data),
+        "train_data": training_digest(data.x, data.y, data.fold),
     }
     write_with(paths.fold_model(cfg.model, fold), model.save, suffix=".keras")
     write_npz(paths.fold_oof(cfg.model, fold), rows=val_rows, probs=probs, **record)

@@ -48,13 +48,13 @@ from pipeline.device import DevicePlan, TuneWorker, clear_session, configure, de
 from pipeline.lib import progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
-from pipeline.lib.fitting import EpochSampler, FitSettings, fit, monitor_subset
+from pipeline.lib.fitting import EpochSampler, FitSettings, drawn_sources, fit, monitor_subset
 from pipeline.lib.models import search_space
 from pipeline.lib.plots import save_figure
 from pipeline.lib.secrets import mask_url, scrub
 from pipeline.lib.training_data import TrainingData, read_training_data
 from pipeline.params import TrainParams, TuneParams
-from pipeline.train import drawn_sources, fit_settings
+from pipeline.train import fit_settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

@@ -68,6 +68,17 @@ class EpochSampler:
         return images, labels
 
 
+def drawn_sources(
+    sampler: EpochSampler, aug_source: np.ndarray, epochs: int, aug_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rows whose own image `sampler` draws in its first `epochs` epochs, and the rows one of whose
+    augmented copies (made from `aug_source`) it draws: sorted, each once."""
+    index = [sampler.sample_indices(epoch, aug_prob)[0] for epoch in range(epochs)]
+    drawn = np.concatenate([np.zeros(0, np.int64), *index])
+    copies = drawn >= len(sampler.x)
+    return np.unique(drawn[~copies]), np.unique(aug_source[drawn[copies] - len(sampler.x)])
+
+
 def monitor_subset(rows: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Return a seeded, class-stratified subset of at most `limit` of `rows` (all of them when `limit` is falsy)."""
     if not limit or limit >= len(rows):

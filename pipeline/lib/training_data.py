@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import paths
-from pipeline.lib.files import read_npz, require
+from pipeline.lib.files import arrays_digest, read_npz, require
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,9 @@ def read_training_data(copies_required: bool = True) -> TrainingData:
     else:
         copies = no_copies(train["x"])
     return TrainingData(train["x"], train["y"], train["fold"], copies)
+
+
+def training_digest(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> str:
+    """Return the digest of train.npz's images `x`, labels `y` and fold assignment `fold`: what a fold model learns
+    from, recorded by train and checked by predict."""
+    return arrays_digest({"x": x, "y": y, "fold": fold})
