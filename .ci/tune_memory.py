@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 
 from pipeline import params, tune
-from pipeline.device import configure
+from pipeline.lib.device import configure
 from pipeline.train import fit_settings
 
 

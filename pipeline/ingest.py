@@ -20,8 +20,6 @@ from pipeline.params import IngestParams
 
 def assign_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Return a stratified fold id (0..n_folds-1) for every label, seeded."""
-    if n_folds < 2:
-        raise ValueError(f"train.folds must be at least 2, got {n_folds}")
     counts = np.bincount(labels, minlength=10)
     if counts.min() < n_folds:
         raise ValueError(f"every digit needs at least {n_folds} training rows for {n_folds} folds; counts {counts}")

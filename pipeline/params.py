@@ -1,25 +1,18 @@
-"""Loads params.yaml, the effective settings exactly as the stages run them, and returns each stage's
-settings as frozen dataclasses.
+"""The settings schema: every setting of params.yaml once (its type, range or choices and what it does), checked
+by pydantic, and the readers that return each stage's section as a frozen dataclass.
 
-params.yaml is composed by Hydra from conf/config.yaml and a profile (conf/profile/<name>.yaml):
-`python -m pipeline.params --profile quick [key=value ...]` writes it (what `make quick` runs) the
-same way `dvc exp run -S profile=quick -S key=value` does, and makes NAME the profile a plain
-`dvc exp run` composes (conf/local/profile.yaml, git-ignored: choosing a profile changes no tracked
-file). A params.yaml that differs from the last composition and from every version git holds (a hand
-edit) is never overwritten silently: composing stops, or with --force keeps it as params.yaml.<time>.bak."""
+params.yaml is composed by Hydra from conf/ (pipeline/lib/compose.py, or `dvc exp run`): `python -m pipeline.params
+--profile quick [key=value ...]` composes it (what `make quick` runs), `--describe` prints the schema."""
 
 from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
+import json
 import re
-import subprocess
 import sys
-import time
-import types
 import typing
-from dataclasses import field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,8 +23,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 from pipeline import paths
-from pipeline.lib.cli import StageError, fail, stage_parser
-from pipeline.lib.files import write_text
+from pipeline.lib.cli import StageError
 
 
 class ParamsError(StageError, ValueError):
@@ -39,18 +31,14 @@ class ParamsError(StageError, ValueError):
 
 
 # ---------------------------------------------------------------- the schema
-# Every setting once: its type, its range or choices, and what it does. pydantic (v2, strict: no value is ever
-# converted to another kind, only a whole number to a float) checks each section as its dataclass is built; the
-# messages are this module's own (`expected`), one line naming the file, the key, the value and what is allowed.
-# pydantic dataclasses rather than Hydra structured configs: the stages read params.yaml (what DVC tracks), not
-# a Hydra composition, and pydantic gives ranges and choices as well as types.
-
+# pydantic, strict (no value converted to another kind, only a whole number to a float), checks each section as its
+# dataclass is built; the messages are one line naming the file, the key, the value and what is allowed.
 STRICT = ConfigDict(strict=True, extra="forbid")
 schema = functools.partial(dataclass, frozen=True, config=STRICT)
 
 
-def setting(description: str, **bounds: float) -> Any:
-    """Return the pydantic Field of a setting: its one-line `description` and its `bounds` (ge, gt, le, lt)."""
+def setting(description: str, **bounds: Any) -> Any:
+    """Return the pydantic Field of a setting: its one-line `description`, its bounds (ge, gt, le, lt) or default."""
     return Field(description=description, **bounds)
 
 
@@ -61,35 +49,29 @@ Pruner = Literal["median", "hyperband", "none"]
 BlendObjective = Literal["log_loss", "accuracy", "equal"]
 # cleanlab.filter.find_label_issues' filter_by values and cleanlab.rank's orderings (pipeline/audit.py uses them)
 AuditFilter = Literal[
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-]
+    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+    "low_normalized_margin", "low_self_confidence",
+]  # fmt: skip
 AuditRanking = Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
 TTA_VIEWS = 8  # the deterministic views pipeline/lib/tta.py offers
 # the model zoo's names (pipeline/lib/models.py MODELS, which tests/test_bad_settings.py holds to this list): here
-# too, so that settings are checked without importing Keras; `name@N` (N >= 1) is model `name` from other seeds
+# too, so that settings are checked without importing Keras; `name+N` (N >= 1) is model `name` from other seeds
 MODEL_NAMES = (
-    "mlp",
-    "cnn_basic",
-    "cnn_small2x2",
-    "dropout_cnn",
-    "bn_cnn",
-    "bn_lite",
-    "bn_plain3",
-    "bn_plain5",
-    "bn_plain7",
-)
-SEED_MEMBER = re.compile(r"^(?P<model>[^@]+)(@(?P<seed>[1-9][0-9]*))?$")
+    "mlp", "cnn_basic", "cnn_small2x2", "dropout_cnn", "bn_cnn", "bn_lite", "bn_plain3", "bn_plain5", "bn_plain7",
+)  # fmt: skip
+SEED_MEMBER = re.compile(r"^(?P<model>[^+]+)(\+(?P<seed>[1-9][0-9]*))?$")
 
 
 def choices(kind: Any) -> tuple:
     """Return the values a Literal setting type (e.g. Precision) allows, in order."""
     return typing.get_args(kind)
+
+
+@schema(kw_only=True)
+class TopLevel:
+    profile: Annotated[str, setting("the name of the composed profile")] = "full"
+    seed: Annotated[int, setting("seeds every stage", ge=0)]
+    derived: Annotated[dict[str, Any], setting("the composition's, from model and train", default_factory=dict)]
 
 
 @schema
@@ -116,22 +98,16 @@ class AugmentParams:
 @schema
 class ModelParams:
     name: Annotated[str, setting(f"the model: {', '.join(MODEL_NAMES)}; predict blends it with `ensemble`")]
-    ensemble: Annotated[list[str], setting("more models on the same folds; `name@N` is the model from other seeds")] = (
-        field(default_factory=list)
-    )
-    overrides: Annotated[dict[str, dict[str, Any]], setting("per-model train settings over `train:`")] = field(
-        default_factory=dict
-    )
-
-    def members(self) -> list[str]:
-        """Return every model trained and blended: `name` first, then each `ensemble` entry."""
-        names = [self.name, *(self.ensemble or [])]
-        if len(set(names)) != len(names):
-            raise ParamsError(f"params.yaml model: name and ensemble must not repeat a model, got {names}")
-        return names
+    ensemble: Annotated[
+        list[str],
+        setting("more models on the same folds; `name+N` is the model from other seeds", default_factory=list),
+    ]
+    overrides: Annotated[
+        dict[str, dict[str, Any]], setting("per-model train settings over `train:`", default_factory=dict)
+    ]
 
 
-@schema
+@schema(kw_only=True)
 class FitParams:
     """The settings of one training run (params.yaml `train:`), which tune searches and model.overrides change."""
 
@@ -143,25 +119,11 @@ class FitParams:
     dropout_dense: Annotated[float, setting("dropout before the classifier", ge=0.0, lt=1.0)]
     aug_prob: Annotated[float, setting("chance an image is replaced by an augmented copy each epoch", ge=0.0, le=1.0)]
     label_smoothing: Annotated[float, setting("label smoothing of the cross-entropy", ge=0.0, lt=1.0)]
-    # Keyword-only with defaults (params.yaml still has to name each): code building FitParams by hand may leave
-    # the optimizer, the schedule and weight averaging at the pipeline's defaults.
-    optimizer: Annotated[Optimizer, setting("the optimizer")] = field(default="adam", kw_only=True)
-    schedule: Annotated[Schedule, setting("the learning-rate schedule")] = field(default="warmup_cosine", kw_only=True)
-    lr_decay: Annotated[float, setting("exponential: factor per epoch; plateau: per plateau", gt=0.0, le=1.0)] = field(
-        default=0.95, kw_only=True
-    )
-    plateau_patience: Annotated[int, setting("plateau: epochs without a better val_accuracy", ge=1)] = field(
-        default=3, kw_only=True
-    )
-    ema_momentum: Annotated[float | None, setting("weight averaging momentum (null = off)", ge=0.0, lt=1.0)] = field(
-        default=None, kw_only=True
-    )
-    pseudo_rounds: Annotated[int, setting("rounds of pseudo-labelling the test images (0 = off)", ge=0)] = field(
-        default=0, kw_only=True
-    )
-    pseudo_threshold: Annotated[float, setting("confidence a pseudo-label needs", gt=0.0, le=1.0)] = field(
-        default=0.99, kw_only=True
-    )
+    optimizer: Annotated[Optimizer, setting("the optimizer")] = "adam"
+    schedule: Annotated[Schedule, setting("the learning-rate schedule")] = "warmup_cosine"
+    lr_decay: Annotated[float, setting("exponential: factor per epoch; plateau: per plateau", gt=0.0, le=1.0)] = 0.95
+    plateau_patience: Annotated[int, setting("plateau: epochs without a better val_accuracy", ge=1)] = 3
+    ema_momentum: Annotated[float | None, setting("weight averaging momentum (null = off)", ge=0.0, lt=1.0)] = None
 
 
 @schema
@@ -233,21 +195,11 @@ class CompareParams:
 
 
 SECTIONS: dict[str, type] = {
-    "device": DeviceParams,
-    "ingest": IngestParams,
-    "augment": AugmentParams,
-    "model": ModelParams,
-    "train": TrainParams,
-    "tune": TuneParams,
-    "predict": PredictParams,
-    "audit": AuditParams,
-    "report": ReportParams,
-    "compare": CompareParams,
-}
-TOP_LEVEL: dict[str, FieldInfo] = {
-    "profile": FieldInfo.from_annotation(Annotated[str, setting("the name of the composed profile")]),
-    "seed": FieldInfo.from_annotation(Annotated[int, setting("seeds every stage", ge=0)]),
-}
+    "device": DeviceParams, "ingest": IngestParams, "augment": AugmentParams, "model": ModelParams,
+    "train": TrainParams, "tune": TuneParams, "predict": PredictParams, "audit": AuditParams,
+    "report": ReportParams, "compare": CompareParams,
+}  # fmt: skip
+TOP_LEVEL: dict[str, FieldInfo] = TopLevel.__pydantic_fields__
 TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")  # what tune.space may search
 OVERRIDABLE = tuple(f.name for f in fields(FitParams) if f.name != "epochs")  # what model.overrides may set
 
@@ -262,65 +214,40 @@ class Settings:
 
 
 # ---------------------------------------------------------------- messages
-
-
-def field_info(section: str, name: str) -> FieldInfo:
-    """Return the schema of setting `name` of `section` ("" for the top level)."""
-    return TOP_LEVEL[name] if not section else SECTIONS[section].__pydantic_fields__[name]
-
-
-def noun(hint: Any) -> str:
-    """Return the type `hint` in words ("a whole number", "a number", "a list of names", ...)."""
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a name", dict: "a mapping"}
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        item = typing.get_args(item)[0] if typing.get_origin(item) is Annotated else item
-        return {int: "a list of whole numbers", str: "a list of names"}.get(item, "a list")
-    return names.get(typing.get_origin(hint) or hint, str(hint))
+NOUNS = {int: "a whole number", float: "a number", bool: "true or false", str: "a name", dict: "a mapping"}
+PLURALS = {int: "whole numbers", str: "names"}
+BOUNDS = {Ge: ("at least {}", "from {}"), Gt: ("above {}", "from {} (excluded)"), Le: ("at most {}", "to {}")}
+BOUNDS[Lt] = ("below {}", "to {} (excluded)")
 
 
 def bounds(metadata: list) -> str:
     """Return the range a setting's pydantic `metadata` (Ge, Gt, Le, Lt) allows, in words ("" for none)."""
-    low = next(((m.ge, False) for m in metadata if isinstance(m, Ge)), None) or next(
-        ((m.gt, True) for m in metadata if isinstance(m, Gt)), None
-    )
-    high = next(((m.le, False) for m in metadata if isinstance(m, Le)), None) or next(
-        ((m.lt, True) for m in metadata if isinstance(m, Lt)), None
-    )
-    if low and high:
-        return f"from {low[0]:g}{' (excluded)' if low[1] else ''} to {high[0]:g}{' (excluded)' if high[1] else ''}"
-    if low:
-        return f"above {low[0]:g}" if low[1] else f"at least {low[0]:g}"
-    if high:
-        return f"below {high[0]:g}" if high[1] else f"at most {high[0]:g}"
-    return ""
+    marks = sorted((m for m in metadata if type(m) in BOUNDS), key=lambda m: type(m) in (Le, Lt))
+    return " ".join(BOUNDS[type(m)][len(marks) > 1].format(f"{getattr(m, type(m).__name__.lower()):g}") for m in marks)
 
 
 def expected(info: FieldInfo) -> str:
     """Return what a setting of schema `info` may be, in words: "one of a, b", "a number above 0 or null", ..."""
-    hint, optional = info.annotation, False
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint, optional = args[0], len(args) < len(typing.get_args(hint))
+    hint, optional = info.annotation, type(None) in typing.get_args(info.annotation)
+    hint = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     if typing.get_origin(hint) is Literal:
-        wanted = "one of " + ", ".join(str(c) for c in choices(hint))
+        return "one of " + ", ".join(map(str, choices(hint))) + " or null" * optional
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        noun = f"a list of {PLURALS[getattr(item, '__origin__', item)]}"
     else:
-        wanted = " ".join(filter(None, [noun(hint), bounds(info.metadata)]))
-    return wanted + (" or null" if optional else "")
+        noun = NOUNS[typing.get_origin(hint) or hint]
+    return " ".join(filter(None, [noun, bounds(info.metadata)])) + " or null" * optional
 
 
 def shown(value: Any) -> str:
     """Return `value` as a user wrote it in YAML, text quoted (so that '2e-3' read as text shows as such)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value) if isinstance(value, str) else str(value)
+    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
 
 
 def bad_value(where: str, key: str, value: Any, info: FieldInfo) -> ParamsError:
     """Return the one-line error of setting `key` (dotted) at `where` holding `value`, which schema `info` refuses."""
-    numeric = {int, float} & set(typing.get_args(info.annotation) or (info.annotation,))
+    numeric = {int, float} & {info.annotation, *typing.get_args(info.annotation)}
     why = " (text, not a number)" if isinstance(value, str) and numeric else ""
     return ParamsError(f"{where} {key}: got {shown(value)}{why}, expected {expected(info)}")
 
@@ -332,11 +259,11 @@ def adapter(info: FieldInfo) -> TypeAdapter:
 
 
 def fit_setting(name: str, value: Any, where: str) -> Any:
-    """Return `value` for the training setting `name` (a `train:` key, also set by tune and model.overrides) as
-    its own declared type, or raise ParamsError naming `where`; a tuned 0.25 never becomes a whole number."""
+    """Return `value` for the training setting `name` (also set by tune and model.overrides) as its declared type
+    (a tuned 0.25 never becomes a whole number), or raise ParamsError naming `where`."""
     if name not in FitParams.__pydantic_fields__:
         raise ParamsError(f"{where}: {name!r} is not a training setting; choose from {', '.join(OVERRIDABLE)}")
-    info = field_info("train", name)
+    info = FitParams.__pydantic_fields__[name]
     try:
         return adapter(info).validate_python(value)
     except ValidationError:
@@ -346,19 +273,107 @@ def fit_setting(name: str, value: Any, where: str) -> Any:
 # ---------------------------------------------------------------- validation
 
 
-def build(section: str, values: dict[str, Any], path: Path) -> Any:
-    """Return the frozen dataclass of `section` built from `values`, or raise ParamsError on the first setting the
-    schema refuses (whole numbers given for float settings become floats)."""
-    cls = SECTIONS[section]
+def build(section: str, values: Any, path: Path) -> Any:
+    """Return the frozen dataclass of `section` ("" for the top level) built from `values`, or raise ParamsError."""
+    cls = SECTIONS.get(section, TopLevel)
+    if not isinstance(values, dict):
+        raise ParamsError(f"{path} has no section {section!r} (a mapping of its settings)")
+    names = {f.name for f in fields(cls)}
+    unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+    if section and (unknown or missing):
+        raise ParamsError(f"{path} section {section!r}: unknown keys {unknown}, missing keys {missing}")
     try:
         return cls(**values)
     except ValidationError as exc:
         name = exc.errors()[0]["loc"][0]
-        raise bad_value(str(path), f"{section}.{name}", values[name], field_info(section, name)) from None
+        key = f"{section}.{name}" if section else name
+        raise bad_value(str(path), key, values[name], cls.__pydantic_fields__[name]) from None
 
 
-def check_structure(doc: dict, path: Path) -> None:
-    """Raise ParamsError unless `doc` has the seed, every section and exactly each section's keys."""
+def check_spec(key: str, name: str, spec: Any) -> None:
+    """Raise ParamsError unless tunable `name`'s `spec` (at `key`) is [low, high], [low, high, log] or {choices: []}."""
+    where = f"params.yaml {key}:"
+    if name not in TUNABLE:
+        raise ParamsError(f"{where} not a tunable setting; choose from {', '.join(TUNABLE)}")
+    if isinstance(spec, dict):
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ParamsError(f"{where} a choice must be written {{choices: [a, b, ...]}}, got {spec!r}")
+        values = spec["choices"]
+    else:
+        ranged = isinstance(spec, list) and len(spec) in (2, 3) and all(type(v) in (int, float) for v in spec[:2])
+        if not ranged or not spec[0] < spec[1] or (len(spec) == 3 and spec[2] != "log"):
+            raise ParamsError(f"{where} expected [low, high] or [low, high, log] with low < high, got {spec!r}")
+        values = spec[:2]
+    for value in values:
+        fit_setting(name, value, where)
+    if isinstance(spec, list) and len(spec) == 3 and spec[0] <= 0:
+        raise ParamsError(f"{where} a log range needs low > 0, got {spec!r}")
+
+
+def check_model_name(key: str, name: Any, seeded: bool = True) -> None:
+    """Raise ParamsError unless `name` (at `key`) is a model of the zoo, or (`seeded`) one followed by +N (N >= 1)."""
+    match = SEED_MEMBER.match(name) if isinstance(name, str) else None
+    if not match or match["model"] not in MODEL_NAMES or (match["seed"] and not seeded):
+        also = ", or one followed by +N (N >= 1) for the same model from other seeds" if seeded else ""
+        raise ParamsError(f"params.yaml {key}: got {shown(name)}, expected one of {', '.join(MODEL_NAMES)}{also}")
+
+
+def check_mapping(key: str, value: Any) -> dict:
+    """Return `value`, or raise ParamsError unless it is a mapping (at `key`)."""
+    if not isinstance(value, dict):
+        raise ParamsError(f"params.yaml {key}: got {shown(value)}, expected a mapping")
+    return value
+
+
+def check_model(model: ModelParams) -> None:
+    """Check the model names, model.ensemble (no model twice) and model.overrides (training settings, by model)."""
+    names = [model.name, *model.ensemble]
+    for i, name in enumerate(names):
+        check_model_name("model.ensemble" if i else "model.name", name)
+    if len(set(names)) != len(names):
+        raise ParamsError(f"params.yaml model: name and ensemble must not repeat a model, got {names}")
+    for name, settings in model.overrides.items():
+        for key, value in check_mapping(f"model.overrides.{name}", settings).items():
+            where = f"params.yaml model.overrides.{name}.{key}:"
+            if key not in OVERRIDABLE:
+                raise ParamsError(f"{where} not a setting a model overrides; choose from {', '.join(OVERRIDABLE)}")
+            fit_setting(key, value, where)
+
+
+def check_sections(s: dict[str, Any], top: TopLevel, path: Path) -> None:
+    """Raise ParamsError on what types and ranges leave: the search space, models, related settings, `derived:`."""
+    from pipeline.lib.members import derived  # lib/members builds on this schema
+
+    folds, tune = s["train"].folds, s["tune"]
+    for name, spec in tune.space.items():
+        check_spec(f"tune.space.{name}", name, spec)
+    for model, entries in tune.model_space.items():  # null drops a setting of `space`
+        check_model_name("tune.model_space", model, seeded=False)
+        for name, spec in check_mapping(f"tune.model_space.{model}", entries).items():
+            if spec is not None:
+                check_spec(f"tune.model_space.{model}.{name}", name, spec)
+    check_model(s["model"])
+    for name in s["compare"].models:
+        check_model_name("compare.models", name, seeded=False)
+    made = f"a fold of train.folds = {folds}: 0 to {folds - 1}"
+    if tune.fold >= folds:
+        raise ParamsError(f"{path} tune.fold: got {tune.fold}, expected {made}")
+    if any(f >= folds for f in s["compare"].folds):
+        raise ParamsError(f"{path} compare.folds: got {s['compare'].folds}, expected {made}")
+    if tune.grace_seconds <= tune.heartbeat_seconds:
+        raise ParamsError(
+            f"{path} tune.grace_seconds: got {tune.grace_seconds}, expected more than tune.heartbeat_seconds = "
+            f"{tune.heartbeat_seconds} (else live trials are failed)"
+        )
+    if top.derived != derived(s["train"], s["model"]):
+        raise ParamsError(
+            f"{path} derived: does not match model/train (params.yaml edited by hand?): compose it again: "
+            "python -m pipeline.params"
+        )
+
+
+def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> Settings:
+    """Return the settings of `doc` (params.yaml at `path`), or raise ParamsError on the first the schema refuses."""
     known = [*TOP_LEVEL, *SECTIONS]
     for key in doc:
         if key not in known:
@@ -367,131 +382,28 @@ def check_structure(doc: dict, path: Path) -> None:
             raise ParamsError(f"{path}: unknown setting {key!r}{hint}; the sections are {', '.join(known)}")
     if "seed" not in doc:
         raise ParamsError(f"{path} has no seed")
-    for section, cls in SECTIONS.items():
-        values = doc.get(section)
-        if not isinstance(values, dict):
-            raise ParamsError(f"{path} has no section {section!r} (a mapping of its settings)")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
-        if unknown or missing:
-            raise ParamsError(f"{path} section {section!r}: unknown keys {unknown}, missing keys {missing}")
-
-
-def check_spec(key: str, name: str, spec: Any) -> None:
-    """Raise ParamsError unless `name` is a tunable setting and `spec` (at `key`) a valid range or choice list
-    of its values: [low, high], [low, high, log] (low > 0) or {choices: [...]}."""
-    if name not in TUNABLE:
-        raise ParamsError(f"params.yaml {key}: not a tunable setting; choose from {', '.join(TUNABLE)}")
-    if isinstance(spec, dict):
-        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ParamsError(f"params.yaml {key}: a choice must be written {{choices: [a, b, ...]}}, got {spec!r}")
-        for value in spec["choices"]:
-            fit_setting(name, value, f"params.yaml {key}:")
-        return
-    ranged = isinstance(spec, list) and len(spec) in (2, 3) and all(type(v) in (int, float) for v in spec[:2])
-    if not ranged or not spec[0] < spec[1] or (len(spec) == 3 and spec[2] != "log"):
-        raise ParamsError(f"params.yaml {key}: expected [low, high] or [low, high, log] with low < high, got {spec!r}")
-    for bound in spec[:2]:
-        fit_setting(name, bound, f"params.yaml {key}:")
-    if len(spec) == 3 and spec[0] <= 0:
-        raise ParamsError(f"params.yaml {key}: a log range needs low > 0, got {spec!r}")
-
-
-def check_space(tune: TuneParams) -> None:
-    """Check tune.space and every model's entries in tune.model_space (null drops a setting)."""
-    for name, spec in tune.space.items():
-        check_spec(f"tune.space.{name}", name, spec)
-    for model, entries in tune.model_space.items():
-        check_model_name("tune.model_space", model, seeded=False)
-        if not isinstance(entries, dict):
-            raise ParamsError(f"params.yaml tune.model_space.{model}: got {shown(entries)}, expected a mapping")
-        for name, spec in entries.items():
-            if spec is not None:
-                check_spec(f"tune.model_space.{model}.{name}", name, spec)
-
-
-def check_model_name(key: str, name: Any, seeded: bool = True) -> None:
-    """Raise ParamsError unless `name` (at `key`) is a model of the zoo, or with `seeded` one followed by @N (N >= 1,
-    the same model trained from other seeds)."""
-    match = SEED_MEMBER.match(name) if isinstance(name, str) else None
-    if not match or match["model"] not in MODEL_NAMES or (match["seed"] and not seeded):
-        also = ", or one followed by @N (N >= 1) for the same model from other seeds" if seeded else ""
-        raise ParamsError(f"params.yaml {key}: got {shown(name)}, expected one of {', '.join(MODEL_NAMES)}{also}")
-
-
-def check_model(model: ModelParams) -> None:
-    """Check the model names, model.ensemble (no model twice) and model.overrides (training settings of the models,
-    by name)."""
-    check_model_name("model.name", model.name)
-    for name in model.ensemble:
-        check_model_name("model.ensemble", name)
-    model.members()
-    for name, settings in model.overrides.items():
-        if not isinstance(settings, dict):
-            raise ParamsError(f"params.yaml model.overrides.{name}: got {shown(settings)}, expected a mapping")
-        for key, value in settings.items():
-            if key not in OVERRIDABLE:
-                raise ParamsError(
-                    f"params.yaml model.overrides.{name}.{key}: not a setting a model overrides; choose from "
-                    f"{', '.join(OVERRIDABLE)}"
-                )
-            fit_setting(key, value, f"params.yaml model.overrides.{name}.{key}:")
-
-
-def check_across(s: dict[str, Any], path: Path) -> None:
-    """Raise ParamsError where settings of different sections disagree (folds that train.folds does not make, a
-    grace period no longer than the heartbeat)."""
-    folds = s["train"].folds
-    made = f"a fold of train.folds = {folds}: 0 to {folds - 1}"
-    if s["tune"].fold >= folds:
-        raise ParamsError(f"{path} tune.fold: got {s['tune'].fold}, expected {made}")
-    if any(f >= folds for f in s["compare"].folds):
-        raise ParamsError(f"{path} compare.folds: got {s['compare'].folds}, expected {made}")
-    if s["tune"].grace_seconds <= s["tune"].heartbeat_seconds:
-        raise ParamsError(
-            f"{path} tune.grace_seconds: got {s['tune'].grace_seconds}, expected more than tune.heartbeat_seconds = "
-            f"{s['tune'].heartbeat_seconds} (else live trials are failed)"
-        )
-
-
-def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> Settings:
-    """Check every setting of `doc` (params.yaml at `path`) against the schema: known sections and keys, each value's
-    type and range, the search space, the per-model overrides and the settings that relate sections; return them, or
-    raise ParamsError on the first bad one."""
-    check_structure(doc, path)
-    for key, info in TOP_LEVEL.items():
-        if key in doc:
-            try:
-                adapter(info).validate_python(doc[key])
-            except ValidationError:
-                raise bad_value(str(path), key, doc[key], info) from None
-    sections = {name: build(name, doc[name], path) for name in SECTIONS}
-    check_space(sections["tune"])
-    check_model(sections["model"])
-    for name in sections["compare"].models:
-        check_model_name("compare.models", name, seeded=False)
-    check_across(sections, path)
-    return Settings(profile=str(doc.get("profile", "full")), seed=doc["seed"], sections=sections)
+    top = build("", {key: doc[key] for key in TOP_LEVEL if key in doc}, path)
+    sections = {name: build(name, doc.get(name), path) for name in SECTIONS}
+    check_sections(sections, top, path)
+    return Settings(profile=top.profile, seed=top.seed, sections=sections)
 
 
 # ---------------------------------------------------------------- reading
 
 
 class SettingsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers as YAML 1.2 does (2e-3 is a float, as in Hydra's configs, where YAML
-    1.1 needs 2.0e-3 and PyYAML would give the string '2e-3') and refusing a key written twice in one mapping."""
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does (2e-3 is a float, as in Hydra's configs, where PyYAML
+    would give the string '2e-3') and refusing a key written twice in one mapping."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         """Return the mapping of `node`; raise a ConstructorError naming the line of a repeated key."""
-        seen: dict[object, int] = {}
+        lines: dict[object, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                where = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} appears twice (first on line {seen[key]}): the last would win", where
-                )
-            seen[key] = key_node.start_mark.line + 1
+            if key in lines:
+                problem = f"the key {key!r} appears twice (first on line {lines[key]}): the last would win"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 
@@ -503,19 +415,14 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     """Return PyYAML's error `exc` about `path` on one line: the line and column, and the problem."""
     mark = getattr(exc, "problem_mark", None)
     where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-    problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
-    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+    return f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}" + (f" ({context})" if context else "")
 
 
 def parse(text: str, path: Path) -> dict[str, Any]:
     """Return the settings document in YAML `text` (of `path`), not yet validated."""
     try:
-        loader = SettingsLoader(text)
-        try:
-            doc = loader.get_single_data()
-        finally:
-            loader.dispose()
+        doc = yaml.load(text, Loader=SettingsLoader)
     except yaml.YAMLError as exc:
         raise ParamsError(yaml_error(path, exc)) from exc
     if not isinstance(doc, dict):
@@ -532,7 +439,7 @@ def read_text(path: Path) -> str:
 
 
 def read_raw(path: Path = paths.PARAMS) -> dict[str, Any]:
-    """Read params.yaml at `path` and return it as a plain dict (not yet validated: see `read_settings`)."""
+    """Return params.yaml at `path` as a plain dict, not yet validated."""
     return parse(read_text(path), path)
 
 
@@ -543,13 +450,12 @@ def checked(text: str, path: Path) -> Settings:
 
 
 def read_settings(path: Path = paths.PARAMS) -> Settings:
-    """Return params.yaml at `path`, every setting validated (`validate`); a file read again is not re-validated."""
+    """Return params.yaml at `path`, every setting validated (`validate`), a text read before not again."""
     return checked(read_text(path), Path(path))
 
 
 def load(section: str, path: Path = paths.PARAMS) -> Any:
-    """Return the settings of `section` from params.yaml, exactly as written there and validated, as its frozen
-    dataclass."""
+    """Return the validated settings of `section` of params.yaml, as its frozen dataclass."""
     return read_settings(path).sections[section]
 
 
@@ -563,141 +469,15 @@ def profile(path: Path = paths.PARAMS) -> str:
     return str(read_raw(path).get("profile", "full"))
 
 
-def profiles(conf: Path = paths.CONF_DIR) -> list[str]:
-    """Return the names of the profiles defined in `conf`/profile/*.yaml."""
-    return sorted(p.stem for p in (Path(conf) / paths.PROFILES_DIR.name).glob("*.yaml"))
-
-
-def compose(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
-    """Return the YAML text Hydra composes from `conf`/config.yaml with `overrides` (as `dvc exp run -S`)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("profile=")), None)
-    if choice is not None and choice not in profiles(conf):
-        raise ParamsError(f"unknown profile {choice!r}: choose one of {profiles(conf)} ({Path(conf) / 'profile'}/)")
-    try:
-        with initialize_config_dir(str(Path(conf).resolve()), version_base=None):
-            cfg = hydra_compose(config_name=paths.CONF_CONFIG.stem, overrides=list(overrides))
-        OmegaConf.resolve(cfg)
-    except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: Hydra passes PyYAML's error on
-        raise ParamsError(yaml_error(marked_file(exc, Path(conf) / paths.CONF_CONFIG.name), exc)) from None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ParamsError(f"cannot compose {Path(conf) / paths.CONF_CONFIG.name} with {overrides}: {exc}") from exc
-    return OmegaConf.to_yaml(cfg)
-
-
-def marked_file(exc: yaml.YAMLError, default: Path) -> Path:
-    """Return the file PyYAML's error `exc` is about (relative to the cwd when inside it), else `default`."""
-    mark = getattr(exc, "problem_mark", None)
-    name = Path(mark.name) if mark and mark.name and not mark.name.startswith("<") else Path(default)
-    try:
-        return name.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return name
-
-
-def composed(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
-    """Return the YAML text Hydra composes from `conf` with `overrides`, every setting validated (`validate`) before
-    anything is written: a bad value is refused here, not by the stage that runs it after DVC removed its outputs."""
-    text = compose(overrides, conf)
-    try:
-        checked(text, paths.PARAMS)
-    except ParamsError as exc:
-        raise ParamsError(f"{exc} (composed with {' '.join(overrides)}; {paths.PARAMS} is left as it was)") from None
-    return text
-
-
-def digest(text: str) -> str:
-    """Return the sha256 hex digest of `text` (UTF-8)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def known_to_git(path: Path) -> bool:
-    """Return whether git holds `path`'s exact content (committed, staged, or recorded by `dvc exp run`)."""
-    try:
-        blob = subprocess.run(
-            ["git", "hash-object", "--", str(path)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return subprocess.run(["git", "cat-file", "-e", blob], capture_output=True).returncode == 0
-    except (OSError, subprocess.CalledProcessError):
-        return False
-
-
-def disposable(path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP) -> bool:
-    """Return whether params.yaml at `path` may be overwritten: missing, last composed here (`stamp`), or in git."""
-    if not Path(path).exists():
-        return True
-    if Path(stamp).exists() and Path(stamp).read_text().strip() == digest(Path(path).read_text(encoding="utf-8")):
-        return True
-    return known_to_git(path)
-
-
-def write_params(
-    text: str, force: bool = False, path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP
-) -> Path | None:
-    """Write the composed `text` to params.yaml and record its digest; return the backup made of a hand-edited
-    params.yaml (only with `force`, else ParamsError), or None."""
-    path, backup = Path(path), None
-    if path.exists() and path.read_text(encoding="utf-8") != text and not disposable(path, stamp):
-        if not force:
-            raise ParamsError(
-                f"{path} has changes that are neither the last composition nor in git (a hand edit?), so it is left "
-                f"as it is. Settings are edited in {paths.CONF_DIR}/ (or passed as key=value overrides); to compose "
-                f"anyway and keep this file as {path}.<time>.bak, add --force"
-            )
-        backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-        write_text(backup, path.read_text(encoding="utf-8"))
-    write_text(path, text)
-    write_text(stamp, digest(text) + "\n")
-    return backup
-
-
-def choose_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
-    """Make `name` the profile a plain `dvc exp run` composes: write `conf`/local/profile.yaml (git-ignored), which
-    overrides the profile entry of conf/config.yaml's defaults list; no tracked file changes."""
-    choice = Path(conf) / paths.PROFILE_CHOICE.relative_to(paths.CONF_DIR)
-    text = f"# @package _global_\n# written by `python -m pipeline.params --profile {name}`\ndefaults:\n"
-    write_text(choice, text + f"  - override /profile: {name}\n")
-
-
 def describe() -> str:
     """Return every setting of the schema, one line each: its key, what it may be, and what it does."""
-    rows = [(key, info) for key, info in TOP_LEVEL.items()]
+    rows = [*TOP_LEVEL.items()]
     rows += [(f"{s}.{name}", info) for s, cls in SECTIONS.items() for name, info in cls.__pydantic_fields__.items()]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {info.description} ({expected(info)})" for key, info in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Compose params.yaml from conf/ (a profile and overrides), print the schema, or print the profile it was composed
-    with."""
-    parser = stage_parser("params", __doc__)
-    parser.add_argument("--profile", help=f"compose this profile ({', '.join(profiles()) or 'conf/profile/*.yaml'})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides, e.g. train.epochs=10")
-    parser.add_argument("--force", action="store_true", help="overwrite a hand-edited params.yaml (kept as .bak)")
-    parser.add_argument("--describe", action="store_true", help="print every setting, what it may be and what it does")
-    args = parser.parse_args(argv)
-    if args.describe:
-        print(describe())
-        return 0
-    if args.profile or args.overrides:
-        overrides = ([f"profile={args.profile}"] if args.profile else []) + list(args.overrides)
-        try:
-            backup = write_params(composed(overrides), force=args.force)
-            if args.profile:
-                choose_profile(args.profile)
-        except ParamsError as exc:
-            return fail("params", exc)
-        if backup:
-            print(f"params: your edited params.yaml is kept as {backup}")
-        print(f"params: composed {paths.PARAMS} from {paths.CONF_DIR}/ with {' '.join(overrides)}")
-    print(f"profile: {profile()}")
-    return 0
+if __name__ == "__main__":  # `python -m pipeline.params`: the composition's command line, beside the schema
+    from pipeline.lib.compose import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

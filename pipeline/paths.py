@@ -31,14 +31,12 @@ EXCLUDE_ROWS = Path("data/exclude_rows.csv")  # git-tracked: training rows left 
 MODELS_DIR = Path("models")
 FOLDS_DIR = MODELS_DIR / "folds"
 CHECKPOINT_DIR = MODELS_DIR / "checkpoints"
-OOF_NPZ = MODELS_DIR / "oof.npz"
 TEST_PROBS_NPZ = MODELS_DIR / "test_probs.npz"
 OOF_TTA_NPZ = MODELS_DIR / "oof_tta.npz"  # the submission's model: OOF TTA probabilities, blended
 OOF_BASELINE_NPZ = MODELS_DIR / "oof_baseline.npz"  # OOF TTA probabilities of the last run without exclusions
 
 REPORTS_DIR = Path("reports")
 AUGMENTATIONS_PNG = REPORTS_DIR / "augmentations.png"
-METRICS_JSON = REPORTS_DIR / "metrics.json"
 PREDICT_JSON = REPORTS_DIR / "predict.json"
 TUNE_JSON = REPORTS_DIR / "tune.json"
 LIVE_DIR = REPORTS_DIR / "live"  # train's DVCLive folder: per-epoch metrics (pipeline/lib/live.py)
@@ -69,27 +67,37 @@ LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
 
 
 def model_dir(model: str) -> Path:
-    """Return the folder holding model `model`'s fold files (model, OOF probabilities, metadata)."""
+    """Return the folder holding member `model`'s fold folders."""
     return FOLDS_DIR / model
 
 
+def fold_dir(model: str, fold: int) -> Path:
+    """Return the folder of member `model`'s fold `fold` (one DVC output of the train matrix stage)."""
+    return model_dir(model) / f"fold{fold}"
+
+
 def fold_model(model: str, fold: int) -> Path:
-    """Return the path of model `model`'s trained fold `fold` model file."""
-    return model_dir(model) / f"fold{fold}.keras"
+    """Return the path of member `model`'s trained fold `fold` model file."""
+    return fold_dir(model, fold) / "model.keras"
 
 
 def fold_meta(model: str, fold: int) -> Path:
-    """Return the path of model `model`'s fold `fold` metadata (fingerprint, history, OOF metrics) JSON."""
-    return model_dir(model) / f"fold{fold}.json"
+    """Return the path of member `model`'s fold `fold` metadata (settings, history, scores, training data) JSON."""
+    return fold_dir(model, fold) / "meta.json"
 
 
 def fold_oof(model: str, fold: int) -> Path:
-    """Return the path of model `model`'s fold `fold` out-of-fold probabilities (.npz)."""
-    return model_dir(model) / f"fold{fold}_oof.npz"
+    """Return the path of member `model`'s fold `fold` out-of-fold probabilities and training record (.npz)."""
+    return fold_dir(model, fold) / "oof.npz"
+
+
+def fold_live_dir(model: str, fold: int) -> Path:
+    """Return member `model`'s fold `fold` DVCLive folder (per-epoch metrics)."""
+    return LIVE_DIR / model / f"fold{fold}"
 
 
 def fold_checkpoint_dir(model: str, fold: int) -> Path:
-    """Return the folder holding model `model`'s fold `fold` last-epoch checkpoint while it trains."""
+    """Return the folder of member `model`'s fold `fold` checkpoint while it trains (not a DVC output)."""
     return CHECKPOINT_DIR / model / f"fold{fold}"
 
 
@@ -116,3 +124,11 @@ def kaggle_input() -> Path:
 def kaggle_submission() -> Path:
     """Return the file a Kaggle notebook submits: <root>/working/submission.csv."""
     return kaggle_root() / "working" / "submission.csv"
+
+
+TUNE_STORAGE_ENV = "DIGIT_TUNE_STORAGE"  # the Optuna storage URL handed to tune's workers, over tune.storage
+
+
+def tune_storage(url: str | None) -> str:
+    """Return the Optuna storage URL: $DIGIT_TUNE_STORAGE, else `url` (tune.storage), else the SQLite file OPTUNA_DB."""
+    return os.environ.get(TUNE_STORAGE_ENV) or url or f"sqlite:///{OPTUNA_DB}"

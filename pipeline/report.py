@@ -1,15 +1,7 @@
-"""Stage `report`: what a Kaggler reads after every `dvc repro`.
-
-Reads data/processed/{train,test}.npz and best_params.json, models/oof_tta.npz (the submission's OOF
-predictions: TTA views averaged and, for an ensemble, the cross-fitted blend), models/test_probs.npz,
-models/folds/<model.name>/fold{k}.json, reports/metrics.json, reports/predict.json, reports/audit.json,
-reports/submission_diff.json and reports/timings/*.json.
-Writes reports/summary.md (the submission's OOF accuracy, class counts, chosen parameters, fold table,
-model.name's OOF accuracy with and without TTA, each ensemble member's worth, the most frequent
-confusions, the label audit, wall time per stage, the submission and how it differs from the previous
-one), reports/confusion.csv (one `actual,predicted` row per OOF prediction of the submission's model, for
-DVC's confusion template), reports/wrong.png (its most confidently wrong OOF images) and
-reports/test_grid.png (test images with their predicted labels)."""
+"""Stage `report`: reports/summary.md, what a Kaggler reads after every `dvc repro`, from every stage's outputs
+(train.npz, test.npz, best_params.json, models/oof_tta.npz and test_probs.npz, the fold meta.json files,
+reports/{predict,tune,audit,submission_diff}.json, reports/timings/); also reports/confusion.csv (DVC's confusion
+template), reports/wrong.png (the most confidently wrong OOF images) and reports/test_grid.png (test predictions)."""
 
 from __future__ import annotations
 
@@ -23,9 +15,12 @@ from sklearn.metrics import confusion_matrix
 from pipeline import params, paths
 from pipeline.lib import plots
 from pipeline.lib.cli import fail, reports_errors, stage_parser
-from pipeline.lib.files import MissingInput, OutputError, read_json, read_npz, require, write_text
+from pipeline.lib.files import OutputError, read_json, read_npz, require, write_text
+from pipeline.lib.members import members
+from pipeline.lib.metrics import accuracy
 from pipeline.lib.progress import format_seconds
-from pipeline.lib.submission_file import describe_diff
+from pipeline.lib.submission_file import describe_diff, read_labels
+from pipeline.lib.training_data import read_fold_metas
 from pipeline.params import AuditParams, ReportParams
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
@@ -37,242 +32,141 @@ def confusion_pairs(matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[:k]
-    pairs = [(int(i // N_CLASSES), int(i % N_CLASSES), int(off.flat[i])) for i in order]
-    return [p for p in pairs if p[2] > 0]
+    return [(int(i // N_CLASSES), int(i % N_CLASSES), int(off.flat[i])) for i in order if off.flat[i] > 0]
 
 
 def confusion_csv(actual: np.ndarray, predicted: np.ndarray) -> str:
     """Return `actual,predicted` CSV text with one row per prediction (DVC's confusion template)."""
-    body = "\n".join(f"{int(a)},{int(p)}" for a, p in zip(actual, predicted, strict=True))
-    return "actual,predicted\n" + body + ("\n" if body else "")
+    return "actual,predicted\n" + "".join(f"{int(a)},{int(p)}\n" for a, p in zip(actual, predicted, strict=True))
 
 
 def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Return the row indices of the `k` wrong predictions with the highest predicted probability."""
     predicted = np.argmax(probs, axis=1)
     wrong = np.flatnonzero(predicted != labels)
-    confidence = probs[wrong, predicted[wrong]]
-    return wrong[np.argsort(-confidence, kind="stable")[:k]]
+    return wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")[:k]]
 
 
-def read_timings(folder: Path = paths.TIMINGS_DIR, runs: Path = paths.RUNS_DIR) -> dict[str, dict]:
-    """Return every stage timing recorded in `folder`, with its run's device and finish time from `runs`, pipeline
-    stages first, keyed by stage."""
-    found = {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))} if Path(folder).is_dir() else {}
+def read_timings(folder: Path = paths.TIMINGS_DIR, runs: Path = paths.RUNS_DIR, units: list | None = None) -> dict:
+    """Return the stage timings in `folder` with their run's device and finish time from `runs`, pipeline stages
+    first; train's, unless recorded, is the sum of its units' (the fold meta.json `units`)."""
+    found = {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))}
+    if units and "train" not in found:
+        found["train"] = {"seconds": sum(u["seconds"] for u in units), "device": units[-1].get("device")}
     for stage, timing in found.items():
-        run = Path(runs) / f"{stage}.json"
-        timing.update(read_json(run) if run.is_file() else {})
-    order = [s for s in STAGES if s in found] + sorted(s for s in found if s not in STAGES)
-    return {s: found[s] for s in order}
+        timing.update(optional_json(Path(runs) / f"{stage}.json"))
+    return {s: found[s] for s in sorted(found, key=lambda s: (STAGES.index(s) if s in STAGES else len(STAGES), s))}
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """Return a Markdown table of `rows` under `header`."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """Return a Markdown table of `rows` (padded to the header's width) under `header`."""
+    lines = ["| " + " | ".join(map(str, [*row, *[""] * (len(header) - len(row))])) + " |" for row in [header, *rows]]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
 
 
-def counts_section(train_labels: np.ndarray, test_rows: int) -> str:
-    """Return the data section: training rows per class and the test row count."""
-    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=N_CLASSES)
-    table = md_table(["", *map(str, range(N_CLASSES)), "total"], [["train rows", *counts.tolist(), int(counts.sum())]])
-    return f"## Data\n\n{table}\n\nTest rows: {test_rows}."
+def value(v: Any) -> str:
+    """Return a setting's value as the summary shows it (floats to 4 significant digits)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def params_section(settings: dict | None, tuned: dict | None, tta_views: int | None) -> str:
-    """Return the parameters section: what train used, and where tune's values came from."""
-    lines = ["## Chosen parameters", ""]
-    if settings:
-        values = [[k, f"`{v:.4g}`" if isinstance(v, float) else f"`{v}`"] for k, v in settings.items()]
-        lines += [md_table(["parameter", "value"], values), ""]
-    else:
-        lines += ["Training settings not found (models/folds/<model>/fold0.json).", ""]
-    if tuned and tuned.get("params"):
-        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["params"].items())
-        lines.append(
+def figures(scores: dict, key: str = "") -> list[str]:
+    """Return the table cells of the accuracy and loss in `scores` (keys `key`accuracy and `key`loss)."""
+    return [f"{scores[key + 'accuracy']:.5f}", f"{scores[key + 'loss']:.4f}"]
+
+
+def params_section(settings: dict, tuned: dict, tta_views: int) -> str:
+    """Return the parameters section: what train used for model.name, and where tune's values came from."""
+    table = md_table(["parameter", "value"], [[k, f"`{value(v)}`"] for k, v in settings.items()])
+    tuning = "No tuned parameters (best_params.json missing or empty): train used params.yaml."
+    if tuned.get("params"):
+        tuning = (
             f"Tuned by Optuna study `{tuned.get('study')}`: best trial {tuned.get('trial')} of "
             f"{tuned.get('finished_trials')} finished, validation accuracy {tuned.get('value', float('nan')):.5f}; "
-            f"tuned: {values}."
+            f"tuned: {', '.join(f'{k}={value(v)}' for k, v in tuned['params'].items())}."
         )
-    else:
-        lines.append("No tuned parameters (best_params.json missing or empty): train used params.yaml.")
-    if tta_views is not None:
-        lines.append(f"Test-time augmentation: the original plus {tta_views} views.")
-    return "\n".join(lines)
+    return f"## Chosen parameters\n\n{table}\n\n{tuning}\nTest-time augmentation: the original plus {tta_views} views."
 
 
-def fold_rows(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> list[list[Any]]:
-    """Return one table row per fold: validation rows, accuracy, loss, epochs and training time."""
-    rows = []
-    for name, m in sorted(metrics.get("folds", {}).items(), key=lambda kv: int(kv[0].removeprefix("fold"))):
-        k = int(name.removeprefix("fold"))
-        meta = metas.get(k, {})
-        rows.append(
-            [
-                k,
-                int(np.sum(folds == k)),
-                f"{m['accuracy']:.5f}",
-                f"{m['loss']:.4f}",
-                meta.get("epochs", "-"),
-                format_seconds(meta.get("seconds")),
-            ]
-        )
-    return rows
-
-
-def folds_section(metrics: dict, metas: dict[int, dict], folds: np.ndarray) -> str:
-    """Return the fold table with the overall out-of-fold line."""
-    rows = fold_rows(metrics, metas, folds)
-    oof = metrics.get("oof", {})
-    if oof:
-        rows.append(["**all (OOF)**", len(folds), f"**{oof['accuracy']:.5f}**", f"{oof['loss']:.4f}", "", ""])
-    untuned = metrics.get("oof_untuned_rows", {})
-    if untuned and untuned["rows"] < len(folds):
-        label = "OOF without the fold that scored tuning"
-        rows.append([label, untuned["rows"], f"{untuned['accuracy']:.5f}", f"{untuned['loss']:.4f}", "", ""])
-    kept = metrics.get("oof_kept_rows", {})
-    if kept and kept["excluded"]:
-        label = f"OOF without the {kept['excluded']} excluded rows"
-        rows.append([label, kept["rows"], f"{kept['accuracy']:.5f}", f"{kept['loss']:.4f}", "", ""])
+def folds_section(metas: dict[int, dict], folds: np.ndarray, predict: dict, scored_fold: int | None) -> str:
+    """Return model.name's fold table (fold `metas`, predict.json's OOF figures without TTA), also without the fold
+    that scored tuning (`scored_fold`, weighted by fold rows) and without the excluded rows."""
+    size = {k: int(np.sum(folds == k)) for k in metas}
+    rows = [[k, size[k], *figures(m), m["epochs"], format_seconds(m["seconds"])] for k, m in sorted(metas.items())]
+    rows.append(["**all (OOF)**", len(folds), f"**{predict['oof_accuracy']:.5f}**", f"{predict['oof_loss']:.4f}"])
+    untuned = [k for k in metas if k != scored_fold]
+    if scored_fold in metas and untuned:
+        n = sum(size[k] for k in untuned)
+        mean = {key: sum(metas[k][key] * size[k] for k in untuned) / n for key in ("accuracy", "loss")}
+        rows.append(["OOF without the fold that scored tuning", n, *figures(mean)])
+    if (kept := predict.get("kept_rows") or {}).get("excluded"):
+        rows.append([f"OOF without the {kept['excluded']} excluded rows", kept["rows"], *figures(kept, "oof_")])
     header = ["fold", "validation rows", "accuracy", "loss", "epochs", "training time"]
-    return "## Folds\n\n" + md_table(header, rows)
+    return "## Folds (model.name, without TTA)\n\n" + md_table(header, rows)
 
 
-def accuracy_section(predict: dict, blend_by: str, minutes: dict[str, float] | None = None) -> str:
-    """Return OOF accuracy and loss without and with test-time augmentation, and an ensemble's blend (weights chosen by
-    OOF `blend_by`)."""
-    if not predict:
-        return "## Out-of-fold accuracy\n\nreports/predict.json not found: run the predict stage."
-    rows = [
-        ["without TTA", f"{predict['oof_accuracy']:.5f}", f"{predict['oof_loss']:.4f}"],
-        [
-            f"with TTA ({predict.get('tta_views', '?')} views)",
-            f"{predict['oof_tta_accuracy']:.5f}",
-            f"{predict['oof_tta_loss']:.4f}",
-        ],
-    ]
-    return (
-        "## Out-of-fold accuracy\n\n"
-        + md_table(["", "accuracy", "loss"], rows)
-        + f"\n\nTTA gain: {predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
-        + blend_line(predict, blend_by, minutes)
+def accuracy_section(predict: dict, blend_by: str, minutes: dict[str, float]) -> str:
+    """Return model.name's OOF accuracy and loss without and with TTA, and an ensemble's blend (`blend_line`)."""
+    views, gain = predict["tta_views"], predict["tta_gain"]
+    rows = [["without TTA", *figures(predict, "oof_")], [f"with TTA ({views} views)", *figures(predict, "oof_tta_")]]
+    table = md_table(["", "accuracy", "loss"], rows)
+    return f"## Out-of-fold accuracy\n\n{table}\n\nTTA gain: {gain:+.5f} ({gain * 100:+.3f} points)." + blend_line(
+        predict, blend_by, minutes
     )
 
 
 def blend_line(predict: dict, blend_by: str, minutes: dict[str, float] | None = None) -> str:
-    """Return the ensemble's weights (chosen by OOF `blend_by`) and OOF accuracy (cross-fitted, then in-sample), with
-    each member's worth per training minute (`minutes`: its folds' training time), or "" for a single model."""
-    weights = predict.get("weights") or {}
+    """Return the ensemble's weights and OOF accuracy and a table of what each member adds (per training hour from
+    its folds' `minutes`); "" for a single model."""
+    weights, minutes = predict.get("weights") or {}, minutes or {}
     if len(weights) < 2:
         return ""
-    parts = ", ".join(f"{m} {w:.3f}" for m, w in weights.items())
-    return (
-        f"\n\nThe submission blends {parts} (weights chosen by OOF {blend_by}); blend OOF accuracy "
-        f"{predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights chosen on the other "
-        f"folds' rows only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample, with the submission's weights "
-        "fitted on these rows). The table above is model.name alone." + members_table(predict, minutes or {})
-    )
-
-
-def members_table(predict: dict, minutes: dict[str, float]) -> str:
-    """Return a table of each ensemble member's OOF TTA accuracy, the cross-fitted blend without it, what it adds, its
-    folds' training minutes (`minutes`) and what it adds per training hour, or ""."""
-    without = predict.get("without") or {}
-    if not without:
-        return ""
-    rows = [
-        [
-            m,
-            f"{predict['models'][m]['oof_tta_accuracy']:.5f}",
-            f"{w['oof_blend_accuracy']:.5f}",
-            f"{w['member_gain']:+.5f}",
-            f"{minutes[m]:.1f}" if minutes.get(m) else "?",
-            f"{w['member_gain'] * 60 / minutes[m]:+.5f}" if minutes.get(m) else "?",
-        ]
-        for m, w in without.items()
-    ]
+    rows = [[m, f"{predict['models'][m]['oof_tta_accuracy']:.5f}", f"{w['oof_blend_accuracy']:.5f}",
+             f"{w['member_gain']:+.5f}", *([f"{minutes[m]:.1f}", f"{w['member_gain'] * 60 / minutes[m]:+.5f}"]
+                                          if minutes.get(m) else ["?", "?"])]
+            for m, w in predict["without"].items()]  # fmt: skip
     head = ["member", "alone (OOF, TTA)", "blend without it", "what it adds", "training minutes", "adds per hour"]
-    return "\n\n" + md_table(head, rows)
-
-
-def training_minutes(models: list[str], folds: list[int]) -> dict[str, float]:
-    """Return each of `models`' training minutes, summed over its fold files' metadata (folds without one: skipped)."""
-    metas = {m: [paths.fold_meta(m, k) for k in folds] for m in models}
-    return {m: sum(read_json(p)["seconds"] for p in files if p.is_file()) / 60 for m, files in metas.items()}
-
-
-def confusion_section(pairs: list[tuple[int, int, int]], wrong: int, total: int) -> str:
-    """Return the most frequent (actual, predicted) confusions of the OOF predictions."""
-    head = f"## Confusions\n\n{wrong} of {total} out-of-fold predictions are wrong"
-    if not pairs:
-        return head + "."
-    table = md_table(["actual", "predicted as", "count"], [list(p) for p in pairs])
     return (
-        f"{head}; the most frequent mistakes (full matrix: `dvc plots show reports/confusion.csv`, "
-        f"the worst images: reports/wrong.png):\n\n{table}"
+        f"\n\nThe submission blends {', '.join(f'{m} {w:.3f}' for m, w in weights.items())} (weights chosen by OOF "
+        f"{blend_by}): OOF accuracy {predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights "
+        f"chosen on the other folds only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample). The table above is "
+        f"model.name alone.\n\n{md_table(head, rows)}"
     )
 
 
 def audit_section(audit: dict, cfg: AuditParams) -> str:
-    """Return the label audit (reports/audit.json, run with `cfg`): cleanlab's issue count, the exclusion list and,
-    with rows excluded, the OOF TTA accuracy on the rows not excluded in the run without exclusions (before) and now
-    (after)."""
+    """Return the label audit (reports/audit.json, run with `cfg`): issues, the exclusion list, accuracy on the rest."""
     if not audit:
         return "## Label audit\n\nreports/audit.json not found: run the audit stage."
-    text = (
-        f"## Label audit\n\ncleanlab finds **{audit['issues']}** likely label issues among the {audit['rows']} "
-        f"training rows (filter {cfg.filter_by}, ranked by {cfg.rank_by}): "
-        "[label_issues.csv](label_issues.csv), the top ones drawn in [label_issues.png](label_issues.png)."
-    )
-    accept = (
-        "Exclude the top N from training: `python -m pipeline.audit --accept N`, review "
-        "`git diff data/exclude_rows.csv`, then `dvc repro`."
-    )
-    if not audit["excluded"]:
-        return f"{text}\n\nNo row is excluded (data/exclude_rows.csv). {accept}"
-    kept, before = audit["kept_rows"], audit["baseline_kept_rows"]
-    rows = [["after (this run)", f"{kept['accuracy']:.5f}", f"{kept['loss']:.4f}"]]
-    if before is not None:
-        rows.insert(0, ["before (the run without exclusions)", f"{before['accuracy']:.5f}", f"{before['loss']:.4f}"])
-    missing = "" if before is not None else "\n\nNo run without exclusions with these settings to compare with."
+    kept, excluded = audit["kept_rows"], "No row is excluded"
+    if audit["excluded"]:
+        excluded = (
+            f"{audit['excluded']} rows are excluded from training ({audit['issues_excluded']} of them among the issues "
+            f"above), OOF TTA accuracy and loss on the other {kept['rows']} rows {', '.join(figures(kept))}; against "
+            "the run before: `dvc metrics diff` (reports/predict.json's OOF figures cover every row in both runs)"
+        )
     return (
-        f"{text}\n\n{audit['excluded']} rows are excluded from training (data/exclude_rows.csv; "
-        f"{audit['issues_excluded']} of them among the issues above). OOF TTA accuracy on the other "
-        f"{kept['rows']} rows, the same rows before and after:\n\n" + md_table(["", "accuracy", "loss"], rows) + missing
+        f"## Label audit\n\ncleanlab finds **{audit['issues']}** likely label issues among the {audit['rows']} "
+        f"training rows (filter {cfg.filter_by}, ranked by {cfg.rank_by}): [label_issues.csv](label_issues.csv), the "
+        f"top ones drawn in [label_issues.png](label_issues.png).\n\n{excluded} (data/exclude_rows.csv). Exclude "
+        "the top N from training: `python -m pipeline.audit --accept N`, review `git diff`, then `dvc repro`."
     )
 
 
 def timings_section(timings: dict[str, dict]) -> str:
-    """Return the wall time of every stage that recorded one, with the device it ran on."""
-    if not timings:
-        return "## Wall time per stage\n\nNo timings recorded in reports/timings/."
-    rows = [
-        [s, format_seconds(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")]
-        for s, t in timings.items()
-    ]
+    """Return the wall time of every stage that recorded one, with the device it ran on, and the missing stages."""
+    rows = [[s, format_seconds(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")]
+            for s, t in timings.items()]  # fmt: skip
+    rows.append(["**total**", f"**{format_seconds(sum(float(t.get('seconds') or 0) for t in timings.values()))}**"])
     missing = [s for s in STAGES if s not in timings]
-    total = sum(float(t.get("seconds") or 0) for t in timings.values())
-    rows.append(["**total**", f"**{format_seconds(total)}**", "", ""])
     note = f"\n\nNo timing recorded for: {', '.join(missing)}." if missing else ""
     return "## Wall time per stage\n\n" + md_table(["stage", "wall time", "device", "finished (UTC)"], rows) + note
 
 
-def diff_line(diff: dict) -> str:
-    """Return the sentence on how the submission differs from the previous one (reports/submission_diff.json)."""
-    if not diff:
-        return "reports/submission_diff.json not found: run the predict stage."
-    if diff.get("error"):
-        return f"Not compared with the previous submission {diff['old']}: {diff['error']}"
-    return f"Against the previous submission: {describe_diff(diff)} ([submission_diff.png](submission_diff.png))."
-
-
-def submission_section(path: Path, rows: int | None, diff: dict | None = None) -> str:
+def submission_section(path: Path, rows: int, diff: dict) -> str:
     """Return where the submission is, how it differs from the previous one and how to send it."""
-    if rows is None:
-        return f"## Submission\n\n{path} not found: run the predict stage."
     return (
-        f"## Submission\n\n`{path}` ({rows} rows). {diff_line(diff or {})}\n\nSend it with\n\n"
+        f"## Submission\n\n`{path}` ({rows} rows). Against the previous submission: {describe_diff(diff)} "
+        "([submission_diff.png](submission_diff.png)).\n\nSend it with\n\n"
         f'    python -m pipeline.tools.submit -m "your message"\n\n'
         f'(the same as `kaggle competitions submit -c digit-recognizer -f {path} -m "your message"`).'
     )
@@ -280,24 +174,27 @@ def submission_section(path: Path, rows: int | None, diff: dict | None = None) -
 
 def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
     """Return reports/summary.md for the gathered `facts` (see gather)."""
-    oof_probs, labels = facts["oof"]["probs"], facts["oof"]["y"]
-    predicted = np.argmax(oof_probs, axis=1)
-    matrix = confusion_matrix(labels, predicted, labels=range(N_CLASSES))
-    predict = facts["predict"]
-    blended = len(predict.get("weights") or {}) > 1
-    what = "the ensemble's cross-fitted blend" if blended else "model.name"
+    probs, labels, predict, train = facts["oof"]["probs"], facts["oof"]["y"], facts["predict"], facts["train"]
+    predicted, counts = np.argmax(probs, axis=1), np.bincount(train["y"], minlength=N_CLASSES).tolist()
+    pairs = confusion_pairs(confusion_matrix(labels, predicted, labels=range(N_CLASSES)), cfg.confusion_pairs)
+    what = "the ensemble's cross-fitted blend" if len(predict.get("weights") or {}) > 1 else "model.name"
+    confusions = f"{int((predicted != labels).sum())} of {len(labels)} out-of-fold predictions are wrong"
+    if pairs:
+        confusions += "; the most frequent mistakes (full matrix: `dvc plots show reports/confusion.csv`, the worst "
+        confusions += f"images: reports/wrong.png):\n\n{md_table(['actual', 'predicted as', 'count'], pairs)}"
     sections = [
         f"# Digit Recognizer: run summary\n\nOut-of-fold accuracy of the submission's predictions "
-        f"**{float(np.mean(predicted == labels)):.5f}** ({what}, TTA views averaged; {len(labels)} training rows, "
-        f"{len(facts['metrics'].get('folds', {}))} folds).",
-        counts_section(facts["train"]["y"], facts["test_rows"]),
-        params_section(facts["settings"], facts["tuned"], predict.get("tta_views")),
-        folds_section(facts["metrics"], facts["metas"], facts["train"]["fold"]),
-        accuracy_section(predict, facts["blend_by"], facts.get("minutes")),
-        confusion_section(confusion_pairs(matrix, cfg.confusion_pairs), int((predicted != labels).sum()), len(labels)),
-        audit_section(facts.get("audit", {}), facts["audit_settings"]),
+        f"**{accuracy(probs, labels):.5f}** ({what}, TTA views averaged; {len(labels)} training rows, "
+        f"{len(np.unique(train['fold']))} folds).",
+        "## Data\n\n" + md_table(["", *map(str, range(N_CLASSES)), "total"], [["train rows", *counts, sum(counts)]]),
+        f"Test rows: {len(facts['test_x'])}.",
+        params_section(facts["metas"][0]["settings"], facts["tuned"], predict["tta_views"]),
+        folds_section(facts["metas"], train["fold"], predict, facts["tuned"].get("scored_fold")),
+        accuracy_section(predict, facts["blend_by"], facts["minutes"]),
+        f"## Confusions\n\n{confusions}" + ("" if pairs else "."),
+        audit_section(facts["audit"], facts["audit_settings"]),
         timings_section(facts["timings"]),
-        submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"], facts.get("submission_diff", {})),
+        submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"], facts["submission_diff"]),
         "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); "
         "images: reports/wrong.png, reports/test_grid.png, reports/label_issues.png, reports/submission_diff.png, "
         "reports/augmentations.png, reports/tuning/.",
@@ -310,40 +207,27 @@ def optional_json(path: Path) -> dict:
     return read_json(path) if Path(path).is_file() else {}
 
 
-def submission_rows(path: Path = paths.LATEST_SUBMISSION) -> int | None:
-    """Return the number of data rows of the submission at `path`, or None when there is none."""
-    if not Path(path).is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return max(0, sum(1 for line in fh if line.strip()) - 1)
-
-
 def gather() -> dict[str, Any]:
     """Read every input of the report from the project folder and return them as one dict."""
     train = read_npz(require(paths.TRAIN_NPZ, "ingest"))
-    folds = sorted(int(k) for k in np.unique(train["fold"]))
-    model = params.load("model").name
-    metas = {k: read_json(paths.fold_meta(model, k)) for k in folds if paths.fold_meta(model, k).is_file()}
-    test_x = read_npz(require(paths.TEST_NPZ, "ingest"))["x"]
-    predict = optional_json(paths.PREDICT_JSON)
+    oof = read_npz(require(paths.OOF_TTA_NPZ, "predict"))
+    n_folds = len(np.unique(train["fold"]))
+    metas = {m: dict(enumerate(read_fold_metas(m, n_folds))) for m in members(params.load("model"))}
     return {
         "train": train,
-        "test_x": test_x,
-        "test_rows": len(test_x),
-        "oof": read_npz(require(paths.OOF_TTA_NPZ, "predict")),
-        "metrics": read_json(require(paths.METRICS_JSON, "train")),
-        "predict": predict,
+        "test_x": read_npz(require(paths.TEST_NPZ, "ingest"))["x"],
+        "oof": oof,
+        "predict": read_json(require(paths.PREDICT_JSON, "predict")),
         "blend_by": params.load("predict").blend_by,
         "audit": optional_json(paths.AUDIT_JSON),
         "audit_settings": params.load("audit"),
-        "submission_diff": optional_json(paths.SUBMISSION_DIFF_JSON),
+        "submission_diff": read_json(require(paths.SUBMISSION_DIFF_JSON, "predict")),
         "test_probs": read_npz(require(paths.TEST_PROBS_NPZ, "predict"))["probs"],
-        "tuned": optional_json(paths.BEST_PARAMS),
-        "settings": metas[min(metas)].get("settings") if metas else None,
-        "metas": metas,
-        "minutes": training_minutes(list(predict.get("models") or []), folds),
-        "timings": read_timings(),
-        "submission_rows": submission_rows(),
+        "tuned": {**optional_json(paths.BEST_PARAMS), **optional_json(paths.TUNE_JSON)},
+        "metas": next(iter(metas.values())),
+        "minutes": {m: sum(meta["seconds"] for meta in by_fold.values()) / 60 for m, by_fold in metas.items()},
+        "timings": read_timings(units=[meta for by_fold in metas.values() for meta in by_fold.values()]),
+        "submission_rows": len(read_labels(require(paths.LATEST_SUBMISSION, "predict"))),
     }
 
 
@@ -353,44 +237,22 @@ def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
     predicted = np.argmax(probs, axis=1)
     write_text(paths.CONFUSION_CSV, confusion_csv(labels, predicted))
     rows = most_confident_wrong(probs, labels, cfg.wrong_images)
-    images = facts["train"]["x"][rows]
-    plots.wrong_grid(images, labels[rows], predicted[rows], probs[rows, predicted[rows]], paths.WRONG_PNG)
-    test_probs = facts["test_probs"][: cfg.test_images]
-    test_pred = np.argmax(test_probs, axis=1)
-    ids = np.arange(1, len(test_probs) + 1)
-    conf = test_probs[np.arange(len(test_pred)), test_pred]
-    plots.prediction_grid(facts["test_x"][: len(test_probs)], ids, test_pred, conf, paths.TEST_GRID_PNG)
+    plots.wrong_grid(facts["train"]["x"][rows], labels[rows], predicted[rows], probs[rows].max(axis=1), paths.WRONG_PNG)
+    test = facts["test_probs"][: cfg.test_images]
+    ids = np.arange(1, len(test) + 1)
+    plots.prediction_grid(facts["test_x"][: len(test)], ids, test.argmax(axis=1), test.max(axis=1), paths.TEST_GRID_PNG)
     write_text(paths.SUMMARY_MD, summary_markdown(facts, cfg))
     return [paths.SUMMARY_MD, paths.CONFUSION_CSV, paths.WRONG_PNG, paths.TEST_GRID_PNG]
 
 
 @reports_errors("report")
 def main(argv: list[str] | None = None) -> int:
-    """Parse the CLI, gather the pipeline's outputs, and write the summary and report images."""
+    """Parse the CLI (settings: params.yaml's `report:`), gather the pipeline's outputs, and write the reports."""
+    stage_parser("report", __doc__).parse_args(argv)
     cfg = params.load("report")
-    parser = stage_parser("report", __doc__)
-    parser.add_argument(
-        "--wrong-images", type=int, default=cfg.wrong_images, help="images in reports/wrong.png (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--test-images",
-        type=int,
-        default=cfg.test_images,
-        help="images in reports/test_grid.png (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--confusion-pairs",
-        type=int,
-        default=cfg.confusion_pairs,
-        help="mistakes listed in summary.md (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    cfg = ReportParams(
-        wrong_images=args.wrong_images, test_images=args.test_images, confusion_pairs=args.confusion_pairs
-    )
     try:
         written = write_reports(gather(), cfg)
-    except (MissingInput, OutputError, ValueError) as exc:
+    except (OutputError, ValueError) as exc:
         return fail("report", exc)
     except KeyError as exc:
         return fail("report", f"an input lacks the entry {exc}: it is from an older version, rerun `dvc repro`")

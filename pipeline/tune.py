@@ -44,17 +44,17 @@ from sklearn.model_selection import train_test_split
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from pipeline import params, paths
-from pipeline.device import DevicePlan, TuneWorker, clear_session, configure, detect, plan_devices, process_env
 from pipeline.lib import progress
 from pipeline.lib.cli import fail, reports_errors, stage_parser
+from pipeline.lib.device import DevicePlan, TuneWorker, clear_session, configure, detect, plan_devices, process_env
 from pipeline.lib.files import OutputError, read_npz, require, write_json, write_text
-from pipeline.lib.fitting import EpochSampler, FitSettings, drawn_sources, fit, monitor_subset
+from pipeline.lib.fitting import EpochSampler, fit, monitor_subset
+from pipeline.lib.members import FitSettings, member_settings
 from pipeline.lib.models import search_space
 from pipeline.lib.plots import save_figure
 from pipeline.lib.secrets import mask_url, scrub
 from pipeline.lib.training_data import TrainingData, read_training_data
 from pipeline.params import TrainParams, TuneParams
-from pipeline.train import fit_settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -162,9 +162,21 @@ def check_running(trial: optuna.Trial) -> None:
 def trial_folds(sampler: EpochSampler, data: TrainingData, val_rows: np.ndarray, settings: FitSettings) -> dict:
     """Return the folds (train.npz's) of the rows a trial with `settings` trains on, its images or their augmented
     copies, in its epochs (`sampler`'s draws), and of the rows `val_rows` that score it."""
-    own, copied = drawn_sources(sampler, data.aug.source, settings.epochs, settings.aug_prob)
+    own, copied = sampler.drawn_sources(data.aug.source, settings.epochs, settings.aug_prob)
     trained = np.unique(data.fold[np.concatenate([own, copied])])
     return {"trained": trained.tolist(), "scored": np.unique(data.fold[val_rows]).tolist()}
+
+
+class Heartbeat(keras.callbacks.Callback):
+    """Stops a trial, after each epoch, that another worker failed and re-queued meanwhile (`check_running`)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        super().__init__()
+        self.trial = trial
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Raise TakenOver when the trial is no longer running in the storage."""
+        check_running(self.trial)
 
 
 def make_objective(
@@ -186,15 +198,11 @@ def make_objective(
         check_claim(trial, target)
         settings = replace(base, epochs=cfg.epochs, **suggest(trial, space))
         trial.set_user_attr("folds", trial_folds(sampler, data, val_rows, settings))
-        pruning = KerasPruningCallback(trial, "val_accuracy")
-
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            check_running(trial)
-            pruning.on_epoch_end(epoch, logs)
-
         keras.utils.set_random_seed(seed)
         try:
-            _, history = fit(settings, sampler, val, device, on_epoch)
+            _, history = fit(
+                settings, sampler, val, device, [Heartbeat(trial), KerasPruningCallback(trial, "val_accuracy")]
+            )
         finally:
             clear_session()  # Keras' clear_session also runs gc.collect
         check_running(trial)
@@ -282,9 +290,7 @@ def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.pruner_warmup_epochs)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
-    if cfg.pruner == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"tune.pruner must be median, hyperband or none, got {cfg.pruner!r}")
+    return optuna.pruners.NopPruner()
 
 
 def sampler_seed(seed: int, worker: int, n_trials: int) -> int:
@@ -490,10 +496,12 @@ def write_plots(study: optuna.Study, seed: int) -> dict[str, str]:
 
 
 def write_outputs(study: optuna.Study, seed: int, fold: int) -> dict:
-    """Write best_params.json, reports/tune.json and reports/tuning/ (CSV and PNGs); return the summary."""
+    """Write best_params.json (what train reads: the study, its best parameters and the fold that scored them, so
+    its bytes change only when they do), reports/tune.json (the best trial, its value and the finished trials) and
+    reports/tuning/ (CSV and PNGs); return the summary."""
     summary = best_summary(study, fold)
-    write_json(paths.BEST_PARAMS, summary)
-    write_json(paths.TUNE_JSON, {"best_value": summary["value"], "finished_trials": summary["finished_trials"]})
+    write_json(paths.BEST_PARAMS, {k: summary[k] for k in ("study", "params", "scored_fold")})
+    write_json(paths.TUNE_JSON, {k: summary[k] for k in ("value", "trial", "finished_trials")})
     write_text(paths.TRIALS_CSV, study.trials_dataframe().to_csv(index=False))
     for kind, reason in write_plots(study, seed).items():
         print(f"tune: the {kind} plot is a notice for now: {reason}")
@@ -539,7 +547,7 @@ def load_objective(cfg: TuneParams, space: dict, seed: int, target: int) -> Call
     """Load the data once for this process, pick the device, and return the objective."""
     data = read_training_data()
     device = configure(params.load("device").precision)
-    base = fit_settings(params.load("train"), params.load("model").name, None)
+    base = member_settings(params.load("train"), params.load("model"), params.load("model").name)
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
     print(
         f"tune: worker {os.getpid()}{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu else ''} on {device.describe()}",

@@ -14,8 +14,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from pipeline import audit, paths, report
 from pipeline.lib.exclusions import header_text, read_exclusions
-from pipeline.lib.files import read_npz, write_npz
-from pipeline.lib.fitting import scores
+from pipeline.lib.files import read_npz, write_json, write_npz
+from pipeline.lib.metrics import scores
 from pipeline.params import AuditParams
 from tests.conftest import synthetic_digits
 
@@ -132,6 +132,19 @@ def test_baseline_from_other_settings_is_not_compared(audited):
     summary = json.loads(paths.AUDIT_JSON.read_text())
     assert summary["excluded"] == 1 and summary["baseline_kept_rows"] is None
     assert "No run without exclusions with these settings" in report.audit_section(summary, CFG)
+
+
+def test_baseline_from_fold_models_trained_otherwise_is_not_compared(audited):
+    """The baseline is compared only with fold models trained with the same settings on the same data (their
+    meta.json), whatever rows the exclusion list leaves out."""
+    for fold in range(3):
+        write_json(paths.fold_meta("dropout_cnn", fold), {"settings": {"epochs": 2}, "train_data": "digest"})
+    assert audit.main([]) == 0 and audit.main(["--accept", "1"]) == 0
+    assert audit.main([]) == 0
+    assert json.loads(paths.AUDIT_JSON.read_text())["baseline_kept_rows"] is not None  # the same fold models
+    write_json(paths.fold_meta("dropout_cnn", 2), {"settings": {"epochs": 3}, "train_data": "digest"})
+    assert audit.main([]) == 0
+    assert json.loads(paths.AUDIT_JSON.read_text())["baseline_kept_rows"] is None
 
 
 def test_accept_needs_an_audit_and_bad_settings_are_named(project, capsys):

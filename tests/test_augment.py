@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
 
 from pipeline import augment, paths
 from pipeline.lib.fitting import EpochSampler
+from pipeline.lib.transforms import augment as make_copies
 from pipeline.params import AugmentParams
 
 CFG = AugmentParams(copies=3, rotate_deg=10, scale=0.1, shift=0.1, chunk_rows=16, workers=1, preview_rows=2)
@@ -16,7 +16,7 @@ CFG = AugmentParams(copies=3, rotate_deg=10, scale=0.1, shift=0.1, chunk_rows=16
 
 def test_copies_are_tagged_with_their_source_row(digits):
     images, _ = digits
-    out = augment.augment(images, CFG, seed=1)
+    out = make_copies(images, CFG, seed=1)
     assert out["x"].shape == (180, 28, 28) and out["x"].dtype == np.uint8
     assert np.array_equal(np.bincount(out["source"]), [3] * 60)
     assert out["copy"].tolist()[:6] == [0, 1, 2, 0, 1, 2]
@@ -25,7 +25,7 @@ def test_copies_are_tagged_with_their_source_row(digits):
 def test_copies_are_small_affine_changes_never_flips():
     image = np.zeros((1, 28, 28), np.uint8)
     image[0, 5:11, 4:9] = 255  # a blob in the top-left quadrant
-    out = augment.augment(image, CFG, seed=2)
+    out = make_copies(image, CFG, seed=2)
     for copy in out["x"]:
         assert not np.array_equal(copy, image[0])
         rows, cols = np.nonzero(copy > 127)
@@ -34,10 +34,10 @@ def test_copies_are_small_affine_changes_never_flips():
 
 def test_augmentation_is_seeded_and_independent_of_worker_count(digits):
     images, _ = digits
-    one = augment.augment(images, CFG, seed=5, workers=1)
-    two = augment.augment(images, CFG, seed=5, workers=2)
+    one = make_copies(images, CFG, seed=5, workers=1)
+    two = make_copies(images, CFG, seed=5, workers=2)
     assert np.array_equal(one["x"], two["x"])
-    assert not np.array_equal(one["x"], augment.augment(images, CFG, seed=6)["x"])
+    assert not np.array_equal(one["x"], make_copies(images, CFG, seed=6)["x"])
 
 
 def centre(image: np.ndarray) -> np.ndarray:
@@ -49,23 +49,23 @@ def centre(image: np.ndarray) -> np.ndarray:
 def test_elastic_distortion_moves_strokes_locally_seeded_and_only_when_asked(digits):
     images, _ = digits
     still = replace(CFG, rotate_deg=0.0, scale=0.0, shift=0.0)  # no affine change: only the elastic one is left
-    assert np.array_equal(augment.augment(images, still, seed=4)["x"], np.repeat(images, 3, axis=0))
+    assert np.array_equal(make_copies(images, still, seed=4)["x"], np.repeat(images, 3, axis=0))
     elastic = replace(still, elastic_prob=1.0)
-    one = augment.augment(images, elastic, seed=4)
+    one = make_copies(images, elastic, seed=4)
     changed = np.abs(one["x"].astype(int) - np.repeat(images, 3, axis=0)).mean(axis=(1, 2)) > 0
     assert changed.all()  # every copy distorted
     # local, not global: on average the ink keeps its centre of mass within a pixel (a shift of 10% moves it ~3)
     drifts = [np.abs(centre(copy) - centre(images[row])) for copy, row in zip(one["x"], one["source"], strict=True)]
     assert np.mean(drifts) < 1.0
-    assert np.array_equal(one["x"], augment.augment(images, elastic, seed=4, workers=2)["x"])
-    half = augment.augment(images, replace(still, elastic_prob=0.5), seed=4)
+    assert np.array_equal(one["x"], make_copies(images, elastic, seed=4, workers=2)["x"])
+    half = make_copies(images, replace(still, elastic_prob=0.5), seed=4)
     untouched = (half["x"] == np.repeat(images, 3, axis=0)).all(axis=(1, 2))
     assert 0.2 < untouched.mean() < 0.8
 
 
 def test_copies_of_validation_rows_never_reach_training(digits):
     images, labels = digits
-    out = augment.augment(images, CFG, seed=1)
+    out = make_copies(images, CFG, seed=1)
     folds = np.arange(60) % 3
     train_rows = np.flatnonzero(folds != 0)
     sampler = EpochSampler(images, labels, train_rows, out["x"], out["source"], seed=3)
@@ -91,21 +91,3 @@ def test_augment_main_writes_copies_and_preview(project):
     assert paths.AUGMENTATIONS_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_spawned_helper_takes_chunks_and_the_copies_do_not_change(digits, monkeypatch):
-    images, _ = digits
-    one = augment.augment(images, CFG, seed=5, workers=1)
-    claim, taken_here = augment.claim, []
-
-    def parent_claim(folder, index):
-        """The parent's claims: the first one waits until the helper has taken chunk 0."""
-        deadline = time.monotonic() + 120
-        while not (folder / "claims" / "0").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        taken = claim(folder, index)
-        taken_here.extend([index] if taken else [])
-        return taken
-
-    monkeypatch.setattr(augment, "claim", parent_claim)
-    two = augment.augment(images, CFG, seed=5, workers=2)
-    assert 3 in taken_here and 0 not in taken_here  # the parent works from the last chunk, the helper from the first
-    assert all(np.array_equal(one[k], two[k]) for k in one)

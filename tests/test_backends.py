@@ -38,40 +38,50 @@ importlib.machinery.PathFinder.find_spec = classmethod(_without_tensorflow)
 """
 
 SCRIPT = """
-import numpy as np, keras
-from dataclasses import replace
-from pipeline.device import configure
-from pipeline.lib.fitting import EpochSampler, FitSettings, fit, accuracy, predict_probs
+import sys, numpy as np, keras
+from pipeline.lib.device import configure
+from pipeline.lib.fitting import EpochSampler, fit, predict_probs
+from pipeline.lib.members import FitSettings
+from pipeline.lib.metrics import accuracy
 from pipeline.lib.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
 device = configure("float32")
-assert device.resident, device
 x, y = synthetic_digits(90)
 sampler = EpochSampler(x, y, np.arange(60), x[:40], np.arange(20, 60, dtype=np.int32), seed=0)
-settings = FitSettings(model="dropout_cnn", epochs=2, batch_size=16, learning_rate=0.003, warmup_epochs=0.5,
+settings = FitSettings(model="dropout_cnn", epochs=3, batch_size=16, learning_rate=0.003, warmup_epochs=0.5,
                        dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0)
-runs = {}
-for resident in (True, False):
-    keras.utils.set_random_seed(1)
-    model, history = fit(settings, sampler, (x[60:], y[60:]), replace(device, resident=resident))
-    runs[resident] = history, predict_probs(model, x[60:])
-for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-    got = [r[key] for r in runs[True][0]]
-    want = [r[key] for r in runs[False][0]]
-    assert np.allclose(got, want, atol=1e-5), (key, got, want)
-assert np.allclose(runs[True][1], runs[False][1], atol=1e-5)
+
+
+class Stop(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+keras.utils.set_random_seed(1)
+model, history = fit(settings, sampler, (x[60:], y[60:]), device)
+keras.utils.set_random_seed(1)
+try:
+    fit(settings, sampler, (x[60:], y[60:]), device, [Stop()], checkpoint=sys.argv[1])
+except KeyboardInterrupt:
+    pass
+keras.utils.set_random_seed(1)
+resumed, rest = fit(settings, sampler, (x[60:], y[60:]), device, checkpoint=sys.argv[1])
+assert rest == history[1:], (rest, history)
+assert np.allclose(predict_probs(resumed, x[60:]), predict_probs(model, x[60:]), atol=1e-6)
 views = predict_views(model, x, 2, 64)
 assert views.shape == (3, 90, 10) and np.allclose(views.sum(-1), 1, atol=1e-4)
-print("jax ok", len(runs[True][0]), accuracy(views.mean(0), y))
+print("jax ok", len(history), accuracy(views.mean(0), y))
 """
 
 
 BF16_SCRIPT = """
 import sys, numpy as np, keras
-from pipeline.device import configure
+from pipeline.lib.device import configure
 from pipeline.lib.models import load_model
-from pipeline.lib.fitting import EpochSampler, FitSettings, fit, predict_probs
+from pipeline.lib.fitting import EpochSampler, fit, predict_probs
+from pipeline.lib.members import FitSettings
 from pipeline.lib.tta import predict_views
 from tests.conftest import synthetic_digits
 assert keras.backend.backend() == "jax", keras.backend.backend()
@@ -120,10 +130,10 @@ def test_tensorflow_is_hidden_from_the_jax_runs(tmp_path):
 
 
 @needs_jax
-def test_resident_training_matches_the_numpy_path_on_jax(tmp_path):
-    done = run([sys.executable, "-c", SCRIPT], REPO, jax_env(tmp_path))
+def test_training_resumes_exactly_from_its_checkpoint_on_jax(tmp_path):
+    done = run([sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt")], REPO, jax_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "jax ok 2" in done.stdout
+    assert "jax ok 3" in done.stdout
 
 
 @needs_jax

@@ -8,7 +8,6 @@ match (file, line, column, problem). Exit 0 rows are inputs that must be accepte
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -590,8 +589,8 @@ def test_predict_image_on_a_folder_says_it_is_a_folder(project: Path, tmp_path: 
     from pipeline import params, paths, predict
 
     name, folds = params.load("model").name, params.load("train").folds
-    paths.model_dir(name).mkdir(parents=True)
     for fold in range(folds):
+        paths.fold_dir(name, fold).mkdir(parents=True)
         paths.fold_model(name, fold).write_bytes(b"a trained fold model")  # predict --image first checks they exist
     folder = tmp_path / "digits"
     folder.mkdir()
@@ -600,39 +599,37 @@ def test_predict_image_on_a_folder_says_it_is_a_folder(project: Path, tmp_path: 
     assert err == f"predict: error: {folder} is a directory, expected an image file: a PNG or JPG holding one digit\n"
 
 
-def test_augment_keeps_its_temporaries_in_the_project_and_removes_a_killed_runs(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # was /tmp/augment-*: a killed augment with two workers left its images and memory-mapped copies there for good
+def test_augment_with_workers_leaves_no_temporary_file(project: Path, tmp_path: Path, monkeypatch) -> None:
+    # was /tmp/augment-*: a killed augment with two workers left its images and memory-mapped copies there for good;
+    # the chunks now travel to joblib's workers pickled: no file is written for them anywhere
+    import dataclasses
     import tempfile
+    import threading
+    import time
 
-    from pipeline import augment, params, paths
+    from pipeline import params
+    from pipeline.lib.transforms import augment
 
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = paths.TMP_DIR / f"augment-{int(dead.stdout)}-left"  # what a run killed with SIGKILL leaves
-    killed.mkdir(parents=True)
-    (killed / "copies.npy").write_bytes(b"a killed run's copies")
-    seen: list[tuple[list[Path], list[Path]]] = []
-    augment_into = augment.augment_into
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(system_tmp))
+    before = sorted(p for p in project.rglob("*") if p.is_file())
+    images = np.random.default_rng(0).integers(0, 255, (4000, 28, 28), dtype=np.uint8)
+    cfg = dataclasses.replace(params.load("augment"), chunk_rows=2000)  # 1.6 MB a chunk: joblib would map it to a file
+    seen, done = set(), threading.Event()
 
-    def watched(*args, **kwargs) -> int:
-        """Augment a chunk in this process, noting the job folders that exist meanwhile."""
-        seen.append((sorted(system_tmp.glob("augment-*")), sorted(paths.TMP_DIR.resolve().glob("augment-*"))))
-        return augment_into(*args, **kwargs)
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(str(p) for p in system_tmp.rglob("*"))
+            time.sleep(0.005)
 
-    monkeypatch.setattr(augment, "augment_into", watched)
-    images = np.zeros((64, 28, 28), np.uint8)
-    cfg = params.load("augment")
-    out = augment.augment(images, cfg, seed=0, workers=2)
-    assert len(out["x"]) == len(images) * cfg.copies and seen
-    for in_system, in_project in seen:
-        assert in_system == [] and len(in_project) == 1  # this run's folder, in data/processed/tmp/, only
-        assert in_project[0].name.startswith(f"augment-{os.getpid()}-")
-    assert not killed.exists()
-    assert list(paths.TMP_DIR.glob("augment-*")) == []
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(paths.TMP_DIR / "x")], cwd=REPO)
-    assert ignored.returncode == 0  # git-ignored (and in .dvcignore)
-    assert f"/{paths.TMP_DIR}/" in (REPO / ".dvcignore").read_text().splitlines()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out = augment(images, cfg, seed=0, workers=2)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(out["x"]) == len(images) * cfg.copies
+    assert seen == set() and sorted(p for p in project.rglob("*") if p.is_file()) == before

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pipeline import params, paths
+from pipeline.lib import compose
 from tests.conftest import REPO, tracked_conf
 from tests.test_experiments import run, tiny_clone
 
@@ -28,7 +29,8 @@ BAD_OVERRIDES = [
     ("predict.tta_views=-3", "predict.tta_views"),
     ("predict.tta_views=99", "predict.tta_views"),
     ("tune.space.learning_rate=[0.01,0.001]", "tune.space.learning_rate"),
-    ("model.ensemble=[bn_lite@0]", "model.ensemble"),
+    ("model.ensemble=[bn_lite+0]", "model.ensemble"),
+    ("model.ensemble=[bn_lite@1]", "model.ensemble"),  # the old seed mark: DVC's matrix stage names forbid "@"
     ("compare.models=[resnet]", "compare.models"),
     ("+tune.model_space.resnet={dropout_conv:null}", "tune.model_space"),
     ("tune.grace_seconds=1", "tune.grace_seconds"),
@@ -41,7 +43,7 @@ def composed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder (the cwd) with the tracked conf/ and params.yaml composed from its quick profile."""
     shutil.copytree(tracked_conf(), tmp_path / "conf")
     monkeypatch.chdir(tmp_path)
-    assert params.main(["--profile", "quick"]) == 0
+    assert compose.main(["--profile", "quick"]) == 0
     return tmp_path
 
 
@@ -68,7 +70,7 @@ def test_composition_refuses_a_bad_value_and_leaves_params_yaml(composed: Path, 
     # finding: `python -m pipeline.params --profile quick train.epochs=-1` exited 0 and wrote the value
     capsys.readouterr()
     before = files_of(composed)
-    assert params.main(["--profile", "quick", override]) == 2
+    assert compose.main(["--profile", "quick", override]) == 2
     line = one_error_line(capsys.readouterr().err, "params")
     assert f"params.yaml {key}" in line and "left as it was" in line
     assert files_of(composed) == before  # params.yaml, its digest and the profile choice: byte-identical
@@ -76,8 +78,8 @@ def test_composition_refuses_a_bad_value_and_leaves_params_yaml(composed: Path, 
 
 def test_composition_still_writes_a_valid_override(composed: Path) -> None:
     """Control: the check refuses only bad values (a seed member and a valid value pass)."""
-    assert params.main(["--profile", "quick", "predict.tta_views=0", "model.ensemble=[bn_lite@2]"]) == 0
-    assert params.load("predict").tta_views == 0 and params.load("model").ensemble == ["bn_lite@2"]
+    assert compose.main(["--profile", "quick", "predict.tta_views=0", "model.ensemble=[bn_lite+2]"]) == 0
+    assert params.load("predict").tta_views == 0 and params.load("model").ensemble == ["bn_lite+2"]
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "profile/quick.yaml"])
@@ -88,7 +90,7 @@ def test_broken_yaml_in_conf_is_one_line_naming_file_line_and_column(composed: P
     lines = path.read_text().count("\n")
     before = files_of(composed)
     capsys.readouterr()
-    assert params.main(["--profile", "quick"]) == 2
+    assert compose.main(["--profile", "quick"]) == 2
     line = one_error_line(capsys.readouterr().err, "params")
     assert re.match(rf"params: error: conf/{re.escape(name)}, line {lines + 1}, column 1: not valid YAML: ", line), line
     assert files_of(composed) == before
@@ -124,6 +126,21 @@ def test_the_settings_stage_writes_the_same_bytes_for_any_valid_settings(project
         "params.yaml train.epochs: got -1, expected a whole number at least 1"
     )
     assert not paths.SETTINGS_CHECKED.exists()
+
+
+def test_the_settings_stage_refuses_a_hand_edit_that_leaves_derived_stale(project: Path, capsys) -> None:
+    """params.yaml's `derived:` (what the train matrix stage iterates and depends on) is written by the composition:
+    a hand edit of train: or model: that leaves it as it was is refused, one line and exit 2, before anything runs."""
+    from pipeline import settings
+
+    text = (project / "params.yaml").read_text()
+    assert "\nmodel:\n  name: dropout_cnn\n  ensemble: []\n" in text
+    (project / "params.yaml").write_text(text.replace("  ensemble: []\n", "  ensemble:\n  - bn_lite+1\n", 1))
+    assert settings.main([]) == 2 and not paths.SETTINGS_CHECKED.exists()
+    assert one_error_line(capsys.readouterr().err, "settings") == (
+        "settings: error: params.yaml derived: does not match model/train (params.yaml edited by hand?): compose it "
+        "again: python -m pipeline.params"
+    )
 
 
 # ---------------------------------------------------------------- real dvc on a finished tiny run

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from pipeline import paths
-from pipeline.device import Gpu, Hardware, plan_devices
+from pipeline.lib.device import Gpu, Hardware, plan_devices
 from pipeline.tools import bench
 
 
@@ -68,7 +68,8 @@ def test_precision_rows_time_the_plans_policy_on_the_pipelines_path(project):
     setup = bench.setup_from_params(epochs=2, device=plan)
     x, y = bench.bench_images(32, 0)
     aug = {"x": x[:8], "source": np.arange(8, dtype=np.int32)}
-    rows = bench.bench_precision(setup.settings, x, y, aug, plan, seed=0, repeats=1)
+    training, *rows = bench.bench_training(setup, x, y, aug, repeats=1)[0]
+    assert training["figure"] == "training" and training["value"] > 0 and training["reference_name"] == "bare model.fit"
     assert [r["figure"] for r in rows] == [
         "training, float16", "training, float16, CPU time", "inference, float16", "inference, float16, CPU time",
     ]  # fmt: skip

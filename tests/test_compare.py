@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import re
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 
 from pipeline import ingest, paths
+from pipeline.lib.cli import StageError
 from pipeline.lib.ensemble import blend, choose_weights
-from pipeline.lib.fitting import FitSettings, log_loss
+from pipeline.lib.members import FitSettings
+from pipeline.lib.metrics import log_loss
 from pipeline.lib.models import MODELS, PUBLISHED, build_model, multiply_adds
 from pipeline.lib.training_data import Augmented, TrainingData, no_copies
-from pipeline.params import AugmentParams, CompareParams
+from pipeline.params import AugmentParams, CompareParams, FitParams, ModelParams, TrainParams
 from pipeline.tools import compare as cmp
 
 BASE = FitSettings(
     model="dropout_cnn", epochs=9, batch_size=16, learning_rate=0.002, warmup_epochs=0.0,
     dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0,
 )  # fmt: skip
+TRAIN = TrainParams(
+    **{f.name: getattr(BASE, f.name) for f in fields(FitParams)}, folds=3, use_tuned=False, monitor_rows=None
+)
+MODEL = ModelParams(name="dropout_cnn")
 
 
 @pytest.fixture
@@ -40,9 +47,12 @@ def test_compare_trains_each_model_on_the_same_rows_and_budget(data, monkeypatch
         return row, oof
 
     monkeypatch.setattr(cmp, "compare_model", keeping_the_oof)  # the real one: its probabilities kept to check
-    result = cmp.compare(BASE, data, cfg, {}, seed=1, log=logs.append)
+    model = replace(MODEL, overrides={"cnn_basic": {"dropout_conv": 0.4, "batch_size": 8}})
+    result = cmp.compare(TRAIN, model, data, cfg, seed=1, log=logs.append)
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["mlp", "cnn_basic"]
+    # each model's settings are a member's: `train:` with its own model.overrides
+    assert [(r["settings"]["dropout_conv"], r["settings"]["batch_size"]) for r in rows] == [(0.25, 16), (0.4, 8)]
     held_out = int(np.sum(np.isin(data.fold, [0, 2])))
     labels = np.concatenate([data.y[data.fold == 0], data.y[data.fold == 2]])  # the held-out rows, fold by fold
     assert [oof.shape for oof in oofs] == [(held_out, 10)] * 2
@@ -51,7 +61,6 @@ def test_compare_trains_each_model_on_the_same_rows_and_budget(data, monkeypatch
         assert r["train_rows"] == [30, 30]
         assert r["val_rows"] == held_out
         assert r["epochs"] == 1
-        assert r["settings"]["batch_size"] == 16
         assert r["oof_accuracy"] == float(np.mean(oofs[rows.index(r)].argmax(1) == labels))
         assert r["oof_loss"] > 0
         assert r["seconds_per_epoch"] > 0
@@ -95,20 +104,18 @@ def test_split_rows_subsamples_training_rows_stratified_and_keeps_the_whole_fold
     assert not set(train) & set(val)
 
 
-def test_per_model_overrides_apply_only_to_their_model():
-    overrides = {"bn_cnn": {"dropout_conv": 0.4, "dropout_dense": 0.4}}
-    bn = cmp.settings_for(BASE, "bn_cnn", overrides)
-    assert (bn.model, bn.dropout_conv, bn.dropout_dense) == ("bn_cnn", 0.4, 0.4)
-    assert cmp.settings_for(BASE, "mlp", overrides).dropout_conv == 0.25
-    with pytest.raises(ValueError, match=r"unknown settings \[.dropout.\]"):
-        cmp.settings_for(BASE, "bn_cnn", {"bn_cnn": {"dropout": 0.4}})
-
-
 def test_bad_compare_settings_are_clear_errors():
-    with pytest.raises(ValueError, match=r"folds \[3\]"):
+    with pytest.raises(StageError, match=r"folds \[3\]: expected folds of train.npz \(it holds 0-2\)"):
         cmp.check_compare(CompareParams(["mlp"], [3], 1, None), n_folds=3)
-    with pytest.raises(ValueError, match=r"unknown model "):
-        cmp.check_compare(CompareParams(["vgg"], [0], 1, None), n_folds=3)
+    for name in ("vgg", "bn_lite+1"):  # not a model, and a seed member: compare runs each model once
+        with pytest.raises(StageError, match=re.escape(f"compare.models: [{name!r}]: expected models of the zoo")):
+            cmp.check_compare(CompareParams(["mlp", name], [0], 1, None), n_folds=3)
+
+
+def test_main_refuses_an_unknown_model_in_one_line(project, capsys):
+    assert ingest.main([]) == 0
+    assert cmp.main(["--models", "vgg", "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("compare: error: compare.models: ['vgg']")
 
 
 def test_main_writes_both_reports_without_augmented_copies(project):
@@ -126,7 +133,7 @@ AUGMENT = AugmentParams(copies=1, rotate_deg=0.0, scale=0.0, shift=0.0, chunk_ro
 def test_every_model_has_a_published_recipe_that_train_can_run():
     assert set(cmp.RECIPES) == set(MODELS) == set(PUBLISHED)
     for name, recipe in cmp.RECIPES.items():
-        settings = cmp.recipe_settings(cmp.settings_for(BASE, name, {}), recipe)
+        settings = cmp.recipe_settings(replace(BASE, model=name), recipe)
         assert (settings.epochs, settings.batch_size, settings.learning_rate) == (
             recipe.epochs,
             recipe.batch_size,
@@ -134,14 +141,14 @@ def test_every_model_has_a_published_recipe_that_train_can_run():
         )
         assert settings.aug_prob == (1.0 if recipe.augments() else 0.0)
         assert all(1 <= epoch <= recipe.epochs and 0.9 < figure < 1 for epoch, figure in recipe.published_at)
-    an_et_al = cmp.recipe_settings(cmp.settings_for(BASE, "bn_plain5", {}), cmp.RECIPES["bn_plain5"])
+    an_et_al = cmp.recipe_settings(replace(BASE, model="bn_plain5"), cmp.RECIPES["bn_plain5"])
     assert (an_et_al.schedule, an_et_al.lr_decay, an_et_al.ema_momentum, an_et_al.epochs) == (
         "exponential",
         0.98,
         0.999,
         150,
     )
-    plateau = cmp.recipe_settings(cmp.settings_for(BASE, "dropout_cnn", {}), cmp.RECIPES["dropout_cnn"], 4)
+    plateau = cmp.recipe_settings(replace(BASE, model="dropout_cnn"), cmp.RECIPES["dropout_cnn"], 4)
     assert (plateau.optimizer, plateau.schedule, plateau.epochs, plateau.dropout_conv) == (
         "rmsprop",
         "plateau",
@@ -172,7 +179,7 @@ def test_published_figures_compare_ours_after_the_same_epoch():
 def test_published_recipes_train_on_every_row_of_the_other_folds(data):
     cfg = CompareParams(models=["dropout_cnn", "bn_plain7"], folds=[0, 1], epochs=9, max_train_rows=10)
     logs = []
-    result = cmp.compare_published(BASE, data, cfg, {}, 1, AUGMENT, max_epochs=1, log=logs.append)
+    result = cmp.compare(TRAIN, MODEL, data, cfg, 1, published=AUGMENT, max_epochs=1, log=logs.append)
     assert result["mode"] == "published" and len(logs) == 2
     for r in result["rows"]:
         recipe = cmp.RECIPES[r["model"]]
@@ -182,7 +189,7 @@ def test_published_recipes_train_on_every_row_of_the_other_folds(data):
         assert r["recipe"]["source"] == recipe.source
         assert [f["epoch"] for f in r["figures"]] == [e for e, _ in recipe.published_at]
         assert all(f["ours"] is None for f in r["figures"])  # one epoch trained: no published epoch reached
-    text = cmp.markdown_published(result, "CPU")
+    text = cmp.markdown(result, "CPU")
     assert "| dropout_cnn | RMSprop" in text and "| bn_plain7 | An et al." in text and "cross-fitted" in text
 
 

@@ -9,7 +9,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 
-from pipeline import paths
+from pipeline import params, paths
 from pipeline.tools import dashboard
 from tests.conftest import REPO
 
@@ -25,14 +25,21 @@ def get(app, path: str) -> tuple[str, bytes]:
 
 def test_the_dashboard_lists_the_study_in_tunes_storage(project):
     paths.OPTUNA_DB.parent.mkdir(parents=True, exist_ok=True)
-    url = dashboard.study_storage()
-    assert url == f"sqlite:///{paths.OPTUNA_DB}"  # the same file tune writes
+    url = paths.tune_storage(params.load("tune").storage)  # what tune and the dashboard open
+    assert url == f"sqlite:///{paths.OPTUNA_DB}"  # the test profile's: the SQLite file
     study = optuna.create_study(study_name="digit-test", storage=url, direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("learning_rate", 1e-4, 1e-2), n_trials=2)
     status, body = get(dashboard.app(url), "/api/studies")
     assert status.startswith("200")
     (listed,) = json.loads(body)["study_summaries"]
     assert listed["study_name"] == "digit-test"
+
+
+def test_the_storage_handed_to_tunes_workers_wins(monkeypatch):
+    monkeypatch.setenv(paths.TUNE_STORAGE_ENV, "postgresql://tuner:pw@db/optuna")
+    assert paths.tune_storage("sqlite:///other.db") == "postgresql://tuner:pw@db/optuna"
+    monkeypatch.delenv(paths.TUNE_STORAGE_ENV)
+    assert paths.tune_storage("sqlite:///other.db") == "sqlite:///other.db"
 
 
 def test_without_a_study_it_says_what_to_run(project, capsys):

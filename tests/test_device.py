@@ -1,9 +1,8 @@
 """The device plan, on CPU with the device lists of the GPUs Kagglers train on: precision by compute capability
 (float32 on a P100, float16 mixed precision on a V100 or T4, bf16 from an A100, L4 or H100; bf16 on a CPU only where
 it computes bf16 natively), params.yaml's device.precision overriding it; XLA; tuning workers spread over the GPUs
-with their memory shares (checked by jax's own reader of them); one training process per GPU; the CLI. Then the
-GPU-only code paths that do run on a CPU: a fit under mixed_float16 with Keras' loss scaling, weight averaging and
-XLA, reloaded under every policy."""
+with their memory shares (checked by jax's own reader of them); the CLI. Then the GPU-only code paths that do run on
+a CPU: a fit under mixed_float16 with Keras' loss scaling, weight averaging and XLA, reloaded under every policy."""
 
 from __future__ import annotations
 
@@ -16,9 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import device
-from pipeline.device import Gpu, Hardware, plan_devices, process_env
-from pipeline.lib.fitting import EpochSampler, FitSettings, fit, inner_optimizer, predict_probs
+from pipeline import device as cli
+from pipeline.lib import device
+from pipeline.lib.device import Gpu, Hardware, plan_devices, process_env
+from pipeline.lib.fitting import EpochSampler, fit, predict_probs
+from pipeline.lib.members import FitSettings
 from pipeline.lib.models import load_model
 from tests.conftest import synthetic_digits
 
@@ -61,33 +62,31 @@ def test_cpu_flags_of_a_machine_without_proc_cpuinfo_are_empty(tmp_path: Path):
 
 # ---------------------------------------------------------------- the plan, machine by machine (TensorFlow)
 
-GPU0, GPU1 = {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}
-# machine: (GPUs, CPU flags, policy, XLA, GPU of each of the tuning workers at 2 per GPU, training environments)
+# machine: (GPUs, CPU flags, policy, XLA, GPU of each of the tuning workers at 2 per GPU)
 MACHINES = {
-    "Kaggle P100": ((P100,), PLAIN_FLAGS, "float32", True, [0, 0], [GPU0]),
-    "Colab T4": ((T4,), PLAIN_FLAGS, "mixed_float16", True, [0, 0], [GPU0]),
-    "Kaggle 2 x T4": ((T4, T4), PLAIN_FLAGS, "mixed_float16", True, [0, 1, 0, 1], [GPU0, GPU1]),
-    "V100": ((V100,), PLAIN_FLAGS, "mixed_float16", True, [0, 0], [GPU0]),
-    "L4": ((L4,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
-    "A100": ((A100,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
-    "H100": ((H100,), BF16_FLAGS, "mixed_bfloat16", True, [0, 0], [GPU0]),
-    "P100 + T4 (the slower decides)": ((T4, P100), PLAIN_FLAGS, "float32", True, [0, 1, 0, 1], [GPU0, GPU1]),
-    "no GPU, CPU with AMX": ((), BF16_FLAGS, "mixed_bfloat16", False, [None] * 3, [{}]),
-    "no GPU, plain CPU": ((), PLAIN_FLAGS, "float32", False, [None] * 3, [{}]),
-    "no GPU, Arm with BF16": ((), frozenset({"asimd", "bf16"}), "mixed_bfloat16", False, [None] * 3, [{}]),
+    "Kaggle P100": ((P100,), PLAIN_FLAGS, "float32", True, [0, 0]),
+    "Colab T4": ((T4,), PLAIN_FLAGS, "mixed_float16", True, [0, 0]),
+    "Kaggle 2 x T4": ((T4, T4), PLAIN_FLAGS, "mixed_float16", True, [0, 1, 0, 1]),
+    "V100": ((V100,), PLAIN_FLAGS, "mixed_float16", True, [0, 0]),
+    "L4": ((L4,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0]),
+    "A100": ((A100,), PLAIN_FLAGS, "mixed_bfloat16", True, [0, 0]),
+    "H100": ((H100,), BF16_FLAGS, "mixed_bfloat16", True, [0, 0]),
+    "P100 + T4 (the slower decides)": ((T4, P100), PLAIN_FLAGS, "float32", True, [0, 1, 0, 1]),
+    "no GPU, CPU with AMX": ((), BF16_FLAGS, "mixed_bfloat16", False, [None] * 3),
+    "no GPU, plain CPU": ((), PLAIN_FLAGS, "float32", False, [None] * 3),
+    "no GPU, Arm with BF16": ((), frozenset({"asimd", "bf16"}), "mixed_bfloat16", False, [None] * 3),
 }
 
 
 @pytest.mark.parametrize("machine", MACHINES)
 def test_the_plan_of_each_machine(machine: str):
-    gpus, flags, policy, xla, worker_gpus, train_envs = MACHINES[machine]
+    gpus, flags, policy, xla, worker_gpus = MACHINES[machine]
     hardware = Hardware("tensorflow", gpus, flags, cores=4, machine="x86_64")
     plan = plan_devices(hardware, "auto", workers_per_gpu=2, workers_cpu=3)
     assert plan.precision == policy
-    assert plan.jit_compile is xla and not plan.resident
+    assert plan.jit_compile is xla
     assert [w.gpu for w in plan.tune_workers] == worker_gpus
-    assert list(plan.train_envs) == train_envs
-    assert set(plan.reasons) == {"precision", "xla", "tune", "train"} and all(plan.reasons.values())
+    assert set(plan.reasons) == {"precision", "xla", "tune"} and all(plan.reasons.values())
     assert policy in plan.describe() and plan.reasons["precision"] in plan.describe()
     if gpus:
         assert gpus[0].name in plan.describe() and "/physical_device" not in plan.describe()
@@ -121,14 +120,9 @@ def test_an_explicit_precision_wins_and_says_what_auto_would_do(setting, gpus, f
     assert (f"auto would choose {auto}" in plan.reasons["precision"]) == (auto != policy)
 
 
-def test_an_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match=r"device.precision must be one of auto, float32, mixed_bfloat16, mixed_f"):
-        plan_devices(Hardware("tensorflow", ()), "float16")
-
-
-def test_jax_keeps_data_on_the_device_and_caps_memory_by_the_current_name():
+def test_jax_caps_memory_by_the_current_name():
     plan = plan_devices(Hardware("jax", (T4, T4)), "auto", workers_per_gpu=3)
-    assert plan.resident and plan.jit_compile and plan.precision == "mixed_float16"
+    assert plan.jit_compile and plan.precision == "mixed_float16"
     assert [w.gpu for w in plan.tune_workers] == [0, 1, 0, 1, 0, 1]
     for worker in plan.tune_workers:
         assert worker.env == {"CUDA_VISIBLE_DEVICES": str(worker.gpu), "XLA_CLIENT_MEM_FRACTION": "0.30"}
@@ -209,21 +203,21 @@ def test_a_users_tensorflow_memory_cap_is_kept():
 )
 def test_the_cli_plans_for_assumed_gpus(project: Path, capsys, assumed: list[str], policy: str, gpus: set[int]):
     argv = ["--json", "--precision", "auto", *[arg for gpu in assumed for arg in ("--assume", gpu)]]
-    assert device.main(argv) == 0
+    assert cli.main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["precision"] == policy and plan["jit_compile"] is (keras.backend.backend() != "torch")
     assert [g["name"] for g in plan["gpus"]] == [a.rsplit(",", 2)[0] for a in assumed]
     assert plan["gpus"][0]["capability"] == assumed[0].split(",")[1]
-    assert {w["gpu"] for w in plan["tune_workers"]} == gpus
-    assert plan["train_envs"] == [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(len(assumed))]
+    assert {w["gpu"] for w in plan["tune_workers"]} == gpus and "train_envs" not in plan
 
 
 def test_the_cli_says_why_and_refuses_a_malformed_gpu(project: Path, capsys):
-    assert device.main(["--assume", "Tesla T4,7.5,15", "--precision", "float32"]) == 0
+    assert cli.main(["--assume", "Tesla T4,7.5,15", "--precision", "float32"]) == 0
     out = capsys.readouterr().out
     assert "assumed GPU (Tesla T4)" in out and "float32" in out and "auto would choose mixed_float16" in out
+    assert "train      one unit per process, on GPU 0" in out
     with pytest.raises(SystemExit) as exit_:
-        device.main(["--assume", "Tesla T4,7.5"])
+        cli.main(["--assume", "Tesla T4,7.5"])
     assert exit_.value.code == 2 and "NAME,CC,GiB" in capsys.readouterr().err
 
 
@@ -246,12 +240,12 @@ def test_a_gpu_that_nvidia_smi_lists_and_the_backend_misses_is_a_warning(tmp_pat
 
 
 def test_this_machines_plan_is_what_the_backend_reports(project: Path, capsys):
-    assert device.main(["--json", "--precision", "auto"]) == 0  # the test profile pins float32
+    assert cli.main(["--json", "--precision", "auto"]) == 0  # the test profile pins float32
     plan = json.loads(capsys.readouterr().out)
     hardware = device.detect()
     assert plan["backend"] == keras.backend.backend() and len(plan["gpus"]) == len(hardware.gpus)
     if not hardware.gpus:
-        assert plan["train_envs"] == [{}] and plan["jit_compile"] is False
+        assert plan["jit_compile"] is False and all(w["gpu"] is None for w in plan["tune_workers"])
         native = device.bf16_flag(device.cpu_flags()) is not None
         assert plan["precision"] == ("mixed_bfloat16" if native else "float32")
 
@@ -315,27 +309,23 @@ def test_a_bf16_model_keeps_float32_outputs_and_reloads_in_safe_mode(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def t4_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[keras.Model, list[dict], np.ndarray, Path]:
-    """A model trained on the plan of a T4 with this backend (mixed_float16, XLA on), weight averaging on, resumed
-    from its checkpoint for a third epoch; with the checkpoint folder."""
+def t4_fit() -> tuple[keras.Model, list[dict], np.ndarray]:
+    """A model trained for three epochs on the plan of a T4 with this backend (mixed_float16, XLA on), weight
+    averaging on."""
     before = keras.config.dtype_policy().name
     plan = plan_devices(Hardware(keras.backend.backend(), (T4,)), "auto")
     assert plan.precision == "mixed_float16" and plan.jit_compile == (keras.backend.backend() != "torch")
-    folder = tmp_path_factory.mktemp("t4")
     keras.mixed_precision.set_global_policy(plan.precision)
     x, y = synthetic_digits(120)
     sampler = EpochSampler(x, y, np.arange(90), x[:0], np.zeros(0, np.int32), seed=0)
-    settings = replace(SETTINGS, ema_momentum=0.9)
     keras.utils.set_random_seed(0)
-    fit(settings, sampler, (x[90:], y[90:]), plan, checkpoint=folder, fingerprint="t4")
-    model, history = fit(replace(settings, epochs=3), sampler, (x[90:], y[90:]), plan, checkpoint=folder,
-                         fingerprint="t4")  # fmt: skip
+    model, history = fit(replace(SETTINGS, epochs=3, ema_momentum=0.9), sampler, (x[90:], y[90:]), plan)
     keras.mixed_precision.set_global_policy(before)
-    return model, history, x, folder
+    return model, history, x
 
 
 def test_mixed_float16_scales_the_loss_and_trains_under_xla(t4_fit):
-    model, history, _, _ = t4_fit
+    model, history, _ = t4_fit
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras added loss scaling
     assert model.get_layer("scale").compute_dtype == "float16" and model.get_layer("probs").compute_dtype == "float32"
     assert all(w.dtype == "float32" for w in model.weights)
@@ -344,9 +334,9 @@ def test_mixed_float16_scales_the_loss_and_trains_under_xla(t4_fit):
 
 
 def test_weight_averaging_reaches_through_the_loss_scale_wrapper(t4_fit):
-    model, _, _, _ = t4_fit
-    optimizer = inner_optimizer(model)
-    assert optimizer is model.optimizer.inner_optimizer and optimizer.use_ema
+    model, _, _ = t4_fit
+    optimizer = model.optimizer.inner_optimizer
+    assert optimizer.use_ema
     assert not model.optimizer.use_ema  # the wrapper's own flag: reading it turned averaging off
     returned = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     optimizer.finalize_variable_values(model.trainable_variables)  # the averages, once more
@@ -357,7 +347,7 @@ def test_weight_averaging_reaches_through_the_loss_scale_wrapper(t4_fit):
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_a_float16_model_reloads_under_any_policy(tmp_path: Path, t4_fit, policy: str):
-    model, _, x, _ = t4_fit
+    model, _, x = t4_fit
     keras.mixed_precision.set_global_policy("mixed_float16")
     in_memory = predict_probs(model, x)
     model.save(tmp_path / "m.keras")
@@ -370,7 +360,7 @@ def test_a_float16_model_reloads_under_any_policy(tmp_path: Path, t4_fit, policy
 
 
 def test_jit_compile_runs_on_this_cpu_with_tensorflow(t4_fit):
-    model, history, _, _ = t4_fit
+    model, history, _ = t4_fit
     if keras.backend.backend() != "tensorflow":
         pytest.skip("jit_compile is TensorFlow's XLA switch")
-    assert model.jit_compile and len(history) == 3  # trained, checkpointed and resumed with XLA, as on a GPU
+    assert model.jit_compile and len(history) == 3  # trained with XLA, as on a GPU

@@ -29,10 +29,18 @@ def files_of(dotted: str) -> set[str]:
     return set()
 
 
-def pipeline_imports(path: Path) -> set[str]:
-    """Return the source files of the pipeline modules the source file at `path` imports anywhere in it."""
+def is_main_block(node: ast.AST) -> bool:
+    """Return whether `node` is a module's `if __name__ == "__main__":` block (run only as `python -m` itself)."""
+    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+
+
+def pipeline_imports(path: Path, own: bool = True) -> set[str]:
+    """Return the source files of the pipeline modules the source file at `path` imports anywhere in it (in its
+    `__main__` block only when it is the module run, `own`)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    body = [n for n in tree.body if own or not is_main_block(n)]
+    for node in (inner for top in body for inner in ast.walk(top)):
         if isinstance(node, ast.Import):
             found |= {f for a in node.names if a.name.startswith("pipeline.") for f in files_of(a.name)}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "pipeline":
@@ -45,13 +53,14 @@ def pipeline_imports(path: Path) -> set[str]:
 def module_closure(module: str) -> set[str]:
     """Return the files of pipeline module `module` and of every pipeline module it imports, transitively."""
     seen: set[str] = set()
-    todo = sorted(files_of(f"pipeline.{module}"))
+    own = files_of(f"pipeline.{module}")
+    todo = sorted(own)
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo += sorted(pipeline_imports(REPO / name) - seen)
+        todo += sorted(pipeline_imports(REPO / name, own=name in own) - seen)
     return seen
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params, paths
+from pipeline import paths
+from pipeline.lib import compose
 from pipeline.lib.exclusions import header_text
 from pipeline.lib.submission_file import validate_submission_file
 from tests.conftest import REPO, tracked_conf
@@ -45,7 +46,7 @@ def tiny_real_params() -> dict:
     # normalisations) scored anywhere from 0.70 to 0.89 (its batch-norm statistics have not settled), too noisy for
     # the accuracy floor below
     overrides += ["model.name=dropout_cnn"]
-    return yaml.safe_load(params.compose(["profile=quick", *overrides, "predict.tta_views=2"], tracked_conf()))
+    return yaml.safe_load(compose.compose(["profile=quick", *overrides, "predict.tta_views=2"], tracked_conf()))
 
 
 @pytest.mark.slow

@@ -11,9 +11,11 @@ import yaml
 
 from pipeline import augment, ingest, paths, predict, train
 from pipeline import report as summary
-from pipeline.lib.files import read_npz, write_npz
+from pipeline.lib.files import read_json, read_npz, write_npz
+from pipeline.lib.members import derived, member_seed, member_settings, members
 from pipeline.lib.submission_file import validate_submission
-from pipeline.params import ModelParams, ParamsError, load
+from pipeline.params import ModelParams, ParamsError, check_model, load
+from tests.conftest import dump_params
 from tests.dvclive_files import read_history
 
 
@@ -23,15 +25,15 @@ def views_of(rng: np.random.Generator, views: int, rows: int) -> np.ndarray:
 
 
 def test_members_put_model_name_first_and_reject_repeats():
-    assert ModelParams("cnn_basic", ["mlp"]).members() == ["cnn_basic", "mlp"]
-    assert ModelParams("cnn_basic").members() == ["cnn_basic"]
+    assert members(ModelParams("cnn_basic", ["mlp"])) == ["cnn_basic", "mlp"]
+    assert members(ModelParams("cnn_basic")) == ["cnn_basic"]
     with pytest.raises(ParamsError, match="repeat"):
-        ModelParams("mlp", ["mlp"]).members()
+        check_model(ModelParams("mlp", ["mlp"]))
 
 
 def test_tuned_values_go_to_model_name_only_and_overrides_to_each_member(project):
     model = ModelParams("dropout_cnn", ["bn_cnn"], {"bn_cnn": {"dropout_conv": 0.4}})
-    primary, member = train.member_settings(load("train"), model, {"learning_rate": 0.01})
+    primary, member = (member_settings(load("train"), model, m, {"learning_rate": 0.01}) for m in members(model))
     assert (primary.model, primary.learning_rate) == ("dropout_cnn", 0.01)
     assert (member.model, member.learning_rate, member.dropout_conv) == ("bn_cnn", load("train").learning_rate, 0.4)
 
@@ -91,10 +93,12 @@ def test_each_member_is_scored_by_leaving_it_out_of_the_cross_fitted_blend():
 
 
 def train_ensemble(name: str, ensemble: list[str]) -> None:
-    """Set model.name and model.ensemble in the project's params.yaml, then run ingest, augment and train."""
+    """Set model.name and model.ensemble in the project's params.yaml (and its derived section), then run ingest,
+    augment and train (every member's every fold)."""
     doc = yaml.safe_load(paths.PARAMS.read_text())
     doc["model"].update(name=name, ensemble=ensemble)
-    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
+    doc["derived"] = derived(load("train"), ModelParams(**doc["model"]))
+    dump_params(doc, paths.PARAMS)  # derived: as the composition writes it
     assert ingest.main([]) == 0 and augment.main([]) == 0
     assert train.main([]) == 0
 
@@ -103,9 +107,6 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     train_ensemble("cnn_basic", ["mlp"])
     for name in ("cnn_basic", "mlp"):
         assert all(paths.fold_model(name, k).is_file() and read_history(name, k) for k in range(3))
-    metrics = json.loads(paths.METRICS_JSON.read_text())
-    assert set(metrics["models"]) == {"cnn_basic", "mlp"} and metrics["models"]["cnn_basic"] == metrics["oof"]
-
     assert predict.main([]) == 0
     assert len(validate_submission(paths.LATEST_SUBMISSION.read_text(), 20)) == 20
     report = json.loads(paths.PREDICT_JSON.read_text())
@@ -113,6 +114,9 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
     assert sum(report["weights"].values()) == pytest.approx(1.0) and min(report["weights"].values()) >= 0
     assert set(report["models"]) == {"cnn_basic", "mlp"}
     assert summary.main([]) == 0
+    minutes = sum(read_json(paths.fold_meta("mlp", k))["seconds"] for k in range(3)) / 60
+    assert f"| mlp | {report['models']['mlp']['oof_tta_accuracy']:.5f} | " in paths.SUMMARY_MD.read_text()
+    assert f" | {minutes:.1f} | " in paths.SUMMARY_MD.read_text()  # its folds' training time, from their meta.json
     headline = f"submission's predictions **{report['oof_blend_accuracy']:.5f}** (the ensemble's cross-fitted blend"
     assert (
         headline in paths.SUMMARY_MD.read_text() and "(weights chosen by OOF log_loss)" in paths.SUMMARY_MD.read_text()
@@ -130,20 +134,18 @@ def test_two_model_ensemble_trains_both_and_blends_on_oof_only(project):
 
 
 def test_a_seed_member_is_its_model_with_its_overrides_and_other_seeds(project):
-    model = ModelParams("dropout_cnn", ["dropout_cnn@1", "dropout_cnn@2"], {"dropout_cnn@2": {"dropout_conv": 0.1}})
-    primary, again, own = train.member_settings(load("train"), model, None)
-    assert (again.model, again.dropout_conv) == ("dropout_cnn@1", primary.dropout_conv)  # no overrides of its own
-    assert (own.model, own.dropout_conv) == ("dropout_cnn@2", 0.1)
-    seeds = {train.member_seed(42, name) + offset for name in model.members() for offset in (0, 1, 2, 1000, 2000)}
+    model = ModelParams("dropout_cnn", ["dropout_cnn+1", "dropout_cnn+2"], {"dropout_cnn+2": {"dropout_conv": 0.1}})
+    primary, again, own = (member_settings(load("train"), model, m, None) for m in members(model))
+    assert (again.model, again.dropout_conv) == ("dropout_cnn+1", primary.dropout_conv)  # no overrides of its own
+    assert (own.model, own.dropout_conv) == ("dropout_cnn+2", 0.1)
+    seeds = {member_seed(42, name) + offset for name in members(model) for offset in (0, 1, 2, 1000, 2000)}
     assert len(seeds) == 15  # no fold of one member draws another member's seeds
-    with pytest.raises(ValueError, match="@N"):
-        train.settings_for(primary, "dropout_cnn@0", {})
 
 
 def test_seed_members_train_apart_and_blend(project):
-    train_ensemble("mlp", ["mlp@1"])
-    first, second = (read_npz(paths.fold_oof(name, 0))["probs"] for name in ("mlp", "mlp@1"))
+    train_ensemble("mlp", ["mlp+1"])
+    first, second = (read_npz(paths.fold_oof(name, 0))["probs"] for name in ("mlp", "mlp+1"))
     assert first.shape == second.shape and not np.allclose(first, second)  # other initial weights and batches
     assert predict.main([]) == 0
     report = json.loads(paths.PREDICT_JSON.read_text())
-    assert list(report["weights"]) == ["mlp", "mlp@1"] and set(report["models"]) == {"mlp", "mlp@1"}
+    assert list(report["weights"]) == ["mlp", "mlp+1"] and set(report["models"]) == {"mlp", "mlp+1"}

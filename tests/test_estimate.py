@@ -13,13 +13,13 @@ import yaml
 
 from pipeline import params, paths
 from pipeline.lib import progress
+from pipeline.lib.compose import compose, write_params
 from pipeline.tools import estimate
-from pipeline.train import member_settings
 from tests.conftest import REPO, tracked_conf
 
 
 def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
-    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
+    doc = yaml.safe_load(compose(["profile=full"], tracked_conf()))
     doc["ingest"].update(max_train_rows=1000, max_test_rows=500)
     doc["train"].update(folds=4, epochs=3, monitor_rows=None)
     doc["tune"].update(trials=5, epochs=2, max_train_rows=300, max_val_rows=None)
@@ -45,20 +45,17 @@ def test_the_workload_counts_the_images_each_stage_trains_on_and_infers():
     assert (batched["train"], batched["tune"]) == (seconds["train"], seconds["tune"])
     doc["model"]["ensemble"] = ["bn_cnn"]
     assert estimate.workload(doc)["train"] == (2 * 4 * 3 * 750, 2 * 4 * 1000)
-    doc["train"]["pseudo_rounds"] = 2  # per round: the test set labelled, then a student on 750 + up to 500 rows
-    student = 3 * (750 + 500)
-    assert estimate.workload(doc)["train"] == (2 * 4 * (3 * 750 + 2 * student), 2 * 4 * (3 * 1000 + 2 * 500))
+    assert estimate.workload(doc)["predict"] == (0.0, 2 * 4 * 3 * (250 + 500))
 
 
 def test_each_member_is_calibrated_at_its_own_model_and_batch_size():
     # the estimate priced every ensemble member at model.name's cost per image (issue 23)
-    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
-    settings = params.validate(doc)
-    members = member_settings(settings.sections["train"], settings.sections["model"], None)
+    doc = yaml.safe_load(compose(["profile=full"], tracked_conf()))
+    members = estimate.members_of(doc)
     kinds = estimate.calibration_kinds(members)
     train, bn_lite = doc["train"], doc["model"]["overrides"]["bn_lite"]
     assert [m.model for m in members] == [doc["model"]["name"], *doc["model"]["ensemble"]]
-    assert {m.model for m in members} > {"dropout_cnn", "bn_lite", "bn_lite@1"}
+    assert {m.model for m in members} > {"dropout_cnn", "bn_lite", "bn_lite+1"}
     assert {key: s.batch_size for key, s in kinds.items()} == {
         ("dropout_cnn", train["batch_size"]): train["batch_size"],
         ("bn_lite", bn_lite["batch_size"]): bn_lite["batch_size"],
@@ -68,7 +65,7 @@ def test_each_member_is_calibrated_at_its_own_model_and_batch_size():
 
 def test_the_full_profile_is_estimated_far_longer_than_the_quick_one():
     rates = estimate.Rates(train=0.001, infer=0.0002)
-    full, quick = (yaml.safe_load(params.compose([f"profile={p}"], tracked_conf())) for p in ("full", "quick"))
+    full, quick = (yaml.safe_load(compose([f"profile={p}"], tracked_conf())) for p in ("full", "quick"))
     assert estimate.estimate(full, rates)["total"] > 5 * estimate.estimate(quick, rates)["total"]
 
 
@@ -96,7 +93,7 @@ def test_make_run_estimates_before_the_pipeline_starts():
 
 
 def test_a_budget_keeps_the_most_epochs_that_fit():
-    doc = yaml.safe_load(params.compose(["profile=full"], tracked_conf()))
+    doc = yaml.safe_load(compose(["profile=full"], tracked_conf()))
     rates = estimate.Rates(train=0.001, infer=0.0002)
     by_epochs = {}
     for epochs in (doc["train"]["epochs"], 12, 13):
@@ -113,7 +110,7 @@ def test_a_budget_keeps_the_most_epochs_that_fit():
 
 def test_a_budget_recomposes_params_yaml_with_the_epochs_that_fit(project, monkeypatch):
     shutil.copytree(tracked_conf(), project / "conf")
-    params.write_params(params.compose(["profile=test", "train.batch_size=8"]), force=True)
+    write_params(compose(["profile=test", "train.batch_size=8"]), force=True)
     doc = params.read_raw()
     doc["train"]["epochs"] = 9
     rates = estimate.Rates(train=0.001, infer=0.0002)
@@ -161,7 +158,7 @@ def scaled(by_model: dict[str, estimate.Rates], factor: float) -> dict[str, esti
 
 
 def profile_doc(name: str) -> dict:
-    return yaml.safe_load(params.compose([f"profile={name}"], tracked_conf()))
+    return yaml.safe_load(compose([f"profile={name}"], tracked_conf()))
 
 
 def test_the_cpu_profile_fits_its_2_h_30_min_on_the_cpu_it_is_offered_for():
@@ -196,7 +193,7 @@ def named_as_fitting(hint: str) -> list[str]:
 def test_the_hint_names_a_command_only_when_its_own_estimate_here_fits(project, monkeypatch, capsys, factor):
     # issue 35: whatever the machine measured, the hint said `make run PROFILE=cpu` and BUDGET=150 fit 2 h 30 min
     shutil.copytree(tracked_conf(), project / "conf")
-    params.write_params(params.compose(["profile=full"]), force=True)
+    write_params(compose(["profile=full"]), force=True)
     out, record = run_main_at(monkeypatch, capsys, scaled(EPYC, factor), ["--seconds", "0.1"])
     first, hint = out.strip().splitlines()[-2:]
     assert first.startswith("estimate: profile full on this machine") and record["seconds"]["total"] > LIMIT
@@ -214,7 +211,7 @@ def test_the_hint_names_a_command_only_when_its_own_estimate_here_fits(project, 
 
 def test_a_profile_that_fits_says_so_and_names_only_shorter_runs(project, monkeypatch, capsys):
     shutil.copytree(tracked_conf(), project / "conf")
-    params.write_params(params.compose(["profile=cpu"]), force=True)
+    write_params(compose(["profile=cpu"]), force=True)
     out, record = run_main_at(monkeypatch, capsys, EPYC, ["--seconds", "0.1"])
     hint = out.strip().splitlines()[-1]
     assert hint.startswith("estimate: profile cpu fits 2h30m here; shorter: `make quick` (about ")
@@ -242,7 +239,7 @@ def test_a_budget_is_offered_with_the_epochs_that_fit_and_its_estimate():
 
 def test_a_budget_run_says_what_it_recomposed_and_that_it_fits(project, monkeypatch, capsys):
     shutil.copytree(tracked_conf(), project / "conf")
-    params.write_params(params.compose(["profile=cpu"]), force=True)
+    write_params(compose(["profile=cpu"]), force=True)
     out, record = run_main_at(monkeypatch, capsys, scaled(EPYC, 1.5), ["--seconds", "0.1", "--budget", "150"])
     epochs = params.read_raw()["train"]["epochs"]
     assert 0 < epochs < 30 and record["epochs"] == epochs and record["seconds"]["total"] <= LIMIT

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params
+from pipeline.lib import compose
 from pipeline.lib.exclusions import header_text
 from tests.conftest import REPO, synthetic_digits, test_csv_text, tiny_params, tracked_conf, train_csv_text
 
@@ -32,7 +32,8 @@ def run(cmd: list[str], cwd: Path) -> str:
 def tiny_clone(root: Path) -> None:
     """Make `root` a git + DVC project like a fresh clone: the repository's code, dvc.yaml and Hydra setup, with
     conf/ shrunk to tiny settings (a quick profile of 1 epoch and 2 views) and synthetic CSVs in data/raw/."""
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("pipeline", "hydra_plugins"):  # hydra_plugins/: the resolver DVC's composition writes derived: with
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tracked_conf(), root / "conf")
     (root / ".dvc").mkdir()
     for name in ("dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
@@ -42,7 +43,7 @@ def tiny_clone(root: Path) -> None:
     (root / "data").mkdir()
     (root / "data/exclude_rows.csv").write_text(header_text())  # none excluded (not the user's list)
     base = tiny_params()
-    base.update(profile="???")
+    base.update(profile="???", derived=yaml.safe_load((REPO / "conf/config.yaml").read_text())["derived"])
     base["tune"]["trials"] = 1
     defaults = ["_self_", {"profile": "full"}, {"optional local": "profile"}]  # as conf/config.yaml's
     (root / "conf/config.yaml").write_text(yaml.safe_dump({"defaults": defaults, **base}))
@@ -90,7 +91,7 @@ def test_dvc_exp_run_composes_the_profile_and_the_users_override_and_lists_both_
     assert "Running stage 'predict'" in log and "Running stage 'train'" not in log  # only what the change touches
     shown = yaml.safe_load((tmp_path / "params.yaml").read_text())  # params.yaml shows what ran
     assert shown["profile"] == "quick" and shown["predict"]["tta_views"] == 0 and shown["train"]["epochs"] == 1
-    assert (tmp_path / "params.yaml").read_text() == params.compose(
+    assert (tmp_path / "params.yaml").read_text() == compose.compose(
         ["profile=quick", "predict.tta_views=0"], tmp_path / "conf"
     )
     assert json.loads((tmp_path / "reports/predict.json").read_text())["tta_views"] == 0

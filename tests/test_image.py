@@ -96,8 +96,8 @@ def fold_models(project: Path) -> int:
     from pipeline.params import load
 
     name = load("model").name
-    paths.model_dir(name).mkdir(parents=True)
     for fold in range(3):
+        paths.fold_model(name, fold).parent.mkdir(parents=True)
         keras.utils.set_random_seed(fold)
         build_model("mlp").save(paths.fold_model(name, fold))
     return 3

@@ -53,16 +53,16 @@ def test_exported_settings_are_cleared_before_the_tests_run() -> None:
 def test_the_tests_settings_are_the_test_profile_not_the_users_params_yaml() -> None:
     """A user's `make quick` rewrote params.yaml and the tests read it (17 failures after make quick): the tests
     compose the tracked conf/ with the test profile instead, whatever params.yaml and conf/local/ hold."""
-    from pipeline import params
+    from pipeline.lib import compose
 
     assert tiny_params()["profile"] == TEST_PROFILE
-    assert tiny_params() == yaml.safe_load(params.compose([f"profile={TEST_PROFILE}"], tracked_conf()))
+    assert tiny_params() == yaml.safe_load(compose.compose([f"profile={TEST_PROFILE}"], tracked_conf()))
     assert not (tracked_conf() / "local").exists()  # this machine's profile choice is not in the tests' conf/
 
 
 def test_a_storage_in_conf_never_reaches_a_test_project(tmp_path: Path) -> None:
     """The test profile pins the tuning storage: a study URL in conf/config.yaml is not carried into test projects."""
-    from pipeline import params
+    from pipeline.lib import compose
 
     conf = tmp_path / "conf"
     shutil.copytree(tracked_conf(), conf)
@@ -70,8 +70,8 @@ def test_a_storage_in_conf_never_reaches_a_test_project(tmp_path: Path) -> None:
     text = config.read_text()
     assert "  storage: null" in text
     config.write_text(text.replace("  storage: null", "  storage: postgresql://user:pw@db.invalid/optuna", 1))
-    assert yaml.safe_load(params.compose(["profile=full"], conf))["tune"]["storage"].startswith("postgresql://")
-    assert yaml.safe_load(params.compose([f"profile={TEST_PROFILE}"], conf))["tune"]["storage"] is None
+    assert yaml.safe_load(compose.compose(["profile=full"], conf))["tune"]["storage"].startswith("postgresql://")
+    assert yaml.safe_load(compose.compose([f"profile={TEST_PROFILE}"], conf))["tune"]["storage"] is None
 
 
 def test_home_keras_config_and_kaggle_root_are_the_tests_own() -> None:

@@ -130,17 +130,6 @@ def test_make_run_and_quick_end_with_the_step_that_publishes_the_submission(targ
     assert recipe.strip().splitlines()[-1].endswith("/python -m pipeline.tools.repro")
 
 
-def test_train_does_not_say_no_fold_chose_the_settings_when_none_was_to():
-    # the quick profile (train.use_tuned false) said "no fold is recorded as having chosen the settings" right after
-    # tune ran, as if tune's record were missing
-    from pipeline import train
-
-    figures = {"accuracy": 0.9, "rows": 60}
-    assert "use_tuned is false" in train.describe_untuned(figures, 0, use_tuned=False)
-    assert "no fold is recorded" not in train.describe_untuned(figures, None, use_tuned=False)
-    assert "outside fold 0" in train.describe_untuned(figures, 0)
-
-
 # ---- the notebooks themselves, executed in a real Jupyter kernel (nbclient + ipykernel), as a user runs them ----
 
 NOTEBOOKS = REPO / "notebooks"

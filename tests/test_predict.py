@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 
 from pipeline import augment, ingest, paths, predict, train
-from pipeline.device import DevicePlan, configure
 from pipeline.lib.competition_csv import InputError
 from pipeline.lib.files import read_json, read_npz, write_json, write_npz
+from pipeline.lib.metrics import accuracy
 from pipeline.lib.submission_file import submission_csv, validate_submission
+from pipeline.lib.training_data import collect_oof
 from pipeline.lib.tta import affine_view, apply_view, is_shift, predict_views, views_for
-from pipeline.params import load
-
-
-def profile_device() -> DevicePlan:
-    """Return the device plan under the test profile's precision (float32: the same arithmetic on every CPU)."""
-    return configure(load("device").precision)
 
 
 def test_identity_and_shift_views_are_exact(digits):
@@ -37,8 +32,13 @@ def test_rotation_view_keeps_the_centre_and_moves_the_rest(digits):
     assert not np.allclose(rotated, images)
     assert np.allclose(rotated[:, 13:15, 13:15], images[:, 13:15, 13:15], atol=40)
     assert len(views_for(3)) == 4
-    with pytest.raises(ValueError, match="tta_views"):
-        views_for(99)
+
+
+def test_a_tta_view_count_the_schema_refuses_is_one_line(project, capsys):
+    assert predict.main(["--tta-views", "99"]) == 2
+    assert capsys.readouterr().err == (
+        "predict: error: --tta-views predict.tta_views: got 99, expected a whole number from 0 to 8\n"
+    )
 
 
 def test_submission_round_trip_and_validation():
@@ -51,36 +51,38 @@ def test_submission_round_trip_and_validation():
         validate_submission(text, 6)
 
 
-def test_predict_main_writes_a_valid_submission_and_tta_report(project):
-    assert ingest.main([]) == 0
-    assert augment.main([]) == 0
-    train.train_all([train.fit_settings(load("train"), "dropout_cnn", None)], 3, seed=0, device=profile_device())
-    assert predict.main([]) == 0
+def test_predict_main_writes_a_valid_submission_and_tta_report(predicted):
     text = paths.LATEST_SUBMISSION.read_text()
     assert len(validate_submission(text, 20)) == 20
     copies = list(paths.SUBMISSIONS_DIR.glob("submission-*.csv"))
     assert len(copies) == 1 and copies[0].read_text() == text
     report = json.loads(paths.PREDICT_JSON.read_text())
-    oof, oof_tta = read_npz(paths.OOF_NPZ), read_npz(paths.OOF_TTA_NPZ)  # train's (no TTA) and predict's (one model)
-    plain = float(np.mean(oof["probs"].argmax(1) == oof["y"]))
-    with_tta = float(np.mean(oof_tta["probs"].argmax(1) == oof_tta["y"]))
+    oof_tta = read_npz(paths.OOF_TTA_NPZ)  # predict's (one model, TTA) and train's fold files (no TTA)
+    plain = accuracy(collect_oof("dropout_cnn", len(oof_tta["y"]), 3), oof_tta["y"])
+    with_tta = accuracy(oof_tta["probs"], oof_tta["y"])
     assert report["oof_accuracy"] == pytest.approx(plain, abs=1e-6)
     assert report["oof_tta_accuracy"] == pytest.approx(with_tta, abs=1e-6)
     assert report["tta_gain"] == pytest.approx(with_tta - plain, abs=1e-6)
     assert report["tta_views"] == 2 and report["test_rows"] == 20
 
 
+def sure_of(classes: list[int], sure: list[float]) -> np.ndarray:
+    """Return probabilities (n, 10) putting `sure[i]` on `classes[i]` and the rest evenly on the other nine."""
+    probs = np.repeat((1 - np.asarray(sure))[:, None] / 9, 10, axis=1)
+    probs[np.arange(len(classes)), classes] = sure
+    return probs
+
+
 def test_tta_report_measures_what_the_views_add():
     labels = np.array([0, 1, 2, 3])
-    views = np.full((3, 4, 10), 0.05, np.float32)  # the original, then two views
-    views[0, np.arange(4), [0, 1, 5, 5]] = 0.6  # the original: rows 2 and 3 wrong
-    views[1:, np.arange(4), labels] = [0.6, 0.6, 0.6, 0.4]  # both views: every row right
-    views[0, 3, 5] = 0.99  # so sure of row 3 that the average stays wrong there
-    report = predict.tta_report(views, labels)
+    original = sure_of([0, 1, 5, 5], [0.6, 0.6, 0.6, 0.99])  # rows 2 and 3 wrong; row 3 so sure it stays wrong
+    view = sure_of([0, 1, 2, 3], [0.6, 0.6, 0.6, 0.4])  # both views: every row right
+    report = predict.tta_report(np.stack([original, view, view]), labels)
     assert (report["oof_accuracy"], report["oof_tta_accuracy"]) == (0.5, 0.75)
     assert report["tta_gain"] == 0.25
-    assert report["oof_loss"] == pytest.approx(-np.log([0.6, 0.6, 0.05, 0.05]).mean())
-    assert report["oof_tta_loss"] == pytest.approx(-np.log([0.6, 0.6, (0.05 + 1.2) / 3, (0.05 + 0.8) / 3]).mean())
+    assert report["oof_loss"] == pytest.approx(-np.log([0.6, 0.6, 0.4 / 9, 0.01 / 9]).mean())
+    tta = [0.6, 0.6, (0.4 / 9 + 1.2) / 3, (0.01 / 9 + 0.8) / 3]
+    assert report["oof_tta_loss"] == pytest.approx(-np.log(tta).mean())
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def predicted(project):
     """The tiny project after ingest, augment, train and predict: a first submission."""
     assert ingest.main([]) == 0
     assert augment.main([]) == 0
-    assert train.main(["--epochs", "1"]) == 0
+    assert train.main([]) == 0
     assert predict.main([]) == 0
     return project
 
@@ -114,9 +116,9 @@ def test_predict_refuses_fold_models_trained_on_other_data(predicted, capsys, ch
     assert predict.main([]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "predict: error: models/folds/dropout_cnn/fold0.keras was not trained on the current data/processed/train.npz "
-        "and its fold assignment (models/folds/dropout_cnn/fold0.json records other data): run `dvc repro train` (or "
-        "`python -m pipeline.train`) first\n"
+        "predict: error: models/folds/dropout_cnn/fold0/model.keras was not trained on the current "
+        "data/processed/train.npz and its fold assignment (models/folds/dropout_cnn/fold0/meta.json records other "
+        "data): run `dvc repro train` first\n"
     )
     assert paths.LATEST_SUBMISSION.read_bytes() == before  # nothing produced is lost or replaced
     assert {path: path.read_bytes() for path in outputs} == outputs
@@ -129,8 +131,8 @@ def test_predict_refuses_a_fold_model_without_a_record_of_its_data(predicted, ca
     write_json(paths.fold_meta("dropout_cnn", 2), {k: v for k, v in meta.items() if k != "train_data"})
     assert predict.main([]) == 2
     err = capsys.readouterr().err
-    assert "predict: error: models/folds/dropout_cnn/fold2.keras was not trained on the current " in err
-    assert "(models/folds/dropout_cnn/fold2.json does not record its data)" in err and err.count("\n") == 1
+    assert "predict: error: models/folds/dropout_cnn/fold2/model.keras was not trained on the current " in err
+    assert "(models/folds/dropout_cnn/fold2/meta.json does not record its data)" in err and err.count("\n") == 1
     paths.fold_meta("dropout_cnn", 2).unlink()
     assert predict.main([]) == 2
 

@@ -17,6 +17,8 @@ from sklearn.metrics import confusion_matrix
 from pipeline import augment, ingest, paths, predict, report, train, tune
 from pipeline.lib import progress
 from pipeline.lib.files import read_json, read_npz, write_json
+from pipeline.lib.metrics import accuracy
+from pipeline.lib.training_data import collect_oof
 from pipeline.params import ReportParams
 from tests.conftest import synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
@@ -75,20 +77,23 @@ def test_report_writes_summary_confusion_and_grids(outputs: dict, capsys: pytest
     assert report.main([]) == 0
     summary = paths.SUMMARY_MD.read_text()
     data, test_x = read_npz(paths.TRAIN_NPZ), read_npz(paths.TEST_NPZ)["x"]
-    metrics, tta, tuned = read_json(paths.METRICS_JSON), read_json(paths.PREDICT_JSON), read_json(paths.BEST_PARAMS)
+    tta, tuned = read_json(paths.PREDICT_JSON), {**read_json(paths.BEST_PARAMS), **read_json(paths.TUNE_JSON)}
     counts = np.bincount(outputs["y"], minlength=10)
     assert "| train rows | " + " | ".join(map(str, counts)) + f" | {len(data['y'])} |" in summary
     assert f"Test rows: {len(test_x)}." in summary
     values = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["params"].items()]
     assert f"best trial {tuned['trial']} of {tuned['finished_trials']} finished" in summary
     assert all(value in summary for value in values) and values
-    for fold in range(3):
-        meta, scores = read_json(paths.fold_meta("dropout_cnn", fold)), metrics["folds"][f"fold{fold}"]
-        row = f"| {fold} | {int(np.sum(data['fold'] == fold))} | {scores['accuracy']:.5f} | {scores['loss']:.4f} |"
+    metas = [read_json(paths.fold_meta("dropout_cnn", fold)) for fold in range(3)]
+    for fold, meta in enumerate(metas):
+        row = f"| {fold} | {int(np.sum(data['fold'] == fold))} | {meta['accuracy']:.5f} | {meta['loss']:.4f} |"
         assert f"{row} {meta['epochs']} | {progress.format_seconds(meta['seconds'])} |" in summary
-    untuned = metrics["oof_untuned_rows"]
-    assert untuned["rows"] == int(np.sum(data["fold"] != tuned["scored_fold"]))
-    assert f"| OOF without the fold that scored tuning | {untuned['rows']} | {untuned['accuracy']:.5f} |" in summary
+    assert f"| **all (OOF)** | 60 | **{tta['oof_accuracy']:.5f}** | {tta['oof_loss']:.4f} |" in summary
+    untuned = data["fold"] != tuned["scored_fold"]  # the rows of the folds tuning did not score on
+    oof = collect_oof("dropout_cnn", 60, 3)  # train's fold files: model.name's OOF probabilities without TTA
+    right = accuracy(oof[untuned], data["y"][untuned])
+    row = f"| OOF without the fold that scored tuning | {int(untuned.sum())} | {right:.5f} |"
+    assert row in summary
     assert f"| without TTA | {tta['oof_accuracy']:.5f} | {tta['oof_loss']:.4f} |" in summary
     assert f"| with TTA ({tta['tta_views']} views) | {tta['oof_tta_accuracy']:.5f} |" in summary
     assert f"TTA gain: {tta['tta_gain']:+.5f}" in summary

@@ -22,7 +22,6 @@ import pytest
 from pipeline import ingest
 from pipeline.lib.cli import fail
 from pipeline.lib.files import PARTIAL, OutputError, read_npz, write_bytes, write_text, write_with
-from pipeline.lib.fitting import load_checkpoint
 from pipeline.lib.kaggle_auth import exposure_warnings
 from pipeline.lib.models import load_model
 from pipeline.lib.secrets import mask_url, scrub
@@ -65,18 +64,6 @@ def test_crafted_model_would_run_code_without_safe_mode(crafted_keras: tuple[Pat
     path, marker = crafted_keras
     keras.saving.load_model(path, safe_mode=False, compile=False)
     assert marker.exists()
-
-
-def test_checkpoint_with_lambda_layer_is_refused(crafted_keras: tuple[Path, Path], tmp_path: Path) -> None:
-    """A crafted checkpoint planted in models/checkpoints/ is refused on resume too."""
-    path, marker = crafted_keras
-    folder = tmp_path / "checkpoint"
-    folder.mkdir()
-    (folder / "last.keras").write_bytes(path.read_bytes())
-    (folder / "state.json").write_text(json.dumps({"fingerprint": "abc", "history": []}))
-    with pytest.raises(ValueError, match="safe_mode"):
-        load_checkpoint(folder, "abc")
-    assert not marker.exists()
 
 
 class Payload:

@@ -23,11 +23,12 @@ import pytest
 import yaml
 
 from pipeline import audit, augment, ingest, params, paths, predict, report, train, tune
-from pipeline.device import Gpu, Hardware, plan_devices
-from pipeline.lib import ensemble, tta
+from pipeline.lib import compose, ensemble, tta
+from pipeline.lib.device import Gpu, Hardware, plan_devices
 from pipeline.lib.files import write_json
+from pipeline.lib.members import member_settings
 from pipeline.tools import compare, submit
-from tests.conftest import REPO, tracked_conf
+from tests.conftest import REPO, dump_params, tracked_conf
 from tests.test_bad_input import seed_outputs, snapshot
 
 
@@ -83,6 +84,11 @@ def edited(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
+def replace_all(old: str, new: str) -> Callable[[str], str]:
+    """Return a text damage replacing every `old` with `new` (a setting and its copy under `derived:`)."""
+    return text(lambda t: edited(t, old, new).replace(old, new))
+
+
 def line_after(anchor: str, line: str) -> Callable[[str], str]:
     """Return a text damage inserting `line` after the first line that is `anchor`."""
     return text(lambda t: edited(t, f"\n{anchor}\n", f"\n{anchor}\n{line}\n"))
@@ -126,12 +132,12 @@ MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
     ("a list, not settings", text(lambda t: "- 1\n- 2\n"), r"must hold a mapping of sections"),
     (
         "2e-3 is a number (YAML 1.2)",
-        replace_line("  learning_rate: 0.003", "  learning_rate: 2e-3"),
+        replace_all("learning_rate: 0.003", "learning_rate: 2e-3"),
         loads("train", "learning_rate", 0.002),
     ),
     (
         "2E-3 too",
-        replace_line("  learning_rate: 0.003", "  learning_rate: 2E-3"),
+        replace_all("learning_rate: 0.003", "learning_rate: 2E-3"),
         loads("train", "learning_rate", 0.002),
     ),
     ("a whole number for a float setting", setting("train.dropout_conv", 0), loads("train", "dropout_conv", 0.0)),
@@ -348,6 +354,25 @@ MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
         setting("model.overrides.bn_cnn.momentum", 0.9),
         r"model\.overrides\.bn_cnn\.momentum: not a setting a model overrides",
     ),
+    # derived: written by the composition from model: and train:, never by hand
+    (
+        "train edited by hand, derived left stale",
+        replace_line("  folds: 3", "  folds: 4"),
+        r"derived: does not match model/train \(params\.yaml edited by hand\?\): compose it again",
+    ),
+    ("derived missing", removed("derived"), r"derived: does not match model/train"),
+    ("derived edited", setting("derived.folds", [0, 1]), r"derived: does not match model/train"),
+    (
+        "seed members +N",
+        setting("model.ensemble", ["dropout_cnn+1", "bn_lite+12"]),
+        loads("model", "ensemble", ["dropout_cnn+1", "bn_lite+12"]),
+    ),
+    (
+        "a seed member @N (the old mark)",
+        setting("model.ensemble", ["dropout_cnn@1"]),
+        r"model\.ensemble: got 'dropout_cnn@1', expected one of .*, or one followed by \+N \(N >= 1\)",
+    ),
+    ("a seed member +0", setting("model.ensemble", ["bn_lite+0"]), r"model\.ensemble: got 'bn_lite\+0'"),
     (
         "override of the epochs",
         setting("model.overrides.bn_cnn.epochs", 3),
@@ -357,13 +382,18 @@ MATRIX: list[tuple[str, Callable, str | Callable[[], None]]] = [
 
 
 def apply(damage: Callable, path: Path = paths.PARAMS) -> None:
-    """Apply `damage` to params.yaml at `path` (its text, or its document)."""
+    """Apply `damage` to params.yaml at `path`: to its text as it is, or to its document as if composed again (its
+    `derived:` recomputed, unless the damage is to `derived:` itself)."""
     if getattr(damage, "on_text", False):
         path.write_text(damage(path.read_text()))
         return
     doc = yaml.safe_load(path.read_text())
+    before = yaml.safe_dump(doc.get("derived"))
     damage(doc)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if isinstance(doc, dict) and yaml.safe_dump(doc.get("derived")) == before:
+        dump_params(doc, path)
+    else:
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 @pytest.mark.parametrize(("damage", "expected"), [c[1:] for c in MATRIX], ids=[c[0] for c in MATRIX])
@@ -390,8 +420,8 @@ def test_every_stage_reads_every_section(project: Path) -> None:
 
 
 def test_every_profiles_settings_pass_and_every_setting_is_described(project: Path) -> None:
-    for profile in params.profiles(tracked_conf()):
-        params.validate(yaml.safe_load(params.compose([f"profile={profile}"], tracked_conf())))
+    for profile in compose.profiles(tracked_conf()):
+        params.validate(yaml.safe_load(compose.compose([f"profile={profile}"], tracked_conf())))
     infos = [*params.TOP_LEVEL.values()] + [i for c in params.SECTIONS.values() for i in c.__pydantic_fields__.values()]
     assert infos and all(info.description and "\n" not in info.description for info in infos)
 
@@ -474,11 +504,9 @@ def test_a_tuned_value_keeps_its_own_type(project: Path) -> None:
     apply(setting("train.dropout_conv", 0))
     apply(setting("train.learning_rate", 1))
     tuned = {"dropout_conv": 0.25, "learning_rate": 0.002, "batch_size": 64}
-    settings = train.fit_settings(params.load("train"), "dropout_cnn", tuned)
+    settings = member_settings(params.load("train"), params.load("model"), "dropout_cnn", tuned)
     assert (settings.dropout_conv, settings.learning_rate, settings.batch_size) == (0.25, 0.002, 64)
     assert type(settings.batch_size) is int
-    member = train.member_settings(params.load("train"), params.load("model"), tuned)[0]
-    assert (member.dropout_conv, member.learning_rate) == (0.25, 0.002)
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,7 @@ def test_predict_writes_the_diff_json_and_grid(stamped):
     assert (diff["old"], diff["changed"], diff["changed_ids"]) == (str(stamped["old"]), 3, [3, 10, 16])
     assert paths.SUBMISSION_DIFF_PNG.read_bytes()[:8] == PNG_MAGIC  # what it shows: the test below
     assert predict.diff_title(diff, 2).startswith("2 of the 3 test images whose label changed since submission-2026")
-    assert predict.diff_note(diff).startswith("3 of 20 labels changed since ")
+    assert describe_diff(diff).startswith("3 of 20 labels changed since ")
     first = predict.write_diff(stamped["old"], stamped["x"], stamped["probs"], limit=2)
     assert first["old"] is None and predict.diff_title(first, 0) == "First submission: nothing to compare with"
 
@@ -143,7 +143,9 @@ def test_predict_records_a_previous_file_it_cannot_compare(stamped, capsys):
     diff = predict.write_diff(stamped["new"], stamped["x"], stamped["probs"], limit=5)
     assert diff["changed"] is None and "has 12 rows but" in diff["error"]
     assert "predict: warning:" in capsys.readouterr().err
-    assert "Not compared with the previous submission" in report.diff_line(diff)
+    assert f"Against the previous submission: not compared with {stamped['old']} (" in report.submission_section(
+        paths.LATEST_SUBMISSION, 20, diff
+    )
 
 
 def test_report_quotes_the_diff(stamped):

@@ -16,6 +16,7 @@ import yaml
 from pipeline import paths, predict
 from pipeline.lib.files import read_npz, write_json, write_npz
 from pipeline.lib.training_data import training_digest
+from tests.conftest import dump_params
 
 LEVELS = 20 + 23 * np.arange(10)  # the pixel value of class k's square
 SQUARE = (slice(8, 20), slice(8, 20))  # 12 x 12 pixels, far from the border: whole-pixel shifts keep it whole
@@ -47,7 +48,7 @@ def known_answers(project):
     doc["predict"].update(tta_views=4, batch_size=8)  # the whole-pixel shift views
     doc.setdefault("device", {})["precision"] = "float32"
     doc["model"]["ensemble"] = []
-    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
+    dump_params(doc, paths.PARAMS)  # derived: as the composition writes it
     folds = doc["train"]["folds"]
     rng = np.random.default_rng(7)
     train_labels = np.arange(60) % 10

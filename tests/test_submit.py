@@ -3,6 +3,7 @@ kaggle-package submission against a local fake Kaggle API (never the real servic
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,12 @@ def run(argv: list[str], capsys: pytest.CaptureFixture, home: Path, env: dict | 
 
 
 def test_cli_command_quotes_the_message() -> None:
-    cmd = submit.cli_command(Path("submissions/latest.csv"), 'tta "4" $HOME')
-    assert cmd == 'kaggle competitions submit -c digit-recognizer -f submissions/latest.csv -m "tta \\"4\\" \\$HOME"'
+    message = 'tta "4" $HOME `id` it\'s'
+    cmd = submit.cli_command(Path("submissions/latest.csv"), message)
+    assert cmd.startswith("kaggle competitions submit -c digit-recognizer -f submissions/latest.csv -m ")
+    echoed = cmd.replace("kaggle competitions submit", "printf '%s\\n'", 1)  # a real shell prints each argument
+    done = subprocess.run(["sh", "-c", echoed], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-2:] == ["-m", message]  # as given: nothing expanded, nothing run
 
 
 @pytest.mark.parametrize(
@@ -84,7 +89,7 @@ def test_rows_default_comes_from_params(valid_csv: Path, clean_env: Path, capsys
     assert code == 1 and "not an integer 1-20" in err
     code, out, _ = run(["-m", "x", "-f", str(valid_csv), "--rows", str(ROWS), "--dry-run"], capsys, clean_env)
     assert code == 0
-    assert f'kaggle competitions submit -c digit-recognizer -f {valid_csv} -m "x"' in out
+    assert f"kaggle competitions submit -c digit-recognizer -f {valid_csv} -m x" in out
 
 
 def test_without_credentials_explains_setup_and_exits_2(

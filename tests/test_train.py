@@ -1,35 +1,34 @@
-"""Train: k-fold training writes every fold's model, OOF probabilities, history and the metrics."""
+"""Train: one unit (member, fold) writes its model, OOF probabilities with the record of its training rows, meta and
+DVCLive series; a unit killed by SIGKILL resumes from its last epoch to exactly the uninterrupted result; a second
+trainer of the same unit is refused; a trainer ends with the process that started it."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline import augment, ingest, paths, train
-from pipeline.device import DevicePlan, Gpu, Hardware, configure, plan_devices
-from pipeline.lib.files import read_json, read_npz, write_json
-from pipeline.lib.fitting import FitSettings, checkpoint_history, fit, schedule
+from pipeline.lib.files import OutputError, read_json, read_npz, write_json
+from pipeline.lib.fitting import EpochSampler, fit, monitor_subset, schedule
+from pipeline.lib.members import FitSettings, member_settings
 from pipeline.lib.models import load_model
-from pipeline.lib.training_data import read_training_data
 from pipeline.params import load
+from tests.conftest import REPO
 from tests.dvclive_files import read_history
 
 SETTINGS = FitSettings(
     model="dropout_cnn", epochs=4, batch_size=32, learning_rate=0.01, warmup_epochs=1.0,
     dropout_conv=0.25, dropout_dense=0.5, aug_prob=0.5, label_smoothing=0.0,
 )  # fmt: skip
-
-
-def profile_device() -> DevicePlan:
-    """Return the device plan under the test profile's precision (float32: the same arithmetic on every CPU)."""
-    return configure(load("device").precision)
 
 
 @pytest.fixture
@@ -40,55 +39,74 @@ def prepared(project):
     return project
 
 
-def test_train_all_writes_folds_oof_history_and_metrics(prepared):
-    cfg = train.fit_settings(load("train"), "dropout_cnn", None)
-    metrics = train.train_all([cfg], 3, seed=1, device=profile_device())
+def set_epochs(root: Path, epochs: int) -> None:
+    """Give every member `epochs` epochs in `root`'s params.yaml (train: and its derived settings)."""
+    doc = yaml.safe_load((root / "params.yaml").read_text())
+    doc["train"]["epochs"] = epochs
+    for settings in doc["derived"]["settings"].values():
+        settings["epochs"] = epochs
+    (root / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def stage_env() -> dict[str, str]:
+    """Return the environment of a stage process: the repository importable, CPU only, unbuffered output."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_a_unit_writes_its_model_oof_record_meta_and_series(prepared):
+    assert train.main(["--member", "dropout_cnn", "--fold", "1"]) == 0
     data = read_npz(paths.TRAIN_NPZ)
-    oof = read_npz(paths.OOF_NPZ)
-    assert oof["probs"].shape == (60, 10)
-    assert np.allclose(oof["probs"].sum(axis=1), 1.0, atol=1e-4)
-    assert metrics["oof"]["accuracy"] == pytest.approx(float(np.mean(oof["probs"].argmax(1) == data["y"])))
-    assert set(metrics["folds"]) == {"fold0", "fold1", "fold2"}
-    assert metrics["models"] == {"dropout_cnn": metrics["oof"]}
-    assert metrics["oof_untuned_rows"] == {**metrics["oof"], "rows": 60}  # no fold chose any setting
-    assert json.loads(paths.METRICS_JSON.read_text()) == metrics
-    for fold in range(3):
-        part = read_npz(paths.fold_oof("dropout_cnn", fold))
-        assert np.array_equal(np.sort(part["rows"]), np.flatnonzero(data["fold"] == fold))
-        rows = read_history("dropout_cnn", fold)  # logged through DVCLive, epoch by epoch
-        assert [r["epoch"] for r in rows] == [1, 2]
-        assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"}
-        recorded = json.loads(paths.fold_meta("dropout_cnn", fold).read_text())["history"]
-        assert rows == [{k: r[k] for k in rows[0]} for r in recorded]
-        model = load_model(str(paths.fold_model("dropout_cnn", fold)))
-        assert model.output_shape == (None, 10)
-    assert not any(paths.CHECKPOINT_DIR.rglob("last.keras"))  # checkpoints are removed once a fold is done
+    part, meta = read_npz(paths.fold_oof("dropout_cnn", 1)), read_json(paths.fold_meta("dropout_cnn", 1))
+    held_out = np.flatnonzero(data["fold"] == 1)
+    assert np.array_equal(part["rows"], held_out) and part["probs"].shape == (len(held_out), 10)
+    assert np.allclose(part["probs"].sum(axis=1), 1.0, atol=1e-4)
+    assert meta["accuracy"] == pytest.approx(float(np.mean(part["probs"].argmax(1) == data["y"][held_out])))
+    trained = np.union1d(part["trained_rows"], part["copied_rows"])
+    assert len(trained) and not np.isin(trained, held_out).any()  # the record: only other folds' rows trained it
+    assert [r["epoch"] for r in meta["history"]] == [1, 2] == [r["epoch"] for r in read_history("dropout_cnn", 1)]
+    logged = read_history("dropout_cnn", 1)
+    assert logged == [{k: r[k] for k in logged[0]} for r in meta["history"]]
+    assert load_model(str(paths.fold_model("dropout_cnn", 1))).output_shape == (None, 10)
+    assert not paths.fold_dir("dropout_cnn", 0).exists()  # one unit only
+    assert not paths.fold_checkpoint_dir("dropout_cnn", 1).exists()  # removed once the unit is done
 
 
-def test_metrics_leave_out_the_fold_that_scored_tuning(prepared, capsys):
-    write_json(paths.BEST_PARAMS, {"params": {"dropout_dense": 0.3}, "value": 0.9, "scored_fold": 1})
-    assert train.main(["--epochs", "1"]) == 0
-    metrics = json.loads(paths.METRICS_JSON.read_text())
-    oof, data = read_npz(paths.OOF_NPZ), read_npz(paths.TRAIN_NPZ)
-    keep = data["fold"] != 1
-    right = oof["probs"][keep].argmax(1) == data["y"][keep]
-    untuned = metrics["oof_untuned_rows"]
-    assert untuned["rows"] == int(keep.sum()) == 40
-    assert untuned["accuracy"] == pytest.approx(float(right.mean()))
-    assert untuned["loss"] == pytest.approx(float(-np.log(oof["probs"][keep, data["y"][keep]]).mean()), rel=1e-4)
-    assert f"{untuned['accuracy']:.5f} on the 40 rows outside fold 1" in capsys.readouterr().out
+def test_without_a_unit_named_every_unit_trains(prepared, capsys):
+    assert train.main([]) == 0
+    assert all(paths.fold_meta("dropout_cnn", k).is_file() for k in range(3))
+    assert capsys.readouterr().out.count("OOF accuracy") == 3
 
 
-def test_tuned_parameters_override_train_settings(prepared):
-    base = train.fit_settings(load("train"), "dropout_cnn", None)
-    tuned = train.fit_settings(load("train"), "dropout_cnn", {"learning_rate": 0.01, "batch_size": 32, "other": 1})
-    assert (tuned.learning_rate, tuned.batch_size) == (0.01, 32)
-    assert tuned.dropout_conv == base.dropout_conv
-    assert isinstance(tuned.batch_size, int)
+@pytest.mark.parametrize(("argv", "message"), [(["--member", "bn_cnn"], "not a member"), (["--fold", "3"], "0 to 2")])
+def test_a_unit_outside_the_ensemble_is_refused(prepared, capsys, argv, message):
+    assert train.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tuned_values_reach_model_name_only(prepared):
+    write_json(paths.BEST_PARAMS, {"params": {"dropout_dense": 0.3, "batch_size": 32, "other": 1}, "value": 0.9})
+    cfg, model = load("train"), replace(load("model"), ensemble=["bn_lite"], overrides={})
+    tuned = train.read_tuned()
+    own, other = member_settings(cfg, model, "dropout_cnn", tuned), member_settings(cfg, model, "bn_lite", tuned)
+    assert (own.dropout_dense, own.batch_size) == (0.3, 32) and isinstance(own.batch_size, int)
+    assert (other.dropout_dense, other.batch_size) == (cfg.dropout_dense, cfg.batch_size)
+    assert (
+        member_settings(replace(cfg, use_tuned=False), model, "dropout_cnn", tuned).dropout_dense == cfg.dropout_dense
+    )
+
+
+def test_a_seed_member_takes_its_models_overrides_and_other_seeds(prepared):
+    cfg = load("train")
+    model = replace(load("model"), ensemble=["bn_lite", "bn_lite+1"], overrides={"bn_lite": {"learning_rate": 0.002}})
+    one, two = member_settings(cfg, model, "bn_lite", None), member_settings(cfg, model, "bn_lite+1", None)
+    assert one.learning_rate == two.learning_rate == 0.002 and two.model == "bn_lite+1"
+    from pipeline.lib.members import member_seed
+
+    assert member_seed(42, "bn_lite") == 42 != member_seed(42, "bn_lite+1")
 
 
 def test_schedule_warms_up_then_decays():
-    lr = schedule(SETTINGS, steps_per_epoch=10)
+    lr = schedule(SETTINGS, steps=10)
     values = [float(lr(step)) for step in (0, 5, 10, 20, 39)]
     assert values[0] == pytest.approx(0.001)
     assert values[0] < values[1] < values[2] == pytest.approx(0.01)
@@ -96,23 +114,16 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_fit_learns_the_synthetic_digits(digits):
-    from pipeline.lib.fitting import EpochSampler
-
     images, labels = digits
-    rows = np.arange(60)
-    sampler = EpochSampler(images, labels, rows, images[:0], np.zeros(0, np.int32), seed=0)
-    cfg = replace(
-        SETTINGS, model="cnn_basic", epochs=6, batch_size=16, learning_rate=0.003, warmup_epochs=0.5, aug_prob=0.0
-    )
-    _, history = fit(cfg, sampler, (images, labels))
-    assert len(history) == 6
+    sampler = EpochSampler(images, labels, np.arange(60), images[:0], np.zeros(0, np.int32), seed=0)
+    cfg = replace(SETTINGS, model="cnn_basic", epochs=6, batch_size=16, learning_rate=0.003, warmup_epochs=0.5)
+    _, history = fit(replace(cfg, aug_prob=0.0), sampler, (images, labels))
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["val_accuracy"] > 0.5  # ten classes: chance is 0.1
 
 
 def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
-    from pipeline.lib.fitting import monitor_subset
-
     _, labels = digits
     rows = np.arange(60)
     subset = monitor_subset(rows, labels, 30, seed=4)
@@ -120,92 +131,98 @@ def test_monitor_subset_is_stratified_seeded_and_bounded(digits):
     assert np.bincount(labels[subset], minlength=10).tolist() == [3] * 10
     assert np.array_equal(subset, monitor_subset(rows, labels, 30, seed=4))
     assert np.array_equal(monitor_subset(rows, labels, None, seed=4), rows)
-    assert np.array_equal(monitor_subset(rows, labels, 100, seed=4), rows)
 
 
-def fold_outputs(models: list[FitSettings]) -> dict[tuple[str, int], tuple]:
-    """Return each model's fold files as trained: OOF rows and probabilities, fingerprint, per-epoch losses, device."""
-    out = {}
-    for model, fold in ((m.model, k) for m in models for k in range(3)):
-        oof, meta = read_npz(paths.fold_oof(model, fold)), read_json(paths.fold_meta(model, fold))
-        losses = [(r["loss"], r["val_loss"], r["val_accuracy"]) for r in meta["history"]]
-        out[model, fold] = (oof["rows"].tolist(), oof["probs"].tolist(), meta["fingerprint"], losses, meta["device"])
-    return out
-
-
-def test_two_processes_train_exactly_the_folds_of_one(prepared, capfd):
-    """Folds trained two at a time in worker processes (standing in for two GPUs) are those one process trains one
-    after another: the same OOF probabilities, fingerprints, losses and metrics; a finished fold is kept; DVCLive
-    holds each fold's epochs; a rerun in two processes keeps every fold and starts no worker."""
-    models = [replace(train.fit_settings(load("train"), "mlp", None), epochs=2)]
-    one = train.train_all(models, 3, seed=1, device=profile_device())
-    alone = fold_outputs(models)
-    for fold in (1, 2):  # fold 0 stays finished
-        for path in (paths.fold_model, paths.fold_oof, paths.fold_meta):
-            path("mlp", fold).unlink()
-    capfd.readouterr()
-    two = train.train_all(models, 3, seed=1, device=profile_device(), options=train.Options(envs=({}, {})))
-    out = capfd.readouterr().out
-    assert "train: fold 0 already trained with these settings" in out
-    started = re.findall(r"\[worker (\d)\] train: mlp fold (\d)/3 on", out)  # folds 1 and 2, one per worker
-    assert sorted(w for w, _ in started) == ["1", "2"] and sorted(f for _, f in started) == ["2", "3"]
-    assert fold_outputs(models) == alone
-    assert two == {**one, "seconds_per_epoch": two["seconds_per_epoch"]}
-    for model, fold in alone:
-        logged = read_history(model, fold)
-        recorded = read_json(paths.fold_meta(model, fold))["history"]
-        assert logged == [{k: r[k] for k in logged[0]} for r in recorded]
-    train.train_all(models, 3, seed=1, device=profile_device(), options=train.Options(envs=({}, {})))
-    out = capfd.readouterr().out
-    assert out.count("already trained with these settings") == 3 and "[worker" not in out
-
-
-def test_a_failed_worker_stops_train_and_names_its_fold(prepared, monkeypatch, capfd):
-    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every worker process exits 1 at once
-    assert train.main(["--epochs", "1", "--processes", "2"]) == 2
-    err = capfd.readouterr().err
-    assert re.search(r"train: error: the worker process training \S+ fold [01] exited 1\n$", err)
-    assert not paths.METRICS_JSON.exists() and not any(paths.FOLDS_DIR.rglob("*.json"))
-
-
-def test_a_worker_that_ends_before_reading_its_job_is_a_failed_fold(prepared, monkeypatch, tmp_path, capfd):
-    # CI: a worker that had already exited when its job was written broke train with a BrokenPipeError
-    worker = tmp_path / "worker"
-    worker.write_text("#!/bin/sh\nexec 0<&-\nsleep 1\nexit 3\n")  # closes its stdin unread, then fails
-    worker.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(worker))
-    assert train.main(["--epochs", "1", "--processes", "2"]) == 2
-    err = capfd.readouterr().err
-    assert re.search(r"train: error: the worker process training \S+ fold [01] exited 3\n$", err)
-
-
-def test_a_worker_stops_when_its_parent_is_gone(prepared):
-    """A worker process whose parent ended (its stdin closes) stops training rather than go on beside a rerun; the
-    checkpoint of its last epoch stays for the rerun to resume."""
-    cfg = replace(train.fit_settings(load("train"), "mlp", None), epochs=10_000)
-    run = train.Run(1, profile_device(), ("data",), np.zeros(0, np.int64))
-    job = train.fold_job(cfg, 0, read_training_data(), run)
-    cmd = [sys.executable, "-m", "pipeline.train", "--worker"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def test_a_second_trainer_of_the_same_unit_is_refused(prepared):
+    held = train.claim(paths.fold_checkpoint_dir("dropout_cnn", 0))
     try:
-        proc.stdin.write(train.worker_spec(job, run) + "\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().startswith("train: mlp fold 1/3 on ")
-        assert proc.stdout.readline().startswith("  fold 0 epoch 1/10000: ")
-        proc.stdin.close()
-        assert proc.wait(timeout=300) == 1  # a bound, not a race: it ends within seconds unless it ignores EOF
+        with pytest.raises(OutputError, match="another trainer is training"):
+            train.claim(paths.fold_checkpoint_dir("dropout_cnn", 0))
+        train.claim(paths.fold_checkpoint_dir("dropout_cnn", 1)).close()  # another unit: free
+    finally:
+        held.close()
+
+
+def unit_command(fold: int) -> list[str]:
+    """Return the command line of the train unit (dropout_cnn, `fold`)."""
+    return [sys.executable, "-m", "pipeline.train", "--member", "dropout_cnn", "--fold", str(fold)]
+
+
+def checkpoint_epoch(fold: int) -> int:
+    """Return the epochs unit (dropout_cnn, `fold`)'s checkpoint holds (0: none yet)."""
+    meta = paths.fold_checkpoint_dir("dropout_cnn", fold) / "current" / "training_metadata.json"
+    try:
+        return int(read_json(meta)["epoch"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def test_a_killed_unit_resumes_from_its_last_epoch_to_the_uninterrupted_result(prepared, tmp_path_factory):
+    """SIGKILL after the third of six epochs: the rerun trains epochs 4-6 only and ends with the OOF probabilities,
+    history and series of a run never interrupted (measured: identical, max |difference| 0.0)."""
+    set_epochs(prepared, 6)
+    reference = tmp_path_factory.mktemp("reference")
+    subprocess.run(["cp", "-rT", str(prepared), str(reference)], check=True)
+    done = subprocess.run(unit_command(1), cwd=reference, env=stage_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(unit_command(1), env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while checkpoint_epoch(1) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert 3 <= checkpoint_epoch(1) < 6, "the unit ended before it could be killed mid-run"
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    assert not paths.fold_meta("mlp", 0).exists()
-    assert len(checkpoint_history(paths.fold_checkpoint_dir("mlp", 0), job.fingerprint) or []) >= 1
+    resumed_after = checkpoint_epoch(1)
+    done = subprocess.run(unit_command(1), env=stage_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resumes after epoch {resumed_after}/6" in done.stdout
+    assert done.stdout.count("  fold epoch ") == 6 - resumed_after
+    ours, theirs = read_npz(paths.fold_oof("dropout_cnn", 1)), read_npz(reference / paths.fold_oof("dropout_cnn", 1))
+    assert np.abs(ours["probs"] - theirs["probs"]).max() <= 1e-5  # measured 0.0; round-off allowance elsewhere
+    history = [
+        {k: v for k, v in r.items() if k != "seconds"} for r in read_json(paths.fold_meta("dropout_cnn", 1))["history"]
+    ]
+    os.chdir(reference)
+    reference_history = [
+        {k: v for k, v in r.items() if k != "seconds"} for r in read_json(paths.fold_meta("dropout_cnn", 1))["history"]
+    ]
+    reference_series = read_history("dropout_cnn", 1)
+    os.chdir(prepared)
+    assert history == reference_history and read_history("dropout_cnn", 1) == reference_series
+    assert not paths.fold_checkpoint_dir("dropout_cnn", 1).exists()
 
 
-def test_training_processes_come_from_the_device_plan():
-    cpu = plan_devices(Hardware("tensorflow", ()))
-    assert train.process_envs(cpu, None) == ({},)  # no GPU: this process
-    assert train.process_envs(cpu, 2) == ({}, {})
-    t4 = Gpu("Tesla T4", (7, 5), 15.0)
-    two_gpus = plan_devices(Hardware("tensorflow", (t4, t4)))  # Kaggle's two T4s: one training process on each
-    assert train.process_envs(two_gpus, None) == ({"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"})
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in train.process_envs(two_gpus, 3)] == ["0", "1", "0"]
+def running(pid: int) -> bool:
+    """Return whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_trainer_ends_when_the_process_that_started_it_ends(prepared):
+    """The parent (standing in for dvc) starts a unit of many epochs and dies once it trains; the unit stops within
+    seconds rather than train on beside a rerun (its output goes to a file: no broken pipe ends it)."""
+    set_epochs(prepared, 10_000)
+    starter = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen({unit_command(0)!r}, stdout=open('unit.log', 'w'), stderr=subprocess.STDOUT)\n"
+        "while 'fold epoch' not in open('unit.log').read(): time.sleep(0.1)\n"
+        "print(p.pid, flush=True)\n"
+    )
+    parent = subprocess.run(
+        [sys.executable, "-c", starter], env=stage_env(), capture_output=True, text=True, timeout=300
+    )
+    pid = int(parent.stdout)
+    try:
+        deadline = time.monotonic() + 60
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(pid), "the orphaned trainer is still running"
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not paths.fold_meta("dropout_cnn", 0).exists()

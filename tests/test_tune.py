@@ -25,8 +25,10 @@ import pytest
 import yaml
 
 from pipeline import augment, ingest, params, paths, tune
-from pipeline.device import Gpu, Hardware, detect
-from pipeline.train import fit_settings, read_tuned
+from pipeline.lib.device import Gpu, Hardware, detect
+from pipeline.lib.members import member_settings
+from pipeline.train import read_tuned
+from tests.conftest import dump_params
 
 SQLITE = "sqlite:///data/processed/optuna.db"
 PG_PASSWORD = "Tun3-s3cret"
@@ -36,7 +38,7 @@ def set_params(section: str, **values: object) -> None:
     """Update `section` of the project's params.yaml with `values`."""
     doc = yaml.safe_load(paths.PARAMS.read_text())
     doc[section].update(values)
-    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
+    dump_params(doc, paths.PARAMS)  # derived: as the composition writes it
 
 
 def only_study(url: str = SQLITE) -> optuna.Study:
@@ -125,7 +127,7 @@ def test_two_workers_share_one_sqlite_study(tune_project: Path, capsys: pytest.C
         assert (paths.TUNING_DIR / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = paths.TRIALS_CSV.read_text().strip().splitlines()
     assert len(rows) == 1 + len(study.trials)
-    assert json.loads(paths.BEST_PARAMS.read_text())["finished_trials"] == 4
+    assert json.loads(paths.TUNE_JSON.read_text())["finished_trials"] == 4
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -218,9 +220,9 @@ def test_rerun_continues_the_study_and_best_params_change_training(tune_project:
     assert finished(study) == 3
     best = json.loads(paths.BEST_PARAMS.read_text())
     assert best["study"] == study.study_name and best["params"] == study.best_params
-    assert best["scored_fold"] == params.load("tune").fold  # train leaves these rows out of oof_untuned_rows
-    train_cfg, model = params.load("train"), params.load("model").name
-    untuned, tuned = fit_settings(train_cfg, model, None), fit_settings(train_cfg, model, read_tuned())
+    assert best["scored_fold"] == params.load("tune").fold  # the report leaves these rows out of one OOF row
+    train_cfg, model = params.load("train"), params.load("model")
+    untuned, tuned = (member_settings(train_cfg, model, model.name, t) for t in (None, read_tuned()))
     assert untuned.dropout_dense == 0.9
     assert tuned.dropout_dense == best["params"]["dropout_dense"] != untuned.dropout_dense
     assert tuned.learning_rate == best["params"]["learning_rate"]

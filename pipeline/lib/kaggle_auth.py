@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+COMPETITION = "digit-recognizer"
 NOTEBOOK_VARS = ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL")  # both set: a Kaggle notebook (kagglesdk)
 
 

@@ -1,39 +1,41 @@
-"""Per-epoch training metrics through DVCLive, in train's folder reports/live/ (not a stage):
-plots/metrics/<model>/fold<k>/<metric>.tsv holds one row per epoch (step = epoch, from 1) of loss, accuracy,
-val_loss, val_accuracy and lr, for `dvc plots show`; metrics.json holds the epoch just finished (fold, epoch and
-its metrics: numbers only, as every DVC metric here), which `dvc exp show` shows while train runs. Every train run
-starts the folder afresh and logs each fold's recorded history first (a finished fold's metadata, a resumed fold's
-checkpoint), then the new epochs as they end, so after a kill and resume it holds exactly the epochs the models were
-trained for."""
+"""Per-epoch training metrics through DVCLive, in each train unit's folder reports/live/<member>/fold<k>/:
+plots/metrics/{train,eval}/<metric>.tsv (one row per epoch, for `dvc plots show`) and metrics.json (the epoch just
+finished, live in `dvc exp show`), named as DVCLive's own Keras callback names them. That callback imports TensorFlow
+(tf.keras), so the pipeline logs through DVCLive's Live API with a Keras 3 callback of its own: the same on every
+backend."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
-
-LOGGED = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+import keras
 
 
-def open_live(folder: Path = paths.LIVE_DIR) -> Any:
-    """Return a DVCLive logger writing to `folder`, emptied first (no experiment saved: dvc exp run does that)."""
-    from dvclive import Live
+class LiveEpochs(keras.callbacks.Callback):
+    """Logs every epoch's metrics to a DVCLive folder, after the epochs a killed run had already logged there."""
 
-    return Live(dir=str(folder), resume=False, save_dvc_exp=False, dvcyaml=None)
+    def __init__(self, folder: Path, history: list[dict]) -> None:
+        super().__init__()
+        from dvclive import Live
 
+        self.live = Live(dir=str(folder), resume=False, save_dvc_exp=False, dvcyaml=None)
+        for row in history:
+            self.log({k: v for k, v in row.items() if k not in ("epoch", "seconds")})
 
-def log_epoch(live: Any, model: str, fold: int, row: dict) -> None:
-    """Log the history row `row` (epoch, loss, accuracy, ...) of `model`'s fold `fold` and make it the summary."""
-    live.step = int(row["epoch"])
-    values = {name: float(row[name]) for name in LOGGED if name in row}
-    for name, value in values.items():
-        live.log_metric(f"{model}/fold{fold}/{name}", value)
-    live.summary = {"fold": fold, "epoch": int(row["epoch"]), **values}  # the model is in the plots' path
-    live.make_summary()
+    def log(self, logs: dict[str, Any]) -> None:
+        """Log one epoch's metrics (Keras' names: loss, val_accuracy, ...) and move to the next step."""
+        from dvclive.utils import standardize_metric_name
 
+        for name, value in logs.items():
+            self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), float(value))
+        self.live.next_step()
 
-def log_history(live: Any, model: str, fold: int, history: list[dict]) -> None:
-    """Log every row of a recorded `history` of `model`'s fold `fold`, in epoch order."""
-    for row in history:
-        log_epoch(live, model, fold, row)
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Log the epoch just finished with the optimizer's learning rate."""
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.log({**(logs or {}), "lr": lr})
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Close the DVCLive run."""
+        self.live.end()

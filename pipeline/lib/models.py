@@ -8,6 +8,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from pipeline.lib.members import base_name
+
 INPUT_SHAPE = (28, 28, 1)
 N_CLASSES = 10
 # Keras' default 0.99 leaves the inference-time statistics near their initial values after a few
@@ -201,40 +203,14 @@ def multiply_adds(model: keras.Model) -> int:
     return int(total)
 
 
-SEED_MARK = "@"  # model.ensemble entry `bn_cnn@2`: bn_cnn again, trained from its own seeds (a seed ensemble)
-
-
-def base_name(name: str) -> str:
-    """Return the zoo model of a model or seed-member name (`bn_cnn@2` -> `bn_cnn`)."""
-    return name.split(SEED_MARK, 1)[0]
-
-
-def seed_offset(name: str) -> int:
-    """Return the seed number of a seed-member name (`bn_cnn@2` -> 2; a plain model name -> 0)."""
-    _, mark, number = name.partition(SEED_MARK)
-    return int(number) if mark else 0
-
-
-def check_name(name: str) -> None:
-    """Raise ValueError unless `name` is a model of the zoo, or one followed by @N (N >= 1: its N-th extra seed)."""
-    base, mark, number = name.partition(SEED_MARK)
-    if base not in MODELS or (mark and not (number.isdigit() and int(number) >= 1)):
-        raise ValueError(
-            f"unknown model {name!r}; choose one of {sorted(MODELS)}, or one followed by @N (N >= 1) for the same "
-            "model trained from other seeds"
-        )
-
-
 def search_space(name: str, space: dict) -> dict:
-    """Return the tuning `space` without the dropout settings model `name` does not read."""
-    check_name(name)
+    """Return the tuning `space` without the dropout settings member `name`'s model does not read."""
     unused = {"dropout_conv", "dropout_dense"} - set(DROPOUTS_USED[base_name(name)])
     return {key: spec for key, spec in space.items() if key not in unused}
 
 
 def build_model(name: str, dropout_conv: float = 0.25, dropout_dense: float = 0.5) -> keras.Model:
     """Return a new, uncompiled model `name` (a zoo model, or a seed member of one) with the given dropout rates."""
-    check_name(name)
     return MODELS[base_name(name)](dropout_conv, dropout_dense)
 
 

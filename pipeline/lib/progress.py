@@ -8,14 +8,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.lib.files import write_json
 
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
@@ -45,7 +45,7 @@ class LineProgress:
         self, total: int, desc: str, unit: str, stream: TextIO, lines: bool = True, clock=time.monotonic
     ) -> None:
         self.total, self.desc, self.unit, self.stream, self.lines = max(0, int(total)), desc, unit, stream, lines
-        self.n, self.clock, self.start, self.postfix, self.next_mark = 0, clock, clock(), "", 1
+        self.n, self.clock, self.start, self.next_mark = 0, clock, clock(), 1
 
     def update(self, n: int = 1) -> None:
         """Advance the count by `n` and print a line when it crosses the next quarter."""
@@ -62,15 +62,10 @@ class LineProgress:
         rate = self.n / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.n) / rate if rate > 0 else 0.0
         pct = 100 * self.n // self.total if self.total else 100
-        post = f" {self.postfix}" if self.postfix else ""
         return (
             f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct}%) in {format_seconds(elapsed)}, "
-            f"{rate:.3g} {self.unit}/s, ETA {format_seconds(left)}{post}"
+            f"{rate:.3g} {self.unit}/s, ETA {format_seconds(left)}"
         )
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        """Remember `text` to append to the next line printed."""
-        self.postfix = text
 
     def close(self) -> None:
         """Finish the counter (nothing to clear in a log)."""
@@ -106,21 +101,12 @@ def note(message: str, stream: TextIO | None = None) -> None:
     (sys.stdout if stream is None else stream).flush()
 
 
-def timing_record(seconds: float, **extra: float) -> dict[str, float]:
-    """Return the timing metric of a stage: its wall seconds and numeric `extra` (numbers only: dvc exp show)."""
-    return {"seconds": round(float(seconds), 3), **extra}
-
-
-def run_record(stage: str, device: str | None = None) -> dict[str, Any]:
-    """Return what a stage's run was besides its time: the stage, its device and finish time (UTC)."""
-    return {"stage": stage, "device": device, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-
-
 def record_timing(stage: str, seconds: float, device: str | None = None) -> Path:
-    """Write the wall time of `stage` to reports/timings/<stage>.json (a DVC metric) and its device and finish time
-    to reports/runs/<stage>.json, atomically; return the timing's path."""
-    write_json(paths.stage_run(stage), run_record(stage, device))
-    write_json(paths.stage_timing(stage), timing_record(seconds))
+    """Write `stage`'s wall seconds to reports/timings/<stage>.json (a DVC metric: numbers only) and its device and
+    finish time (UTC) to reports/runs/<stage>.json, atomically; return the timing's path."""
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(paths.stage_run(stage), {"stage": stage, "device": device, "finished_at": finished})
+    write_json(paths.stage_timing(stage), {"seconds": round(float(seconds), 3)})
     return paths.stage_timing(stage)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,18 +81,13 @@ def validate_submission_file(path: Path, expected_rows: int) -> pd.DataFrame:
     return validate_submission(text, expected_rows, str(path))
 
 
-def data_rows(path: Path) -> int:
-    """Return the number of non-blank lines after the header of the text file at `path`."""
-    with open(path, encoding="utf-8-sig") as fh:
-        return max(0, sum(1 for line in fh if line.strip()) - 1)
-
-
 def read_labels(path: Path) -> np.ndarray:
     """Return the labels of the submission at `path` in ImageId order 1..n, after validating it (InputError
     naming the file, line and column otherwise)."""
     if not Path(path).is_file():
         raise InputError(str(path), "does not exist")
-    frame = validate_submission_file(path, data_rows(path))
+    text = Path(path).read_text(encoding="utf-8-sig")
+    frame = validate_submission(text, max(0, sum(1 for line in text.splitlines() if line.strip()) - 1), str(path))
     labels = np.zeros(len(frame), np.int64)
     labels[frame["ImageId"].astype(np.int64).to_numpy() - 1] = frame["Label"].astype(np.int64).to_numpy()
     return labels
@@ -102,36 +98,25 @@ def label_counts(labels: np.ndarray) -> dict[str, int]:
     return {str(d): int(c) for d, c in enumerate(np.bincount(labels, minlength=N_CLASSES))}
 
 
-def diff_labels(old: np.ndarray, new: np.ndarray) -> dict:
-    """Return how submission labels `new` differ from `old` (same length): the rows changed, their ImageIds,
-    each (old -> new) change's count and both label counts."""
-    changed = np.flatnonzero(old != new)
-    pairs: dict[str, int] = {}
-    for a, b in zip(old[changed], new[changed], strict=True):
-        pairs[f"{a}->{b}"] = pairs.get(f"{a}->{b}", 0) + 1
-    return {
-        "rows": len(new),
-        "changed": len(changed),
-        "changed_ids": (changed + 1).tolist(),
-        "changes": dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "old_counts": label_counts(old),
-        "new_counts": label_counts(new),
-    }
-
-
 def compare_submissions(old: Path, new: Path) -> dict:
-    """Return the diff (see diff_labels) of the submission at `new` against the one at `old`; raise InputError
-    naming the file that is invalid, or `old` when it holds another number of rows than `new`."""
+    """Return how the submission at `new` differs from the one at `old`: the rows changed, their ImageIds, each
+    (old -> new) change's count and both label counts; raise InputError naming the file that is invalid, or `old`
+    when it holds another number of rows than `new`."""
     new_labels, old_labels = read_labels(new), read_labels(old)
     if len(old_labels) != len(new_labels):
         raise InputError(str(old), f"has {len(old_labels)} rows but {new} has {len(new_labels)}: not the same test set")
-    return {"old": str(old), "new": str(new), **diff_labels(old_labels, new_labels)}
-
-
-def first_submission(new: Path) -> dict:
-    """Return the diff record of the submission at `new` when there is no earlier one to compare with."""
-    labels = read_labels(new)
-    return {"old": None, "new": str(new), "rows": len(labels), "changed": None, "new_counts": label_counts(labels)}
+    changed = np.flatnonzero(old_labels != new_labels)
+    pairs = Counter(f"{a}->{b}" for a, b in zip(old_labels[changed], new_labels[changed], strict=True))
+    return {
+        "old": str(old),
+        "new": str(new),
+        "rows": len(new_labels),
+        "changed": len(changed),
+        "changed_ids": (changed + 1).tolist(),
+        "changes": dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "old_counts": label_counts(old_labels),
+        "new_counts": label_counts(new_labels),
+    }
 
 
 def previous_submission(current: Path, folder: Path = paths.SUBMISSIONS_DIR) -> Path | None:
@@ -151,13 +136,19 @@ def previous_submission(current: Path, folder: Path = paths.SUBMISSIONS_DIR) -> 
 
 def diff_with_previous(current: Path, folder: Path = paths.SUBMISSIONS_DIR) -> dict:
     """Return the diff of the submission at `current` against the previous one in `folder` (see
-    previous_submission), or the first-submission record when there is none."""
+    previous_submission), or, when there is none, the record of a first submission."""
     old = previous_submission(current, folder)
-    return first_submission(current) if old is None else compare_submissions(old, current)
+    if old is not None:
+        return compare_submissions(old, current)
+    labels = read_labels(current)
+    return {"old": None, "new": str(current), "rows": len(labels), "changed": None, "new_counts": label_counts(labels)}
 
 
 def describe_diff(diff: dict) -> str:
-    """Return one line summing up a submission diff: rows changed and the label counts that moved."""
+    """Return one line summing up a submission diff: rows changed and the label counts that moved (or why the
+    previous submission could not be compared: predict records that, not fatal)."""
+    if diff.get("error"):
+        return f"not compared with {diff['old']} ({diff['error']})"
     if diff.get("old") is None:
         return f"first submission: nothing to compare {diff['new']} with"
     head = f"{diff['changed']} of {diff['rows']} labels changed since {diff['old']}"

@@ -1,10 +1,16 @@
-"""The albumentations training transform shared by the augment stage and the benchmark."""
+"""The albumentations training transform and the augmented copies it makes, shared by the augment stage and the
+tools: chunk k of `chunk_rows` images always gets the seed chunk_seed(seed, k), so the copies are the same whichever
+process makes them and however many there are (joblib's worker processes)."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
+from joblib import Parallel, delayed
 
 from pipeline.params import AugmentParams
 
@@ -53,3 +59,30 @@ def augment_chunk(images: np.ndarray, copies: int, cfg: AugmentParams, seed: int
         for c in range(copies):
             out[i * copies + c] = transform(image=image)["image"]
     return out
+
+
+def worker_count(cfg: AugmentParams) -> int:
+    """Return the number of worker processes: `cfg.workers`, or one per core when 0."""
+    return cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
+
+
+def augment(images: np.ndarray, cfg: AugmentParams, seed: int, workers: int = 1, bar: Any = None) -> dict:
+    """Return `cfg.copies` augmented copies of each of `images` (x), the row each was made from (source) and its
+    copy number (copy), made chunk by chunk in `workers` processes, advancing progress `bar` per chunk."""
+    starts = range(0, len(images), cfg.chunk_rows)
+    jobs = (
+        delayed(augment_chunk)(images[s : s + cfg.chunk_rows], cfg.copies, cfg, chunk_seed(seed, k))
+        for k, s in enumerate(starts)
+    )
+    parts = [np.empty((0, *images.shape[1:]), np.uint8)]
+    # max_nbytes=None: chunks travel pickled, so no memory-mapped file is left behind by a killed run
+    for part in Parallel(n_jobs=min(workers, len(starts)) or 1, max_nbytes=None, return_as="generator")(jobs):
+        parts.append(part)
+        if bar is not None:
+            bar.update(len(part) // cfg.copies)
+    source = np.repeat(np.arange(len(images), dtype=np.int32), cfg.copies)
+    return {
+        "x": np.concatenate(parts),
+        "source": source,
+        "copy": np.tile(np.arange(cfg.copies, dtype=np.int8), len(images)),
+    }

@@ -8,8 +8,6 @@ import math
 import keras
 import numpy as np
 
-from pipeline.lib.fitting import as_input
-
 # (rotation degrees, zoom, shift x px, shift y px), in the order views are added.
 VIEWS: tuple[tuple[float, float, float, float], ...] = (
     (0.0, 1.0, 1.0, 0.0),
@@ -56,7 +54,7 @@ def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
 def affine_view(images: np.ndarray, view: tuple[float, float, float, float], chunk: int = 4096) -> np.ndarray:
     """Return float32 images (n, 28, 28, 1) transformed by `view` with keras.ops (bilinear, zero fill), `chunk`
     at a time."""
-    x = as_input(images)
+    x = images.astype(np.float32)[..., None]
     matrix = np.asarray(view_matrix(view, images.shape[1]), np.float32)
     out = np.empty_like(x)
     for start in range(0, len(x), chunk):
@@ -74,14 +72,13 @@ def apply_view(images: np.ndarray, view: tuple[float, float, float, float]) -> n
 
 
 def views_for(count: int) -> list[tuple[float, float, float, float]]:
-    """Return the identity view plus the first `count` deterministic views."""
-    if not 0 <= count <= len(VIEWS):
-        raise ValueError(f"predict.tta_views must be between 0 and {len(VIEWS)}, got {count}")
+    """Return the identity view plus the first `count` (0 to len(VIEWS): params.TTA_VIEWS) deterministic views."""
     return [(0.0, 1.0, 0.0, 0.0), *VIEWS[:count]]
 
 
-def predict_views(model: keras.Model, images: np.ndarray, views: int, batch_size: int) -> np.ndarray:
-    """Return probabilities (views + 1, n, 10) of `images` for the original and each view.
+def predict_views(model: keras.Model, images: np.ndarray, views: int, batch_size: int, bar=None) -> np.ndarray:
+    """Return probabilities (views + 1, n, 10) of `images` for the original and each view, advancing progress `bar`
+    (if given) by each batch's images.
 
     One batch of `batch_size` images at a time: its views are made and predicted with
     model.predict_on_batch right away (the batches model.predict would form, without its per-call
@@ -94,4 +91,6 @@ def predict_views(model: keras.Model, images: np.ndarray, views: int, batch_size
         block = images[start : start + batch_size]
         for probs, view in zip(parts, chosen, strict=True):
             probs.append(np.asarray(model.predict_on_batch(apply_view(block, view)), dtype=np.float32))
+        if bar is not None:
+            bar.update(len(block))
     return np.stack([np.concatenate(probs) for probs in parts])

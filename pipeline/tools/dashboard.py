@@ -6,7 +6,6 @@ process, so a password never shows in `ps`, and it is printed masked. Not a stag
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Any
 from wsgiref.simple_server import make_server
@@ -15,13 +14,6 @@ from pipeline import params, paths
 from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.secrets import mask_url
 from pipeline.params import ParamsError
-
-
-def study_storage() -> str:
-    """Return the URL of the study's storage, resolved as tune resolves it."""
-    from pipeline import tune
-
-    return tune.storage_url(os.environ.get(tune.STORAGE_ENV) or params.load("tune").storage)
 
 
 def app(url: str) -> Any:
@@ -39,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     args = parser.parse_args(argv)
     try:
-        url = study_storage()
+        url = paths.tune_storage(params.load("tune").storage)
     except ParamsError as exc:
         return fail("dashboard", exc)
     if url == f"sqlite:///{paths.OPTUNA_DB}" and not paths.OPTUNA_DB.is_file():

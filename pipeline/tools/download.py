@@ -18,14 +18,13 @@ from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.competition_csv import locate_raw, missing_data_message
 from pipeline.lib.files import OutputError, write_with
 from pipeline.lib.kaggle_auth import (
+    COMPETITION,
     KaggleFailure,
     authenticated_api,
     explain_failure,
     exposure_warnings,
     find_credentials,
 )
-
-COMPETITION = "digit-recognizer"
 
 
 def have_data(raw_dir: Path = paths.RAW_DIR) -> bool:

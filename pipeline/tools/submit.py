@@ -9,6 +9,7 @@ refused or could not be reached."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from pipeline import params, paths
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.competition_csv import InputError
-from pipeline.lib.kaggle_auth import KaggleFailure, authenticated_api, explain_failure, find_credentials
+from pipeline.lib.kaggle_auth import COMPETITION, KaggleFailure, authenticated_api, explain_failure, find_credentials
 from pipeline.lib.submission_file import (
     compare_submissions,
     describe_diff,
@@ -26,7 +27,6 @@ from pipeline.lib.submission_file import (
     validate_submission_file,
 )
 
-COMPETITION = "digit-recognizer"
 UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
 
 
@@ -34,14 +34,9 @@ class SubmitError(RuntimeError):
     """Kaggle did not accept the submission; the message says why."""
 
 
-def shell_quote(text: str) -> str:
-    """Return `text` in double quotes, escaped for a POSIX shell."""
-    return '"' + "".join("\\" + c if c in '\\"$`' else c for c in text) + '"'
-
-
 def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str:
-    """Return the kaggle CLI command that submits `path` with `message`."""
-    return f"kaggle competitions submit -c {competition} -f {path} -m {shell_quote(message)}"
+    """Return the kaggle CLI command that submits `path` with `message`, quoted for a POSIX shell."""
+    return shlex.join(["kaggle", "competitions", "submit", "-c", competition, "-f", str(path), "-m", message])
 
 
 def setup_help(home: Path) -> str:
