@@ -36,10 +36,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, cfg: AuditParams) -> np.n
     """Return the rows cleanlab flags as label issues given OOF `probs` (n, 10) and `labels`, most severe first."""
     from cleanlab.filter import find_label_issues
 
-    ranked = find_label_issues(
-        np.asarray(labels, np.int64), np.asarray(probs, np.float64), filter_by=cfg.filter_by,
-        return_indices_ranked_by=cfg.rank_by, n_jobs=1,
-    )  # fmt: skip
+    labels, probs = np.asarray(labels, np.int64), np.asarray(probs, np.float64)
+    ranked = find_label_issues(labels, probs, filter_by=cfg.filter_by, return_indices_ranked_by=cfg.rank_by, n_jobs=1)
     return np.asarray(ranked, dtype=np.int64)
 
 
@@ -51,9 +49,18 @@ def issue_table(
 
     labels = np.asarray(labels, np.int64)
     quality = get_label_quality_scores(labels[issues], np.asarray(probs[issues], np.float64)) if len(issues) else []
-    values = [np.arange(1, len(issues) + 1), issues, labels[issues], np.argmax(probs[issues], axis=1)]
-    values += [np.asarray(quality, np.float64), np.asarray(folds)[issues].astype(np.int64), np.isin(issues, excluded)]
-    return pd.DataFrame(dict(zip(COLUMNS, values, strict=True)))
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(issues) + 1),
+            "row": issues,
+            "given_label": labels[issues],
+            "suggested_label": np.argmax(probs[issues], axis=1),
+            "self_confidence": np.asarray(quality, np.float64),  # cleanlab refuses an empty set: none then
+            "fold": np.asarray(folds)[issues].astype(np.int64),
+            "excluded": np.isin(issues, excluded),
+        },
+        columns=COLUMNS,
+    )
 
 
 def run_audit(cfg: AuditParams) -> dict:

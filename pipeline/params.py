@@ -71,7 +71,7 @@ def choices(kind: Any) -> tuple:
 class TopLevel:
     profile: Annotated[str, setting("the name of the composed profile")] = "full"
     seed: Annotated[int, setting("seeds every stage", ge=0)]
-    derived: Annotated[dict[str, Any], setting("the composition's, from model and train", default_factory=dict)]
+    derived: Annotated[dict[str, Any], setting("composed from model and train, never by hand", default_factory=dict)]
 
 
 @schema
@@ -151,7 +151,9 @@ class TuneParams:
     workers_cpu: Annotated[int, setting("worker processes when no GPU is found", ge=1)]
     workers_gpu: Annotated[int, setting("worker processes on each GPU, sharing its memory", ge=1)]
     space: Annotated[dict[str, Any], setting("train setting: [low, high], [low, high, log] or {choices: [...]}")]
-    model_space: Annotated[dict[str, Any], setting("per model.name: entries replace those of `space`; null drops")]
+    model_space: Annotated[
+        dict[str, dict[str, Any]], setting("per model.name: entries replace those of `space`; null drops")
+    ]
 
 
 @schema
@@ -164,8 +166,6 @@ class PredictParams:
 
 @schema
 class AuditParams:
-    """The label audit (pipeline/audit.py): cleanlab.filter.find_label_issues on the OOF probabilities."""
-
     filter_by: Annotated[AuditFilter, setting("cleanlab.filter.find_label_issues' filter_by")]
     rank_by: Annotated[AuditRanking, setting("the order of reports/label_issues.csv (cleanlab.rank)")]
     grid_images: Annotated[int, setting("top issues drawn in reports/label_issues.png", ge=0)]
@@ -173,8 +173,6 @@ class AuditParams:
 
 @schema
 class DeviceParams:
-    """How the stages that run a model compute (params.yaml `device:`)."""
-
     precision: Annotated[Precision, setting("auto = the device plan's choice per machine (python -m pipeline.device)")]
 
 
@@ -204,10 +202,7 @@ TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_
 OVERRIDABLE = tuple(f.name for f in fields(FitParams) if f.name != "epochs")  # what model.overrides may set
 
 
-@dataclass(frozen=True)
-class Settings:
-    """params.yaml, validated: the profile, the seed and every section's settings."""
-
+class Settings(typing.NamedTuple):  # params.yaml, validated
     profile: str
     seed: int
     sections: dict[str, Any]
@@ -259,10 +254,7 @@ def adapter(info: FieldInfo) -> TypeAdapter:
 
 
 def fit_setting(name: str, value: Any, where: str) -> Any:
-    """Return `value` for the training setting `name` (also set by tune and model.overrides) as its declared type
-    (a tuned 0.25 never becomes a whole number), or raise ParamsError naming `where`."""
-    if name not in FitParams.__pydantic_fields__:
-        raise ParamsError(f"{where}: {name!r} is not a training setting; choose from {', '.join(OVERRIDABLE)}")
+    """Return `value` of training setting `name` as its declared type (0.25 stays a float), or raise ParamsError."""
     info = FitParams.__pydantic_fields__[name]
     try:
         return adapter(info).validate_python(value)
@@ -318,13 +310,6 @@ def check_model_name(key: str, name: Any, seeded: bool = True) -> None:
         raise ParamsError(f"params.yaml {key}: got {shown(name)}, expected one of {', '.join(MODEL_NAMES)}{also}")
 
 
-def check_mapping(key: str, value: Any) -> dict:
-    """Return `value`, or raise ParamsError unless it is a mapping (at `key`)."""
-    if not isinstance(value, dict):
-        raise ParamsError(f"params.yaml {key}: got {shown(value)}, expected a mapping")
-    return value
-
-
 def check_model(model: ModelParams) -> None:
     """Check the model names, model.ensemble (no model twice) and model.overrides (training settings, by model)."""
     names = [model.name, *model.ensemble]
@@ -333,7 +318,7 @@ def check_model(model: ModelParams) -> None:
     if len(set(names)) != len(names):
         raise ParamsError(f"params.yaml model: name and ensemble must not repeat a model, got {names}")
     for name, settings in model.overrides.items():
-        for key, value in check_mapping(f"model.overrides.{name}", settings).items():
+        for key, value in settings.items():
             where = f"params.yaml model.overrides.{name}.{key}:"
             if key not in OVERRIDABLE:
                 raise ParamsError(f"{where} not a setting a model overrides; choose from {', '.join(OVERRIDABLE)}")
@@ -349,7 +334,7 @@ def check_sections(s: dict[str, Any], top: TopLevel, path: Path) -> None:
         check_spec(f"tune.space.{name}", name, spec)
     for model, entries in tune.model_space.items():  # null drops a setting of `space`
         check_model_name("tune.model_space", model, seeded=False)
-        for name, spec in check_mapping(f"tune.model_space.{model}", entries).items():
+        for name, spec in entries.items():
             if spec is not None:
                 check_spec(f"tune.model_space.{model}.{name}", name, spec)
     check_model(s["model"])
@@ -392,8 +377,7 @@ def validate(doc: dict[str, Any], path: Path = paths.PARAMS) -> Settings:
 
 
 class SettingsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers as YAML 1.2 does (2e-3 is a float, as in Hydra's configs, where PyYAML
-    would give the string '2e-3') and refusing a key written twice in one mapping."""
+    """PyYAML's safe loader reading 2e-3 as a float (YAML 1.2, as Hydra does) and refusing a key written twice."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         """Return the mapping of `node`; raise a ConstructorError naming the line of a repeated key."""
@@ -422,7 +406,7 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
 def parse(text: str, path: Path) -> dict[str, Any]:
     """Return the settings document in YAML `text` (of `path`), not yet validated."""
     try:
-        doc = yaml.load(text, Loader=SettingsLoader)
+        doc = SettingsLoader(text).get_single_data()
     except yaml.YAMLError as exc:
         raise ParamsError(yaml_error(path, exc)) from exc
     if not isinstance(doc, dict):

@@ -7,68 +7,51 @@ PARAMS = Path("params.yaml")  # the effective settings, composed from CONF_DIR (
 CONF_DIR = Path("conf")  # Hydra config: config.yaml (every setting) and profile/<name>.yaml
 CONF_CONFIG = CONF_DIR / "config.yaml"
 PROFILES_DIR = CONF_DIR / "profile"
-# this machine's profile choice (git-ignored), in conf/config.yaml's defaults list as `optional local: profile`
-PROFILE_CHOICE = CONF_DIR / "local" / "profile.yaml"
+PROFILE_CHOICE = CONF_DIR / "local" / "profile.yaml"  # this machine's profile (git-ignored; `optional local: profile`)
 PARAMS_STAMP = Path(".params.yaml.composed")  # sha256 of the params.yaml last composed by pipeline.params
 
 RAW_DIR = Path("data/raw")
 RAW_ZIP = RAW_DIR / "digit-recognizer.zip"
-RAW_TRAIN_CSV = RAW_DIR / "train.csv"
-RAW_TEST_CSV = RAW_DIR / "test.csv"
+RAW_TRAIN_CSV, RAW_TEST_CSV = RAW_DIR / "train.csv", RAW_DIR / "test.csv"
 
 PROCESSED_DIR = Path("data/processed")
-TRAIN_NPZ = PROCESSED_DIR / "train.npz"
-TEST_NPZ = PROCESSED_DIR / "test.npz"
+TRAIN_NPZ, TEST_NPZ = PROCESSED_DIR / "train.npz", PROCESSED_DIR / "test.npz"
 AUGMENTED_NPZ = PROCESSED_DIR / "augmented.npz"
 BEST_PARAMS = PROCESSED_DIR / "best_params.json"
 OPTUNA_DB = PROCESSED_DIR / "optuna.db"
-# stage `settings`: written when every setting of params.yaml is valid, always the same bytes (every other stage
-# depends on it, so `dvc repro` checks params.yaml before it removes any stage's outputs)
-SETTINGS_CHECKED = PROCESSED_DIR / "settings_checked.json"
-TMP_DIR = PROCESSED_DIR / "tmp"  # a stage's temporary files (git- and DVC-ignored; a rerun removes a killed run's)
+SETTINGS_CHECKED = PROCESSED_DIR / "settings_checked.json"  # stage `settings`: every stage's first dependency
 EXCLUDE_ROWS = Path("data/exclude_rows.csv")  # git-tracked: training rows left out (pipeline/lib/exclusions.py)
 
 MODELS_DIR = Path("models")
-FOLDS_DIR = MODELS_DIR / "folds"
-CHECKPOINT_DIR = MODELS_DIR / "checkpoints"
 TEST_PROBS_NPZ = MODELS_DIR / "test_probs.npz"
 OOF_TTA_NPZ = MODELS_DIR / "oof_tta.npz"  # the submission's model: OOF TTA probabilities, blended
-OOF_BASELINE_NPZ = MODELS_DIR / "oof_baseline.npz"  # OOF TTA probabilities of the last run without exclusions
 
 REPORTS_DIR = Path("reports")
 AUGMENTATIONS_PNG = REPORTS_DIR / "augmentations.png"
-PREDICT_JSON = REPORTS_DIR / "predict.json"
-TUNE_JSON = REPORTS_DIR / "tune.json"
-LIVE_DIR = REPORTS_DIR / "live"  # train's DVCLive folder: per-epoch metrics (pipeline/lib/live.py)
+PREDICT_JSON, TUNE_JSON = REPORTS_DIR / "predict.json", REPORTS_DIR / "tune.json"
 TUNING_DIR = REPORTS_DIR / "tuning"
 TRIALS_CSV = TUNING_DIR / "trials.csv"
-MODELS_MD = REPORTS_DIR / "models.md"
-MODELS_JSON = REPORTS_DIR / "models.json"
+MODELS_MD, MODELS_JSON = REPORTS_DIR / "models.md", REPORTS_DIR / "models.json"
 BENCH_JSON = REPORTS_DIR / "bench.json"
 TIMINGS_DIR = REPORTS_DIR / "timings"  # <stage>.json: wall seconds (a DVC metric: numbers only)
 RUNS_DIR = REPORTS_DIR / "runs"  # <stage>.json: the device and finish time of its last run
 ESTIMATE_JSON = REPORTS_DIR / "estimate.json"  # python -m pipeline.tools.estimate (make run on a CPU)
 SUMMARY_MD = REPORTS_DIR / "summary.md"
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
-WRONG_PNG = REPORTS_DIR / "wrong.png"
-TEST_GRID_PNG = REPORTS_DIR / "test_grid.png"
-LABEL_ISSUES_CSV = REPORTS_DIR / "label_issues.csv"
-LABEL_ISSUES_PNG = REPORTS_DIR / "label_issues.png"
+WRONG_PNG, TEST_GRID_PNG = REPORTS_DIR / "wrong.png", REPORTS_DIR / "test_grid.png"
+LABEL_ISSUES_CSV, LABEL_ISSUES_PNG = REPORTS_DIR / "label_issues.csv", REPORTS_DIR / "label_issues.png"
 AUDIT_JSON = REPORTS_DIR / "audit.json"
-SUBMISSION_DIFF_JSON = REPORTS_DIR / "submission_diff.json"
-SUBMISSION_DIFF_PNG = REPORTS_DIR / "submission_diff.png"
-
-# Kaggle Notebooks: the competition's CSVs under <root>/input/digit-recognizer/, the submission Kaggle picks up at
-# <root>/working/submission.csv; <root> is /kaggle, or $DIGIT_KAGGLE_ROOT
-KAGGLE_ROOT_ENV = "DIGIT_KAGGLE_ROOT"
+SUBMISSION_DIFF_JSON, SUBMISSION_DIFF_PNG = REPORTS_DIR / "submission_diff.json", REPORTS_DIR / "submission_diff.png"
 
 SUBMISSIONS_DIR = Path("submissions")
 LATEST_SUBMISSION = SUBMISSIONS_DIR / "latest.csv"
+KAGGLE_ROOT_ENV = "DIGIT_KAGGLE_ROOT"  # a Kaggle notebook's folders are under /kaggle, or this variable's folder
+TUNE_STORAGE_ENV = "DIGIT_TUNE_STORAGE"  # the Optuna storage URL handed to tune's workers, over tune.storage
 
 
 def model_dir(model: str) -> Path:
     """Return the folder holding member `model`'s fold folders."""
-    return FOLDS_DIR / model
+    return MODELS_DIR / "folds" / model
 
 
 def fold_dir(model: str, fold: int) -> Path:
@@ -93,12 +76,12 @@ def fold_oof(model: str, fold: int) -> Path:
 
 def fold_live_dir(model: str, fold: int) -> Path:
     """Return member `model`'s fold `fold` DVCLive folder (per-epoch metrics)."""
-    return LIVE_DIR / model / f"fold{fold}"
+    return REPORTS_DIR / "live" / model / f"fold{fold}"
 
 
 def fold_checkpoint_dir(model: str, fold: int) -> Path:
     """Return the folder of member `model`'s fold `fold` checkpoint while it trains (not a DVC output)."""
-    return CHECKPOINT_DIR / model / f"fold{fold}"
+    return MODELS_DIR / "checkpoints" / model / f"fold{fold}"
 
 
 def stage_timing(stage: str) -> Path:
@@ -124,9 +107,6 @@ def kaggle_input() -> Path:
 def kaggle_submission() -> Path:
     """Return the file a Kaggle notebook submits: <root>/working/submission.csv."""
     return kaggle_root() / "working" / "submission.csv"
-
-
-TUNE_STORAGE_ENV = "DIGIT_TUNE_STORAGE"  # the Optuna storage URL handed to tune's workers, over tune.storage
 
 
 def tune_storage(url: str | None) -> str:

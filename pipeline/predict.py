@@ -1,22 +1,19 @@
-"""Stage `predict`: test-time augmentation (TTA) through every fold model, probabilities averaged per member; the
-members of an ensemble (model.ensemble) are blended with weights chosen on out-of-fold (OOF) TTA probabilities only
-(predict.blend_by), never on the test set.
+"""Stage `predict`: test-time augmentation (TTA) through every fold model, averaged per member; an ensemble's members
+(model.ensemble) blended with weights chosen on out-of-fold (OOF) TTA probabilities only (predict.blend_by).
 
-Reads data/processed/{train,test}.npz, models/folds/ (refusing a fold model whose meta.json does not record training
-on the current train.npz and folds) and data/exclude_rows.csv (rows the weights are not chosen on). Writes
-submissions/latest.csv (validated first), a timestamped copy (in a Kaggle notebook also <root>/working/submission.csv),
-models/test_probs.npz, models/oof_tta.npz (the OOF TTA probabilities, each fold's rows blended with weights chosen on
-the other folds' rows only) and reports/predict.json: model.name's OOF accuracy and loss without and with TTA, the
-weights (the test blend's and each fold's), each member's OOF TTA figures, the blend's OOF accuracy cross-fitted
-(`oof_blend_accuracy`, honest) and in-sample, the cross-fitted blend without each member (`without`: what it adds),
-per fold, and on the rows not excluded (`kept_rows`). reports/submission_diff.{json,png}: the labels that changed
-since the previous submission (counts; the changed test images, old and new label, new probability).
+Reads data/processed/{train,test}.npz, models/folds/ (refusing fold models not trained on the current train.npz) and
+data/exclude_rows.csv (rows the weights are not chosen on). Writes submissions/latest.csv (validated), a timestamped
+copy (in a Kaggle notebook also <root>/working/submission.csv), models/test_probs.npz, models/oof_tta.npz (each fold's
+rows blended with weights chosen on the other folds), reports/predict.json (OOF figures without and with TTA, weights,
+each member's figures and what it adds, the blend's cross-fitted and in-sample accuracy, per fold and on the rows not
+excluded) and reports/submission_diff.{json,png} (the labels changed since the previous submission).
 
 `--image digit.png` instead prints the digit in one image file (any size, dark-on-light or light-on-dark) and its
 class probabilities from the same fold models, TTA views and blend weights."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from dataclasses import asdict
@@ -35,7 +32,7 @@ from pipeline.lib.exclusions import kept_mask, read_exclusions
 from pipeline.lib.files import OutputError, read_json, read_npz, require, write_json, write_npz, write_text
 from pipeline.lib.image import ImageError, load_digit
 from pipeline.lib.members import members
-from pipeline.lib.metrics import accuracy, log_loss, scores
+from pipeline.lib.metrics import accuracy, scores
 from pipeline.lib.models import load_model
 from pipeline.lib.submission_file import (
     describe_diff,
@@ -51,77 +48,48 @@ from pipeline.params import PredictParams
 
 
 def check_fold_models(models: list[str], n_folds: int, data: dict[str, np.ndarray] | None = None) -> None:
-    """Raise MissingInput naming the first fold model of `models` that train has not written, or, given `data`
-    (train.npz's arrays), ValueError naming the first whose meta.json does not record training on exactly them."""
+    """Raise MissingInput for a fold model train has not written, or ValueError for one not trained on `data`."""
     digest = training_digest(data["x"], data["y"], data["fold"]) if data is not None else None
-    for model in models:
-        for fold in range(n_folds):
-            require(paths.fold_model(model, fold), "train")
-            meta = paths.fold_meta(model, fold)
-            recorded = read_json(meta).get("train_data") if meta.is_file() else None
-            if digest is not None and recorded != digest:
-                why = f"{meta} records other data" if recorded else f"{meta} does not record its data"
-                raise ValueError(
-                    f"{paths.fold_model(model, fold)} was not trained on the current {paths.TRAIN_NPZ} and its fold "
-                    f"assignment ({why}): run `dvc repro train` first"
-                )
+    for model, fold in itertools.product(models, range(n_folds)):
+        path, meta = require(paths.fold_model(model, fold), "train"), paths.fold_meta(model, fold)
+        recorded = read_json(meta).get("train_data") if meta.is_file() else None
+        if digest is not None and recorded != digest:
+            why = f"{meta} records other data" if recorded else f"{meta} does not record its data"
+            why = f"{path} was not trained on the current {paths.TRAIN_NPZ} and its fold assignment ({why})"
+            raise ValueError(f"{why}: run `dvc repro train` first")
 
 
-def predict_folds(
-    data: dict, x_test: np.ndarray, model: str, n_folds: int, cfg: PredictParams
-) -> dict[str, np.ndarray]:
+def predict_folds(data: dict, x_test: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> dict:
     """Return `model`'s per-view OOF probabilities (views, n_train, 10) and fold-averaged test probabilities."""
-    views = cfg.tta_views + 1
-    oof = np.zeros((views, len(data["y"]), 10), np.float32)
-    test = np.zeros((views, len(x_test), 10), np.float32)
+    oof, test = (np.zeros((cfg.tta_views + 1, n, 10), np.float32) for n in (len(data["y"]), len(x_test)))
     with progress.progress(len(data["y"]) + n_folds * len(x_test), f"predict {model}", unit="img") as bar:
         for fold in range(n_folds):
             net = load_model(str(paths.fold_model(model, fold)))
             rows = np.flatnonzero(data["fold"] == fold)
             oof[:, rows] = predict_views(net, data["x"][rows], cfg.tta_views, cfg.batch_size, bar)
             test += predict_views(net, x_test, cfg.tta_views, cfg.batch_size, bar) / n_folds
-            progress.note(f"predict: fold {fold + 1}/{n_folds} done ({model}, {views} views)")
+            progress.note(f"predict: fold {fold + 1}/{n_folds} done ({model}, {cfg.tta_views + 1} views)")
     return {"oof_views": oof, "test_views": test}
 
 
 def tta_report(oof_views: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Return OOF accuracy and loss without TTA (view 0) and with all views averaged."""
     plain, tta = scores(oof_views[0], labels), scores(oof_views.mean(axis=0), labels)
-    return {
-        "oof_accuracy": plain["accuracy"],
-        "oof_loss": plain["loss"],
-        "oof_tta_accuracy": tta["accuracy"],
-        "oof_tta_loss": tta["loss"],
-        "tta_gain": tta["accuracy"] - plain["accuracy"],
-    }
+    report = {f"oof_{k}": v for k, v in plain.items()} | {f"oof_tta_{k}": v for k, v in tta.items()}
+    return report | {"tta_gain": tta["accuracy"] - plain["accuracy"]}
 
 
 def blend_figures(first: np.ndarray, oof: list[np.ndarray], honest: np.ndarray, labels: np.ndarray, weights) -> dict:
-    """Return model.name's TTA figures (`first`: its OOF views) and the blend's OOF accuracy and loss, cross-fitted
-    (`honest`) and in-sample (the members' OOF TTA probabilities `oof` blended with the test `weights`)."""
-    in_sample = blend(oof, weights)
-    return {
-        **tta_report(first, labels),
-        "oof_blend_accuracy": accuracy(honest, labels),
-        "oof_blend_loss": log_loss(honest, labels),
-        "oof_blend_accuracy_in_sample": accuracy(in_sample, labels),
-        "oof_blend_loss_in_sample": log_loss(in_sample, labels),
-    }
+    """Return model.name's TTA figures (OOF views `first`) and the blend's: `honest` and `oof` blended by `weights`."""
+    in_sample = {f"oof_blend_{k}_in_sample": v for k, v in scores(blend(oof, weights), labels).items()}
+    return tta_report(first, labels) | {f"oof_blend_{k}": v for k, v in scores(honest, labels).items()} | in_sample
 
 
 def blend_models(
-    outputs: dict[str, dict[str, np.ndarray]],
-    labels: np.ndarray,
-    folds: np.ndarray,
-    blend_by: str,
-    keep: np.ndarray | None = None,
+    outputs: dict[str, dict], labels: np.ndarray, folds: np.ndarray, blend_by: str, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Return the blended test views (views, n_test, 10), the cross-fitted blend of the OOF TTA probabilities
-    (n_train, 10) and the report; the first member of `outputs` is model.name.
-
-    The test views are blended with weights chosen on the members' OOF TTA probabilities and `labels` of the rows
-    in mask `keep` (all rows when None); fold k's OOF rows with weights chosen on the kept rows of the other `folds`
-    only. The figures cover every row, "kept_rows" those in `keep`, "folds" each fold's rows."""
+    """Return the test views (views, n_test, 10) blended with weights chosen on the OOF rows in mask `keep`, the OOF
+    TTA blend cross-fitted by fold, and the report; the first member of `outputs` is model.name."""
     names = list(outputs)
     keep = np.ones(len(labels), dtype=bool) if keep is None else keep
     oof = [outputs[name]["oof_views"].mean(axis=0) for name in names]
@@ -147,10 +115,10 @@ def blend_models(
         },
     }
     if len(names) > 1:  # what each member adds: the same honest blend without it
-        rest = [accuracy(probs, labels) for probs in left_out_blends(oof, labels, folds, blend_by, keep)]
+        full, rest = report["oof_blend_accuracy"], left_out_blends(oof, labels, folds, blend_by, keep)
         report["without"] = {
-            name: {"oof_blend_accuracy": acc, "member_gain": report["oof_blend_accuracy"] - acc}
-            for name, acc in zip(names, rest, strict=True)
+            n: {"oof_blend_accuracy": (a := accuracy(p, labels)), "member_gain": full - a}
+            for n, p in zip(names, rest, strict=True)
         }
     return np.stack([blend(v, weights) for v in test_views]), honest, report
 
@@ -166,8 +134,7 @@ def recorded_weights(models: list[str], path: Path = paths.PREDICT_JSON) -> np.n
 
 
 def image_probs(image: np.ndarray, model: str, n_folds: int, cfg: PredictParams) -> np.ndarray:
-    """Return `model`'s class probabilities (10,) of one 28x28 uint8 `image`, averaged over every fold model and TTA
-    view exactly as the test CSV's rows are."""
+    """Return `model`'s class probabilities (10,) of one 28x28 `image`, averaged over fold models and TTA views."""
     nets = [load_model(str(paths.fold_model(model, fold))) for fold in range(n_folds)]
     return np.mean([predict_views(net, image[None], cfg.tta_views, 1).mean(axis=0)[0] for net in nets], axis=0)
 
@@ -214,9 +181,8 @@ def diff_title(diff: dict, shown: int) -> str:
 
 
 def write_diff(new: Path, x_test: np.ndarray, probs: np.ndarray, limit: int) -> dict:
-    """Compare the submission at `new` with the previous one and write reports/submission_diff.json and
-    reports/submission_diff.png (at most `limit` changed images, in ImageId order); return the diff. A
-    previous file that cannot be compared (another length, a damaged file) is recorded, not fatal."""
+    """Write reports/submission_diff.{json,png} (at most `limit` images) for `new` against the previous submission;
+    return the diff. A previous file that cannot be compared is recorded, not fatal."""
     try:
         diff = diff_with_previous(new)
     except InputError as exc:
@@ -225,10 +191,10 @@ def write_diff(new: Path, x_test: np.ndarray, probs: np.ndarray, limit: int) -> 
     write_json(paths.SUBMISSION_DIFF_JSON, diff)
     ids = np.asarray(diff.get("changed_ids") or [], np.int64)[:limit]
     old = read_labels(Path(diff["old"]))[ids - 1] if len(ids) else ids
-    new_labels = np.argmax(probs[ids - 1], axis=1)
-    confidence = probs[ids - 1, new_labels]
+    shown = probs[ids - 1]
+    title = diff_title(diff, len(ids))
     plots.submission_diff_grid(
-        x_test[ids - 1], ids, old, new_labels, confidence, paths.SUBMISSION_DIFF_PNG, diff_title(diff, len(ids))
+        x_test[ids - 1], ids, old, shown.argmax(1), shown.max(1), paths.SUBMISSION_DIFF_PNG, title
     )
     return diff
 
@@ -274,14 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         diff = write_diff(Path(stamped), x_test, probs, cfg.diff_images)
     except (OutputError, InputError, FileNotFoundError, ValueError) as exc:
         return fail("predict", exc)
-    progress.finish(
-        "predict",
-        start,
-        device.describe(),
-        f"OOF accuracy {report['oof_accuracy']:.5f} without TTA, {report['oof_tta_accuracy']:.5f} with "
-        f"{cfg.tta_views} views (gain {report['tta_gain']:+.5f}){blend_note(report)} -> {paths.LATEST_SUBMISSION} "
-        f"(copy {stamped}); {describe_diff(diff)}",
-    )
+    done = f"OOF accuracy {report['oof_accuracy']:.5f} without TTA, {report['oof_tta_accuracy']:.5f} with "
+    done += f"{cfg.tta_views} views (gain {report['tta_gain']:+.5f}){blend_note(report)} -> {paths.LATEST_SUBMISSION}"
+    progress.finish("predict", start, device.describe(), f"{done} (copy {stamped}); {describe_diff(diff)}")
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix
@@ -24,7 +23,6 @@ from pipeline.lib.training_data import read_fold_metas
 from pipeline.params import AuditParams, ReportParams
 
 STAGES = ("ingest", "augment", "tune", "train", "predict", "audit")
-N_CLASSES = 10
 
 
 def confusion_pairs(matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -32,7 +30,7 @@ def confusion_pairs(matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[:k]
-    return [(int(i // N_CLASSES), int(i % N_CLASSES), int(off.flat[i])) for i in order if off.flat[i] > 0]
+    return [(int(i // len(off)), int(i % len(off)), int(off.flat[i])) for i in order if off.flat[i] > 0]
 
 
 def confusion_csv(actual: np.ndarray, predicted: np.ndarray) -> str:
@@ -48,30 +46,27 @@ def most_confident_wrong(probs: np.ndarray, labels: np.ndarray, k: int) -> np.nd
 
 
 def read_timings(folder: Path = paths.TIMINGS_DIR, runs: Path = paths.RUNS_DIR, units: list | None = None) -> dict:
-    """Return the stage timings in `folder` with their run's device and finish time from `runs`, pipeline stages
-    first; train's, unless recorded, is the sum of its units' (the fold meta.json `units`)."""
-    found = {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))}
-    if units and "train" not in found:
+    """Return the stage timings in `folder` with device and finish time from `runs`; train's, if none, sums `units`."""
+    found = {p.stem: read_json(p) | optional_json(Path(runs) / p.name) for p in sorted(Path(folder).glob("*.json"))}
+    if units and "train" not in found:  # train's units record no stage timing: their fold meta.json do
         found["train"] = {"seconds": sum(u["seconds"] for u in units), "device": units[-1].get("device")}
-    for stage, timing in found.items():
-        timing.update(optional_json(Path(runs) / f"{stage}.json"))
     return {s: found[s] for s in sorted(found, key=lambda s: (STAGES.index(s) if s in STAGES else len(STAGES), s))}
 
 
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
+def md_table(header: list[str], rows: list[list]) -> str:
     """Return a Markdown table of `rows` (padded to the header's width) under `header`."""
     lines = ["| " + " | ".join(map(str, [*row, *[""] * (len(header) - len(row))])) + " |" for row in [header, *rows]]
     return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
 
 
-def value(v: Any) -> str:
-    """Return a setting's value as the summary shows it (floats to 4 significant digits)."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def figures(scores: dict, key: str = "") -> list[str]:
     """Return the table cells of the accuracy and loss in `scores` (keys `key`accuracy and `key`loss)."""
     return [f"{scores[key + 'accuracy']:.5f}", f"{scores[key + 'loss']:.4f}"]
+
+
+def value(v: object) -> str:
+    """Return a setting's value as the summary shows it (floats to 4 significant digits)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def params_section(settings: dict, tuned: dict, tta_views: int) -> str:
@@ -88,8 +83,7 @@ def params_section(settings: dict, tuned: dict, tta_views: int) -> str:
 
 
 def folds_section(metas: dict[int, dict], folds: np.ndarray, predict: dict, scored_fold: int | None) -> str:
-    """Return model.name's fold table (fold `metas`, predict.json's OOF figures without TTA), also without the fold
-    that scored tuning (`scored_fold`, weighted by fold rows) and without the excluded rows."""
+    """Return model.name's fold table (`metas`, predict.json), also without tuning's `scored_fold` and excluded rows."""
     size = {k: int(np.sum(folds == k)) for k in metas}
     rows = [[k, size[k], *figures(m), m["epochs"], format_seconds(m["seconds"])] for k, m in sorted(metas.items())]
     rows.append(["**all (OOF)**", len(folds), f"**{predict['oof_accuracy']:.5f}**", f"{predict['oof_loss']:.4f}"])
@@ -104,32 +98,22 @@ def folds_section(metas: dict[int, dict], folds: np.ndarray, predict: dict, scor
     return "## Folds (model.name, without TTA)\n\n" + md_table(header, rows)
 
 
-def accuracy_section(predict: dict, blend_by: str, minutes: dict[str, float]) -> str:
-    """Return model.name's OOF accuracy and loss without and with TTA, and an ensemble's blend (`blend_line`)."""
-    views, gain = predict["tta_views"], predict["tta_gain"]
-    rows = [["without TTA", *figures(predict, "oof_")], [f"with TTA ({views} views)", *figures(predict, "oof_tta_")]]
-    table = md_table(["", "accuracy", "loss"], rows)
-    return f"## Out-of-fold accuracy\n\n{table}\n\nTTA gain: {gain:+.5f} ({gain * 100:+.3f} points)." + blend_line(
-        predict, blend_by, minutes
-    )
-
-
 def blend_line(predict: dict, blend_by: str, minutes: dict[str, float] | None = None) -> str:
-    """Return the ensemble's weights and OOF accuracy and a table of what each member adds (per training hour from
-    its folds' `minutes`); "" for a single model."""
+    """Return an ensemble's weights, OOF accuracy and what each member adds (per training hour: `minutes`), else ""."""
     weights, minutes = predict.get("weights") or {}, minutes or {}
     if len(weights) < 2:
         return ""
-    rows = [[m, f"{predict['models'][m]['oof_tta_accuracy']:.5f}", f"{w['oof_blend_accuracy']:.5f}",
-             f"{w['member_gain']:+.5f}", *([f"{minutes[m]:.1f}", f"{w['member_gain'] * 60 / minutes[m]:+.5f}"]
-                                          if minutes.get(m) else ["?", "?"])]
-            for m, w in predict["without"].items()]  # fmt: skip
+    rows = []
+    for m, w in predict["without"].items():
+        gain, alone, spent = w["member_gain"], predict["models"][m]["oof_tta_accuracy"], minutes.get(m)
+        hours = [f"{spent:.1f}", f"{gain * 60 / spent:+.5f}"] if spent else ["?", "?"]
+        rows.append([m, f"{alone:.5f}", f"{w['oof_blend_accuracy']:.5f}", f"{gain:+.5f}", *hours])
     head = ["member", "alone (OOF, TTA)", "blend without it", "what it adds", "training minutes", "adds per hour"]
     return (
         f"\n\nThe submission blends {', '.join(f'{m} {w:.3f}' for m, w in weights.items())} (weights chosen by OOF "
-        f"{blend_by}): OOF accuracy {predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with weights "
-        f"chosen on the other folds only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample). The table above is "
-        f"model.name alone.\n\n{md_table(head, rows)}"
+        f"{blend_by}): OOF accuracy {predict['oof_blend_accuracy']:.5f} with TTA, each fold's rows blended with "
+        f"weights chosen on the other folds only ({predict['oof_blend_accuracy_in_sample']:.5f} in-sample). The table "
+        f"above is model.name alone.\n\n{md_table(head, rows)}"
     )
 
 
@@ -140,9 +124,9 @@ def audit_section(audit: dict, cfg: AuditParams) -> str:
     kept, excluded = audit["kept_rows"], "No row is excluded"
     if audit["excluded"]:
         excluded = (
-            f"{audit['excluded']} rows are excluded from training ({audit['issues_excluded']} of them among the issues "
-            f"above), OOF TTA accuracy and loss on the other {kept['rows']} rows {', '.join(figures(kept))}; against "
-            "the run before: `dvc metrics diff` (reports/predict.json's OOF figures cover every row in both runs)"
+            f"{audit['excluded']} rows are excluded from training ({audit['issues_excluded']} of the issues above); "
+            f"OOF TTA accuracy and loss on the other {kept['rows']} rows {', '.join(figures(kept))}; against the run "
+            "before: `dvc metrics diff` (reports/predict.json: every row, excluded or not)"
         )
     return (
         f"## Label audit\n\ncleanlab finds **{audit['issues']}** likely label issues among the {audit['rows']} "
@@ -157,9 +141,9 @@ def timings_section(timings: dict[str, dict]) -> str:
     rows = [[s, format_seconds(t.get("seconds")), t.get("device") or "-", t.get("finished_at", "-")]
             for s, t in timings.items()]  # fmt: skip
     rows.append(["**total**", f"**{format_seconds(sum(float(t.get('seconds') or 0) for t in timings.values()))}**"])
-    missing = [s for s in STAGES if s not in timings]
-    note = f"\n\nNo timing recorded for: {', '.join(missing)}." if missing else ""
-    return "## Wall time per stage\n\n" + md_table(["stage", "wall time", "device", "finished (UTC)"], rows) + note
+    missing = ", ".join(s for s in STAGES if s not in timings)
+    table = md_table(["stage", "wall time", "device", "finished (UTC)"], rows)
+    return f"## Wall time per stage\n\n{table}" + (f"\n\nNo timing recorded for: {missing}." if missing else "")
 
 
 def submission_section(path: Path, rows: int, diff: dict) -> str:
@@ -172,11 +156,13 @@ def submission_section(path: Path, rows: int, diff: dict) -> str:
     )
 
 
-def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
+def summary_markdown(facts: dict, cfg: ReportParams) -> str:
     """Return reports/summary.md for the gathered `facts` (see gather)."""
     probs, labels, predict, train = facts["oof"]["probs"], facts["oof"]["y"], facts["predict"], facts["train"]
-    predicted, counts = np.argmax(probs, axis=1), np.bincount(train["y"], minlength=N_CLASSES).tolist()
-    pairs = confusion_pairs(confusion_matrix(labels, predicted, labels=range(N_CLASSES)), cfg.confusion_pairs)
+    predicted, counts = np.argmax(probs, axis=1), np.bincount(train["y"], minlength=10).tolist()
+    pairs = confusion_pairs(confusion_matrix(labels, predicted, labels=range(10)), cfg.confusion_pairs)
+    plain = ["without TTA", *figures(predict, "oof_")]  # the first entry an older predict.json lacks: oof_loss
+    tta = [plain, [f"with TTA ({predict['tta_views']} views)", *figures(predict, "oof_tta_")]]
     what = "the ensemble's cross-fitted blend" if len(predict.get("weights") or {}) > 1 else "model.name"
     confusions = f"{int((predicted != labels).sum())} of {len(labels)} out-of-fold predictions are wrong"
     if pairs:
@@ -186,18 +172,19 @@ def summary_markdown(facts: dict[str, Any], cfg: ReportParams) -> str:
         f"# Digit Recognizer: run summary\n\nOut-of-fold accuracy of the submission's predictions "
         f"**{accuracy(probs, labels):.5f}** ({what}, TTA views averaged; {len(labels)} training rows, "
         f"{len(np.unique(train['fold']))} folds).",
-        "## Data\n\n" + md_table(["", *map(str, range(N_CLASSES)), "total"], [["train rows", *counts, sum(counts)]]),
+        "## Data\n\n" + md_table(["", *map(str, range(10)), "total"], [["train rows", *counts, sum(counts)]]),
         f"Test rows: {len(facts['test_x'])}.",
         params_section(facts["metas"][0]["settings"], facts["tuned"], predict["tta_views"]),
         folds_section(facts["metas"], train["fold"], predict, facts["tuned"].get("scored_fold")),
-        accuracy_section(predict, facts["blend_by"], facts["minutes"]),
+        f"## Out-of-fold accuracy\n\n{md_table(['', 'accuracy', 'loss'], tta)}\n\nTTA gain: "
+        f"{predict['tta_gain']:+.5f} ({predict['tta_gain'] * 100:+.3f} points)."
+        + blend_line(predict, facts["blend_by"], facts["minutes"]),
         f"## Confusions\n\n{confusions}" + ("" if pairs else "."),
         audit_section(facts["audit"], facts["audit_settings"]),
         timings_section(facts["timings"]),
         submission_section(paths.LATEST_SUBMISSION, facts["submission_rows"], facts["submission_diff"]),
-        "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); "
-        "images: reports/wrong.png, reports/test_grid.png, reports/label_issues.png, reports/submission_diff.png, "
-        "reports/augmentations.png, reports/tuning/.",
+        "Plots: `dvc plots show` (loss and accuracy per fold, learning rate, confusion matrix); images: reports/"
+        "{wrong,test_grid,label_issues,submission_diff,augmentations}.png and reports/tuning/.",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -207,7 +194,7 @@ def optional_json(path: Path) -> dict:
     return read_json(path) if Path(path).is_file() else {}
 
 
-def gather() -> dict[str, Any]:
+def gather() -> dict:
     """Read every input of the report from the project folder and return them as one dict."""
     train = read_npz(require(paths.TRAIN_NPZ, "ingest"))
     oof = read_npz(require(paths.OOF_TTA_NPZ, "predict"))
@@ -231,7 +218,7 @@ def gather() -> dict[str, Any]:
     }
 
 
-def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
+def write_reports(facts: dict, cfg: ReportParams) -> list[Path]:
     """Write summary.md, confusion.csv, wrong.png and test_grid.png from `facts`; return their paths."""
     probs, labels = facts["oof"]["probs"], facts["oof"]["y"]
     predicted = np.argmax(probs, axis=1)
@@ -249,7 +236,7 @@ def write_reports(facts: dict[str, Any], cfg: ReportParams) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the CLI (settings: params.yaml's `report:`), gather the pipeline's outputs, and write the reports."""
     stage_parser("report", __doc__).parse_args(argv)
-    cfg = params.load("report")
+    cfg = params.load("report")  # the settings first: a bad one is named before any input is read
     try:
         written = write_reports(gather(), cfg)
     except (OutputError, ValueError) as exc:

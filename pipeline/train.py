@@ -89,7 +89,7 @@ def train_unit(
     done = done[: resumed_epochs(checkpoint)]
     if done:
         progress.note(f"train: {cfg.model} fold {fold} resumes after epoch {len(done)}/{cfg.epochs} ({checkpoint})")
-    history = HistoryFile(checkpoint, done)
+    history = HistoryFile(checkpoint, done, f"{cfg.model} fold {fold}")
     callbacks = [history, LiveEpochs(paths.fold_live_dir(cfg.model, fold), done)]
     model, _ = fit(cfg, sampler, (data.x[watch], data.y[watch]), device, callbacks, checkpoint)
     probs = predict_probs(model, data.x[val_rows])
@@ -117,9 +117,9 @@ class HistoryFile(keras.callbacks.Callback):
     """Keeps every epoch's row (lib/fitting.history_row) in the checkpoint folder's history.json, written before the
     checkpoint of that epoch, so a resumed unit knows the epochs trained before the kill."""
 
-    def __init__(self, folder: Path, rows: list[dict]) -> None:
+    def __init__(self, folder: Path, rows: list[dict], unit: str) -> None:
         super().__init__()
-        self.folder, self.rows, self.start = folder, list(rows), time.perf_counter()
+        self.folder, self.rows, self.unit, self.start = folder, list(rows), unit, time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Record epoch `epoch`'s metrics and learning rate."""
@@ -128,8 +128,8 @@ class HistoryFile(keras.callbacks.Callback):
         self.rows = [*self.rows[:epoch], row]
         write_json(self.folder / "history.json", {"rows": self.rows})
         progress.note(
-            f"  fold epoch {epoch + 1}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-            f"val_acc {row['val_accuracy']:.4f} lr {lr:.2e} ({row['seconds']:.1f}s)"
+            f"  {self.unit} epoch {epoch + 1}/{self.params['epochs']}: loss {row['loss']:.4f} "
+            f"acc {row['accuracy']:.4f} val_acc {row['val_accuracy']:.4f} lr {lr:.2e} ({row['seconds']:.1f}s)"
         )
         self.start = time.perf_counter()
 

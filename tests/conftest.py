@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline import paths
+from pipeline.lib.files import read_npz
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,3 +152,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def collect_oof(member: str, n_rows: int, n_folds: int) -> np.ndarray:
+    """Return `member`'s (n_rows, 10) out-of-fold probabilities assembled from every fold's oof.npz."""
+    probs = np.full((n_rows, 10), np.nan, dtype=np.float32)
+    for fold in range(n_folds):
+        part = read_npz(paths.fold_oof(member, fold))
+        probs[part["rows"]] = part["probs"]
+    if np.isnan(probs).any():
+        raise ValueError(f"some rows have no out-of-fold prediction of {member} in {paths.model_dir(member)}")
+    return probs

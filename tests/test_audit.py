@@ -1,5 +1,5 @@
 """Audit: cleanlab finds planted label flips in out-of-fold probabilities; the stage writes the issue table,
-grid, summary and baseline; --accept appends the top issues to the exclusion list."""
+grid and summary; --accept appends the top issues to the exclusion list."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from pipeline import audit, paths, report
 from pipeline.lib.exclusions import header_text, read_exclusions
-from pipeline.lib.files import read_npz, write_json, write_npz
+from pipeline.lib.files import write_npz
 from pipeline.lib.metrics import scores
 from pipeline.params import AuditParams
 from tests.conftest import synthetic_digits
@@ -75,7 +75,7 @@ def audited(project):
     return {"true": true, "given": given, "flipped": flipped, "probs": probs}
 
 
-def test_audit_stage_writes_issues_grid_summary_and_baseline(audited, capsys):
+def test_audit_stage_writes_issues_grid_and_summary(audited, capsys):
     assert audit.main([]) == 0
     table = pd.read_csv(paths.LABEL_ISSUES_CSV)
     assert list(table.columns) == audit.COLUMNS
@@ -85,15 +85,13 @@ def test_audit_stage_writes_issues_grid_summary_and_baseline(audited, capsys):
     summary = json.loads(paths.AUDIT_JSON.read_text())
     assert (summary["issues"], summary["excluded"], summary["rows"]) == (6, 0, 120)
     assert summary["kept_rows"] == {"rows": 120, **scores(audited["probs"], audited["given"])}
-    baseline = read_npz(paths.OOF_BASELINE_NPZ)  # no row excluded: this run is the baseline
-    assert np.array_equal(baseline["probs"], audited["probs"])
     assert "6 likely label issues" in capsys.readouterr().out
     section = report.audit_section(summary, CFG)
     assert "**6** likely label issues" in section and "(label_issues.png)" in section
     assert "No row is excluded" in section
 
 
-def test_accept_appends_the_top_issues_once_then_the_audit_compares_on_the_same_rows(audited, capsys):
+def test_accept_appends_the_top_issues_once_then_the_audit_scores_the_rows_kept(audited, capsys):
     assert audit.main([]) == 0
     ranked = pd.read_csv(paths.LABEL_ISSUES_CSV)["row"].tolist()
     assert audit.main(["--accept", "2"]) == 0
@@ -107,7 +105,7 @@ def test_accept_appends_the_top_issues_once_then_the_audit_compares_on_the_same_
     assert read_exclusions(120).tolist() == sorted(ranked[:4])
     assert "appended 2 rows" in capsys.readouterr().out.splitlines()[-1]
 
-    # the retrained models: better probabilities on the rows kept; the baseline stays the run without exclusions
+    # the retrained models: better probabilities; the audit scores them on the rows kept
     kept = np.ones(120, bool)
     kept[ranked[:4]] = False
     better = np.eye(10, dtype=np.float32)[audited["given"]] * 0.9 + 0.01
@@ -116,35 +114,10 @@ def test_accept_appends_the_top_issues_once_then_the_audit_compares_on_the_same_
     summary = json.loads(paths.AUDIT_JSON.read_text())
     assert summary["excluded"] == 4 and summary["issues_excluded"] == 0  # the better model disputes no label
     assert summary["kept_rows"] == {"rows": 116, **scores(better[kept], audited["given"][kept])}
-    assert summary["baseline_kept_rows"] == scores(audited["probs"][kept], audited["given"][kept])
-    assert np.array_equal(read_npz(paths.OOF_BASELINE_NPZ)["probs"], audited["probs"])
     section = report.audit_section(summary, CFG)
-    assert "before (the run without exclusions)" in section and "on the other 116 rows" in section
-
-
-def test_baseline_from_other_settings_is_not_compared(audited):
-    assert audit.main([]) == 0
-    assert audit.main(["--accept", "1"]) == 0
-    doc = yaml.safe_load(paths.PARAMS.read_text())
-    doc["predict"]["tta_views"] += 1  # other TTA settings: the baseline no longer matches
-    paths.PARAMS.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert audit.main([]) == 0
-    summary = json.loads(paths.AUDIT_JSON.read_text())
-    assert summary["excluded"] == 1 and summary["baseline_kept_rows"] is None
-    assert "No run without exclusions with these settings" in report.audit_section(summary, CFG)
-
-
-def test_baseline_from_fold_models_trained_otherwise_is_not_compared(audited):
-    """The baseline is compared only with fold models trained with the same settings on the same data (their
-    meta.json), whatever rows the exclusion list leaves out."""
-    for fold in range(3):
-        write_json(paths.fold_meta("dropout_cnn", fold), {"settings": {"epochs": 2}, "train_data": "digest"})
-    assert audit.main([]) == 0 and audit.main(["--accept", "1"]) == 0
-    assert audit.main([]) == 0
-    assert json.loads(paths.AUDIT_JSON.read_text())["baseline_kept_rows"] is not None  # the same fold models
-    write_json(paths.fold_meta("dropout_cnn", 2), {"settings": {"epochs": 3}, "train_data": "digest"})
-    assert audit.main([]) == 0
-    assert json.loads(paths.AUDIT_JSON.read_text())["baseline_kept_rows"] is None
+    assert "4 rows are excluded" in section and "on the other 116 rows" in section
+    assert f"{summary['kept_rows']['accuracy']:.5f}, {summary['kept_rows']['loss']:.4f}" in section
+    assert "`dvc metrics diff`" in section  # DVC compares runs: no copy of an earlier run's probabilities
 
 
 def test_accept_needs_an_audit_and_bad_settings_are_named(project, capsys):

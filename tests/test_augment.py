@@ -89,5 +89,3 @@ def test_augment_main_writes_copies_and_preview(project):
     assert augment.main([]) == 0
     assert paths.AUGMENTED_NPZ.is_file()
     assert paths.AUGMENTATIONS_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-

@@ -11,8 +11,7 @@ from tests.conftest import REPO
 
 # Names used by code that is not the pipeline's own, so vulture cannot see them called.
 USED_FROM_OUTSIDE = {
-    "child": "pipeline.tools.bench runs it in a fresh process by name (python -c '... import child; child(...)')",
-    "refresh": "progress.LineProgress.set_postfix_str keeps tqdm's signature, so either bar can be used",
+    "_save_model": "keras.callbacks.BackupAndRestore calls it (lib/fitting.AtomicBackup overrides how it saves)",
     "isolation_level": "pysqlite reads it: None (tune.leave_begin_to_sqlalchemy) means it emits no BEGIN of its own",
     **{hook: "Keras calls a callback's hooks" for hook in dir(keras.callbacks.Callback) if hook.startswith("on_")},
 }

@@ -53,7 +53,9 @@ def restore_policy():
 def test_cpu_flags_find_native_bf16_on_x86_and_arm(tmp_path: Path, cpuinfo: str, flag: str | None):
     path = tmp_path / "cpuinfo"
     path.write_text(cpuinfo)
-    assert device.bf16_flag(device.cpu_flags(path)) == flag
+    plan = plan_devices(Hardware("tensorflow", (), device.cpu_flags(path)))
+    assert plan.precision == ("mixed_bfloat16" if flag else "float32")
+    assert (f"native bf16: {flag}" if flag else "no native bf16") in plan.reasons["precision"]
 
 
 def test_cpu_flags_of_a_machine_without_proc_cpuinfo_are_empty(tmp_path: Path):
@@ -246,7 +248,7 @@ def test_this_machines_plan_is_what_the_backend_reports(project: Path, capsys):
     assert plan["backend"] == keras.backend.backend() and len(plan["gpus"]) == len(hardware.gpus)
     if not hardware.gpus:
         assert plan["jit_compile"] is False and all(w["gpu"] is None for w in plan["tune_workers"])
-        native = device.bf16_flag(device.cpu_flags()) is not None
+        native = bool(device.cpu_flags() & device.BF16_CPU_FLAGS)
         assert plan["precision"] == ("mixed_bfloat16" if native else "float32")
 
 

@@ -16,7 +16,7 @@ from pipeline.lib.exclusions import append_exclusions, header_text, kept_mask, p
 from pipeline.lib.files import read_json, read_npz
 from pipeline.lib.fitting import EpochSampler
 from pipeline.lib.metrics import accuracy
-from pipeline.lib.training_data import collect_oof
+from tests.conftest import collect_oof
 
 
 def test_a_valid_list_parses_to_sorted_rows():

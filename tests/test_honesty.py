@@ -25,9 +25,8 @@ from pipeline.lib.device import configure
 from pipeline.lib.files import read_json, read_npz
 from pipeline.lib.fitting import predict_probs
 from pipeline.lib.models import load_model
-from pipeline.lib.training_data import collect_oof
 from pipeline.lib.tta import affine_view, views_for
-from tests.conftest import dump_params, test_csv_text, tiny_params, train_csv_text
+from tests.conftest import collect_oof, dump_params, test_csv_text, tiny_params, train_csv_text
 
 ROWS = 90  # 3 folds of 30: each fold model memorises 60 rows
 EPOCHS = 6
@@ -184,7 +183,7 @@ def test_test_probabilities_average_every_tta_view_of_every_fold(inside: Path) -
 
 def finished_trials() -> list[optuna.trial.FrozenTrial]:
     """Return the completed trials of the project's study."""
-    storage = optuna.storages.RDBStorage(tune.storage_url(None))
+    storage = optuna.storages.RDBStorage(paths.tune_storage(None))
     (name,) = optuna.get_all_study_names(storage)
     study = optuna.load_study(study_name=name, storage=storage)
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

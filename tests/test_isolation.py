@@ -28,10 +28,10 @@ def test_the_users_settings_do_not_reach_the_tests() -> None:
     one (run with them exported by the test below)."""
     import keras
 
-    from pipeline import tune
+    from pipeline import paths
 
     assert leaky_names() == []
-    assert tune.STORAGE_ENV in LEAKY_ENV and os.environ.get(tune.STORAGE_ENV) is None
+    assert paths.TUNE_STORAGE_ENV in LEAKY_ENV and os.environ.get(paths.TUNE_STORAGE_ENV) is None
     assert keras.backend.backend() != EXPORTED["KERAS_BACKEND"]
 
 

@@ -12,8 +12,8 @@ from pipeline.lib.competition_csv import InputError
 from pipeline.lib.files import read_json, read_npz, write_json, write_npz
 from pipeline.lib.metrics import accuracy
 from pipeline.lib.submission_file import submission_csv, validate_submission
-from pipeline.lib.training_data import collect_oof
 from pipeline.lib.tta import affine_view, apply_view, is_shift, predict_views, views_for
+from tests.conftest import collect_oof
 
 
 def test_identity_and_shift_views_are_exact(digits):

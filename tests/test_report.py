@@ -18,9 +18,8 @@ from pipeline import augment, ingest, paths, predict, report, train, tune
 from pipeline.lib import progress
 from pipeline.lib.files import read_json, read_npz, write_json
 from pipeline.lib.metrics import accuracy
-from pipeline.lib.training_data import collect_oof
 from pipeline.params import ReportParams
-from tests.conftest import synthetic_digits, test_csv_text, tiny_params, train_csv_text
+from tests.conftest import collect_oof, synthetic_digits, test_csv_text, tiny_params, train_csv_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

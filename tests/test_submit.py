@@ -121,9 +121,9 @@ def test_submit_file_reports_failures() -> None:
     api = FakeApi()
     assert submit.submit_file(api, Path("a.csv"), "m") == "Successfully submitted to Digit Recognizer"
     assert api.calls == [("a.csv", "m", "digit-recognizer")]
-    with pytest.raises(submit.SubmitError, match=r"upload of a\.csv failed"):
+    with pytest.raises(submit.KaggleFailure, match=r"upload of a\.csv failed"):
         submit.submit_file(FakeApi(message=submit.UPLOAD_FAILED), Path("a.csv"), "m")
-    with pytest.raises(submit.SubmitError, match="403 Forbidden"):
+    with pytest.raises(submit.KaggleFailure, match="403 Forbidden"):
         submit.submit_file(FakeApi(error=RuntimeError("403 Forbidden")), Path("a.csv"), "m")
 
 

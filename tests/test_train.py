@@ -179,7 +179,7 @@ def test_a_killed_unit_resumes_from_its_last_epoch_to_the_uninterrupted_result(p
     done = subprocess.run(unit_command(1), env=stage_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"resumes after epoch {resumed_after}/6" in done.stdout
-    assert done.stdout.count("  fold epoch ") == 6 - resumed_after
+    assert done.stdout.count("  dropout_cnn fold 1 epoch ") == 6 - resumed_after
     ours, theirs = read_npz(paths.fold_oof("dropout_cnn", 1)), read_npz(reference / paths.fold_oof("dropout_cnn", 1))
     assert np.abs(ours["probs"] - theirs["probs"]).max() <= 1e-5  # measured 0.0; round-off allowance elsewhere
     history = [
@@ -210,7 +210,7 @@ def test_a_trainer_ends_when_the_process_that_started_it_ends(prepared):
     starter = (
         "import subprocess, sys, time\n"
         f"p = subprocess.Popen({unit_command(0)!r}, stdout=open('unit.log', 'w'), stderr=subprocess.STDOUT)\n"
-        "while 'fold epoch' not in open('unit.log').read(): time.sleep(0.1)\n"
+        "while ' epoch 1/' not in open('unit.log').read(): time.sleep(0.1)\n"
         "print(p.pid, flush=True)\n"
     )
     parent = subprocess.run(

@@ -134,7 +134,7 @@ def test_two_workers_share_one_sqlite_study(tune_project: Path, capsys: pytest.C
 def test_concurrent_workers_never_claim_the_same_queued_trial(project: Path) -> None:
     # SQLite ignores Optuna's SELECT ... FOR UPDATE: without tune's BEGIN IMMEDIATE, two workers popped the same
     # enqueued trial and the second one's result failed with "Cannot tell a COMPLETE trial" (CI, optuna#4002)
-    cfg, url, workers, asks = params.load("tune"), tune.storage_url(None), 4, 12
+    cfg, url, workers, asks = params.load("tune"), paths.tune_storage(None), 4, 12
     queue = optuna.create_study(study_name="race", storage=tune.storage_for(url, cfg))
     for value in range(workers * asks):
         queue.enqueue_trial({"x": float(value)})

@@ -1,14 +1,11 @@
-"""Composes params.yaml from conf/ with Hydra, as `dvc exp run` does, and guards a hand-edited params.yaml.
-
-`derived:` (conf/config.yaml) is written by the OmegaConf resolver registered here, which hydra_plugins/digit_pipeline
-also registers in DVC's own composition. A params.yaml that differs from the last composition and from every version
-git holds (a hand edit) is never overwritten silently: composing stops, or with --force keeps it as a .bak file."""
+"""Composes params.yaml from conf/ with Hydra, as `dvc exp run` does (`derived:` by the resolver registered here and
+by hydra_plugins/), and never overwrites silently a hand edit (neither the last composition nor in git)."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import time
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,7 @@ RESOLVER = "digit_derived"  # conf/config.yaml: derived: ${digit_derived:${train
 
 
 def derived_of(train: dict, model: dict) -> dict:
-    """Return params.yaml's `derived:` for the `train:` and `model:` settings (lib/members.derived); where they are
-    not valid settings, one with no member, so that dvc.yaml still parses and the settings stage names the bad one."""
+    """Return lib/members.derived of `train` and `model`; when invalid, no member (the settings stage names why)."""
     from pipeline.lib.members import derived  # lib/members builds on the schema too
 
     try:
@@ -34,8 +30,7 @@ def derived_of(train: dict, model: dict) -> dict:
 
 
 def resolve_derived(train: Any, model: Any) -> Any:
-    """The resolver of `derived:`: `derived_of` the composed `train` and `model` nodes, as an OmegaConf container
-    (what OmegaConf.resolve keeps in place of the interpolation)."""
+    """Return `derived_of` the composed `train` and `model` nodes as an OmegaConf node (the resolver of `derived:`)."""
     from omegaconf import OmegaConf
 
     return OmegaConf.create(derived_of(*(OmegaConf.to_container(node, resolve=True) for node in (train, model))))
@@ -87,8 +82,7 @@ def compose(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
 
 
 def composed(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
-    """Return `compose`'s text, every setting validated before anything is written: a bad value is refused here, not
-    by the stage that runs it after DVC removed its outputs."""
+    """Return `compose`'s text, validated before anything is written (not after DVC removed outputs)."""
     text = compose(overrides, conf)
     try:
         checked(text, paths.PARAMS)
@@ -97,36 +91,22 @@ def composed(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
     return text
 
 
-def digest(text: str) -> str:
-    """Return the sha256 hex digest of `text` (UTF-8)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def known_to_git(path: Path) -> bool:
-    """Return whether git holds `path`'s exact content (committed, staged, or recorded by `dvc exp run`)."""
-    try:
+def disposable(path: Path = paths.PARAMS) -> bool:
+    """Return whether params.yaml may be overwritten: missing, last composed here (digest in the stamp), or in git."""
+    stamp = paths.PARAMS_STAMP.read_text().strip() if paths.PARAMS_STAMP.exists() else None
+    if not path.exists() or stamp == sha256(path.read_bytes()).hexdigest():
+        return True
+    try:  # git holds this exact content: committed, staged, or recorded by `dvc exp run`
         blob = subprocess.run(["git", "hash-object", "--", str(path)], capture_output=True, text=True, check=True)
         return subprocess.run(["git", "cat-file", "-e", blob.stdout.strip()], capture_output=True).returncode == 0
     except (OSError, subprocess.CalledProcessError):
         return False
 
 
-def disposable(path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP) -> bool:
-    """Return whether params.yaml at `path` may be overwritten: missing, last composed here (`stamp`), or in git."""
-    if not Path(path).exists():
-        return True
-    if Path(stamp).exists() and Path(stamp).read_text().strip() == digest(Path(path).read_text(encoding="utf-8")):
-        return True
-    return known_to_git(path)
-
-
-def write_params(
-    text: str, force: bool = False, path: Path = paths.PARAMS, stamp: Path = paths.PARAMS_STAMP
-) -> Path | None:
-    """Write the composed `text` to params.yaml and record its digest; return the backup made of a hand-edited
-    params.yaml (only with `force`, else ParamsError), or None."""
-    path, backup = Path(path), None
-    if path.exists() and path.read_text(encoding="utf-8") != text and not disposable(path, stamp):
+def write_params(text: str, force: bool = False, path: Path = paths.PARAMS) -> Path | None:
+    """Write `text` to params.yaml, its digest beside; return the backup of a hand edit (with `force`, else raise)."""
+    backup = None
+    if path.exists() and path.read_text(encoding="utf-8") != text and not disposable(path):
         if not force:
             raise ParamsError(
                 f"{path} has changes that are neither the last composition nor in git (a hand edit?), so it is left "
@@ -136,16 +116,8 @@ def write_params(
         backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
         write_text(backup, path.read_text(encoding="utf-8"))
     write_text(path, text)
-    write_text(stamp, digest(text) + "\n")
+    write_text(paths.PARAMS_STAMP, sha256(text.encode()).hexdigest() + "\n")
     return backup
-
-
-def choose_profile(name: str, conf: Path = paths.CONF_DIR) -> None:
-    """Make `name` the profile a plain `dvc exp run` composes: `conf`/local/profile.yaml (git-ignored) overrides the
-    profile entry of conf/config.yaml's defaults list; no tracked file changes."""
-    choice = Path(conf) / paths.PROFILE_CHOICE.relative_to(paths.CONF_DIR)
-    text = f"# @package _global_\n# written by `python -m pipeline.params --profile {name}`\ndefaults:\n"
-    write_text(choice, text + f"  - override /profile: {name}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ([f"profile={args.profile}"] if args.profile else []) + list(args.overrides)
         try:
             backup = write_params(composed(overrides), force=args.force)
-            if args.profile:
-                choose_profile(args.profile)
+            if args.profile:  # the profile a plain `dvc exp run` composes: conf/local/profile.yaml, git-ignored
+                head = f"# @package _global_\n# written by `python -m pipeline.params --profile {args.profile}`\n"
+                write_text(paths.PROFILE_CHOICE, head + f"defaults:\n  - override /profile: {args.profile}\n")
         except ParamsError as exc:
             return fail("params", exc)
         if backup:
@@ -172,4 +145,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"params: composed {paths.PARAMS} from {paths.CONF_DIR}/ with {' '.join(overrides)}")
     print(f"profile: {params.profile()}")
     return 0
-

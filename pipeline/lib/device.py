@@ -78,81 +78,68 @@ class DevicePlan:
 
     def where(self) -> str:
         """Return e.g. "GPU (2 x Tesla T4)" or "CPU (4 cores)"."""
-        if not self.gpus:
-            return f"CPU ({self.cores} cores)"
-        cards = Counter(gpu.name for gpu in self.gpus)
-        return f"GPU ({', '.join(name if n == 1 else f'{n} x {name}' for name, n in cards.items())})"
+        cards = ", ".join(name if n == 1 else f"{n} x {name}" for name, n in Counter(g.name for g in self.gpus).items())
+        return f"GPU ({cards})" if cards else f"CPU ({self.cores} cores)"
 
 
 def plan_devices(
     hardware: Hardware, precision: str = "auto", workers_per_gpu: int = 1, workers_cpu: int = 1, workers: int = 0
 ) -> DevicePlan:
     """Return the plan for `hardware` under `precision`, with `workers` tuning workers (0: tune's settings)."""
-    auto, why = auto_precision(hardware)
+    gpus, backend = hardware.gpus, hardware.backend
+    if gpus:  # the slowest GPU decides, so that every process computes alike
+        major, minor = min(gpu.capability for gpu in gpus)
+        auto, why = next((policy, why) for cc, policy, why in PRECISIONS if (major, minor) >= cc)
+        why = f"compute capability {major}.{minor}: {why}"
+    elif flag := min(hardware.cpu_flags & BF16_CPU_FLAGS, default=None):
+        auto, why = "mixed_bfloat16", f"native bf16: {flag}"
+    else:
+        auto, why = "float32", f"no native bf16 on this {hardware.machine}"
     if precision != "auto":
         why = "params.yaml device.precision" + (f"; auto would choose {auto}" if precision != auto else "")
-    if not hardware.gpus:
+    if not gpus:
         jit, jit_why = False, "CPU: plain kernels (XLA measured several times slower here)"
-    elif hardware.backend == "torch":
+    elif backend == "torch":
         jit, jit_why = False, "PyTorch: Keras' jit_compile is not used with torch"
     else:
-        jit, jit_why = True, f"GPU via {hardware.backend}: XLA-compiled steps"
-    tune = tune_workers(hardware, workers or (workers_per_gpu * len(hardware.gpus) if hardware.gpus else workers_cpu))
-    reasons = {"precision": why, "xla": jit_why, "tune": tune_reason(hardware, tune)}
-    policy = auto if precision == "auto" else precision
-    return DevicePlan(hardware.backend, hardware.gpus, hardware.cores, policy, jit, tune, reasons)
+        jit, jit_why = True, f"GPU via {backend}: XLA-compiled steps"
+    tune, tune_why = tune_workers(hardware, workers or (workers_per_gpu * len(gpus) if gpus else workers_cpu))
+    reasons = {"precision": why, "xla": jit_why, "tune": tune_why}
+    return DevicePlan(backend, gpus, hardware.cores, auto if precision == "auto" else precision, jit, tune, reasons)
 
 
-def auto_precision(hardware: Hardware) -> tuple[str, str]:
-    """Return the fastest accurate policy for `hardware` (by its slowest GPU, else the CPU's bf16), and why."""
-    if not hardware.gpus:
-        if flag := bf16_flag(hardware.cpu_flags):
-            return "mixed_bfloat16", f"native bf16: {flag}"
-        return "float32", f"no native bf16 on this {hardware.machine}"
-    major, minor = min(gpu.capability for gpu in hardware.gpus)
-    return next((p, f"compute capability {major}.{minor}: {why}") for cc, p, why in PRECISIONS if (major, minor) >= cc)
-
-
-def tune_workers(hardware: Hardware, count: int) -> tuple[TuneWorker, ...]:
-    """Return `count` workers round-robin over the GPUs, alone on theirs, those sharing one splitting SHARED_MEMORY."""
-    if not hardware.gpus:
-        return tuple(TuneWorker(None, None, {}) for _ in range(count))
-    on_gpu = Counter(i % len(hardware.gpus) for i in range(count))
+def tune_workers(hardware: Hardware, count: int) -> tuple[tuple[TuneWorker, ...], str]:
+    """Return `count` workers round-robin over the GPUs, those sharing one splitting SHARED_MEMORY of it, and why."""
+    gpus, backend = hardware.gpus, hardware.backend
+    if not gpus:
+        why = f"no GPU: {count} worker(s) on the CPU (tune.workers_cpu or --workers)"
+        return tuple(TuneWorker(None, None, {}) for _ in range(count)), why
+    on_gpu = Counter(i % len(gpus) for i in range(count))
     workers = []
-    for gpu in (i % len(hardware.gpus) for i in range(count)):
+    for gpu in (i % len(gpus) for i in range(count)):
         share = int(SHARED_MEMORY * 100) // on_gpu[gpu] / 100 if on_gpu[gpu] > 1 else None
-        env, memory = {"CUDA_VISIBLE_DEVICES": str(gpu)}, hardware.gpus[gpu].memory_gib
-        if share and hardware.backend == "jax":  # PyTorch cannot be capped from outside
+        env, memory = {"CUDA_VISIBLE_DEVICES": str(gpu)}, gpus[gpu].memory_gib
+        if share and backend == "jax":  # PyTorch cannot be capped from outside
             env["XLA_CLIENT_MEM_FRACTION"] = f"{share:.2f}"
-        elif share and hardware.backend == "tensorflow" and memory:
+        elif share and backend == "tensorflow" and memory:
             env[TF_MEMORY_ENV] = str(int(share * memory * 1024))
         workers.append(TuneWorker(gpu, share, env))
-    return tuple(workers)
-
-
-def tune_reason(hardware: Hardware, workers: tuple[TuneWorker, ...]) -> str:
-    """Return why the tuning workers run where they do."""
-    if not hardware.gpus:
-        return f"no GPU: {len(workers)} worker(s) on the CPU (tune.workers_cpu or --workers)"
-    shares = {w.memory_fraction for w in workers if w.memory_fraction}
-    capped = hardware.backend == "jax" or (
-        hardware.backend == "tensorflow" and all(g.memory_gib for g in hardware.gpus)
-    )
-    cap = "each capped at" if capped else f"{hardware.backend} cannot be capped here, each meant for"
-    memory = f"; those sharing a GPU {cap} {min(shares):.0%} of its memory" if shares else ""
-    return f"{len(workers)} worker(s) round-robin over {len(hardware.gpus)} GPU(s) (tune.workers_gpu per GPU){memory}"
+    why = f"{count} worker(s) round-robin over {len(gpus)} GPU(s) (tune.workers_gpu per GPU)"
+    if shares := {w.memory_fraction for w in workers if w.memory_fraction}:
+        capped = backend == "jax" or (backend == "tensorflow" and all(g.memory_gib for g in gpus))
+        cap = "each capped at" if capped else f"{backend} cannot be capped here, each meant for"
+        why += f"; those sharing a GPU {cap} {min(shares):.0%} of its memory"
+    return tuple(workers), why
 
 
 def process_env(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
     """Return `base` (os.environ) with the plan's `env` over it, the user's GPU list and memory caps winning."""
-    out = {**base}
+    out, visible = {**base}, [d.strip() for d in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    users_jax = any(base.get(name) for name in JAX_MEMORY_ENVS)  # jax refuses two of them
     for key, value in env.items():
-        if key == "CUDA_VISIBLE_DEVICES" and base.get(key, "").strip():  # the plan's index within the user's GPUs
-            visible = [d.strip() for d in base[key].split(",") if d.strip()]
+        if key == "CUDA_VISIBLE_DEVICES" and base.get(key, "").strip():  # an index within the user's GPUs
             out[key] = visible[int(value)] if int(value) < len(visible) else value
-        elif key in JAX_MEMORY_ENVS and any(base.get(name) for name in JAX_MEMORY_ENVS):
-            continue
-        elif not base.get(key):
+        elif not base.get(key) and not (key in JAX_MEMORY_ENVS and users_jax):
             out[key] = value
     return out
 
@@ -164,11 +151,6 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     except OSError:
         return frozenset()
     return frozenset(next((v for k, _, v in rows if k.strip().lower() in ("flags", "features")), "").split())
-
-
-def bf16_flag(flags: frozenset[str]) -> str | None:
-    """Return the first flag in `flags` that means native bf16 arithmetic (see BF16_CPU_FLAGS), or None."""
-    return min(flags & BF16_CPU_FLAGS, default=None)
 
 
 def parse_capability(value: object) -> tuple[int, int]:
@@ -188,33 +170,28 @@ def nvidia_smi_gpus() -> list[tuple[str, float]] | None:
     return [(name.strip(), round(float(mib) / 1024, 1)) for name, mib in rows if mib.strip().isdigit()]
 
 
-def backend_gpus(backend: str) -> tuple[Gpu, ...]:
-    """Return the GPUs the Keras `backend` sees without starting its runtime on them (memory from nvidia-smi)."""
-    found = []
-    if backend == "tensorflow":
+def detect(gpus: tuple[Gpu, ...] | None = None) -> Hardware:
+    """Return this machine's hardware: the GPUs the Keras backend sees (not starting it), or the assumed `gpus`."""
+    backend, found = keras.backend.backend(), []
+    if gpus is None and backend == "tensorflow":
         import tensorflow as tf
 
         details = [tf.config.experimental.get_device_details(g) for g in tf.config.list_physical_devices("GPU")]
         found = [(d.get("device_name", "GPU"), d.get("compute_capability")) for d in details]
-    elif backend == "jax":
+    elif gpus is None and backend == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # look without reserving memory
         import jax
 
         found = [(d.device_kind, getattr(d, "compute_capability", None)) for d in jax.devices() if d.platform == "gpu"]
-    elif backend == "torch":
+    elif gpus is None and backend == "torch":
         import torch
 
-        props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        props = map(torch.cuda.get_device_properties, range(torch.cuda.device_count()))
         found = [(p.name, (p.major, p.minor)) for p in props]
-    memory = dict(nvidia_smi_gpus() or [])
-    return tuple(Gpu(name, parse_capability(cc), memory.get(name)) for name, cc in found)
-
-
-def detect(gpus: tuple[Gpu, ...] | None = None) -> Hardware:
-    """Return this machine's hardware as the active backend reports it, or with the assumed `gpus` instead."""
-    backend = keras.backend.backend()
-    found = backend_gpus(backend) if gpus is None else gpus
-    return Hardware(backend, found, cpu_flags(), os.cpu_count() or 1, platform.machine() or "CPU")
+    if gpus is None:  # the memory from nvidia-smi
+        memory = dict(nvidia_smi_gpus() or [])
+        gpus = tuple(Gpu(name, parse_capability(cc), memory.get(name)) for name, cc in found)
+    return Hardware(backend, gpus, cpu_flags(), os.cpu_count() or 1, platform.machine() or "CPU")
 
 
 def unseen_gpus(hardware: Hardware) -> str | None:
@@ -222,11 +199,9 @@ def unseen_gpus(hardware: Hardware) -> str | None:
     listed, backend = nvidia_smi_gpus() or [], hardware.backend
     if len(listed) <= len(hardware.gpus):
         return None
-    hidden = (
-        f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})" if "CUDA_VISIBLE_DEVICES" in os.environ else ""
-    )
-    names = ", ".join(name for name, _ in listed)
-    return f"nvidia-smi lists {len(listed)} GPU(s) ({names}) but {backend} sees {len(hardware.gpus)}{hidden}: is the installed {backend} built with CUDA?"
+    hidden = "" if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is None else f" (CUDA_VISIBLE_DEVICES={visible})"
+    names, sees = ", ".join(name for name, _ in listed), f"{backend} sees {len(hardware.gpus)}{hidden}"
+    return f"nvidia-smi lists {len(listed)} GPU(s) ({names}) but {sees}: is the installed {backend} built with CUDA?"
 
 
 def clear_session() -> None:

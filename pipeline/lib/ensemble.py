@@ -1,7 +1,6 @@
-"""Blending several models' class probabilities: non-negative weights summing to 1, chosen on
-out-of-fold (OOF) predictions only (by OOF log loss or OOF accuracy), then applied to test probabilities.
-Cross-fitted weights blend fold k's OOF rows with weights chosen on the other folds' rows only, so the
-blend's OOF accuracy is an honest estimate of the test blend's, not an in-sample one."""
+"""Blending models' class probabilities: non-negative weights summing to 1, chosen on out-of-fold (OOF) predictions
+only (by OOF log loss or accuracy), then applied to test probabilities. Cross-fitted weights blend fold k's OOF rows
+with weights chosen on the other folds' rows only: its OOF accuracy is an honest estimate of the test blend's."""
 
 from __future__ import annotations
 
@@ -14,9 +13,10 @@ from scipy.optimize import minimize
 from pipeline.lib.metrics import accuracy, log_loss, scores
 
 MAX_GRID_POINTS = 20_000
+Probs = list[np.ndarray] | np.ndarray  # one (n, classes) array per model
 
 
-def stack_probs(probs: list[np.ndarray] | np.ndarray) -> np.ndarray:
+def stack_probs(probs: Probs) -> np.ndarray:
     """Return the models' probabilities as one float64 array (models, n, classes); ValueError on other shapes or NaN."""
     shapes = {np.shape(p) for p in probs}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
@@ -27,7 +27,7 @@ def stack_probs(probs: list[np.ndarray] | np.ndarray) -> np.ndarray:
     return stacked
 
 
-def blend(probs: list[np.ndarray] | np.ndarray, weights: np.ndarray) -> np.ndarray:
+def blend(probs: Probs, weights: np.ndarray) -> np.ndarray:
     """Return the weighted average (n, classes) of the models' probabilities as float32."""
     stacked, w = stack_probs(probs), np.asarray(weights, np.float64)
     if w.shape != (len(stacked),) or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-6):
@@ -46,9 +46,7 @@ def simplex_grid(models: int, steps: int) -> np.ndarray:
 
 
 def weights_by_log_loss(stacked: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Return the weights minimising OOF log loss (a convex problem, solved by SLSQP on the simplex). SLSQP evaluates
-    the loss hundreds of times, so it is computed from each row's label column alone: the blend's mean -log
-    probability of the label: metrics.log_loss of the blend (its rows sum to 1), without scoring every column."""
+    """Return the weights minimising OOF log loss (convex; SLSQP on the simplex), from each row's label column alone."""
     m = len(stacked)
     true = stacked[:, np.arange(len(labels)), labels]
     result = minimize(
@@ -69,11 +67,8 @@ def weights_by_accuracy(stacked: np.ndarray, labels: np.ndarray, steps: int) -> 
     return grid[min(tied, key=lambda i: log_loss(np.tensordot(grid[i], stacked, axes=1), labels))]
 
 
-def choose_weights(
-    oof_probs: list[np.ndarray] | np.ndarray, labels: np.ndarray, objective: str = "log_loss", steps: int = 20
-) -> np.ndarray:
-    """Return one non-negative weight per model, summing to 1, chosen on OOF probabilities and labels only by
-    `objective` (params.BlendObjective: log_loss, accuracy or equal)."""
+def choose_weights(oof_probs: Probs, labels: np.ndarray, objective: str = "log_loss", steps: int = 20) -> np.ndarray:
+    """Return one weight per model (>= 0, summing to 1) chosen on OOF probabilities and labels by `objective`."""
     stacked, labels = stack_probs(oof_probs), np.asarray(labels, np.int64)
     if labels.shape != (stacked.shape[1],):
         raise ValueError(f"{stacked.shape[1]} OOF rows but {labels.shape} labels")
@@ -84,26 +79,21 @@ def choose_weights(
     )
 
 
-def ensemble_report(oof_probs: list[np.ndarray] | np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict:
-    """Return each model's and the blend's OOF accuracy and log loss with the weights used."""
-    stacked = stack_probs(oof_probs)
-    return {
-        "weights": np.asarray(weights, np.float64).tolist(),
-        "models": [scores(probs, labels) for probs in stacked],
-        "blend": scores(blend(stacked, weights), labels),
-    }
+def ensemble_report(oof_probs: Probs, y: np.ndarray, weights: np.ndarray) -> dict:
+    """Return each model's and the blend's OOF accuracy and log loss against labels `y` with the `weights` used."""
+    probs, w = stack_probs(oof_probs), np.asarray(weights, np.float64)
+    return {"weights": w.tolist(), "models": [scores(p, y) for p in probs], "blend": scores(blend(probs, w), y)}
 
 
 def cross_fitted_weights(
-    oof_probs: list[np.ndarray] | np.ndarray,
+    oof_probs: Probs,
     labels: np.ndarray,
     folds: np.ndarray,
     objective: str = "log_loss",
     steps: int = 20,
     keep: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
-    """Return, for every fold k in `folds`, the weights chosen (`choose_weights`) on the OOF rows of the other
-    folds only, among the rows in mask `keep` (all rows when None): weights that never saw fold k's rows."""
+    """Return, for every fold k in `folds`, the weights chosen on the OOF rows of the other folds in mask `keep`."""
     stacked, folds, labels = stack_probs(oof_probs), np.asarray(folds), np.asarray(labels)
     keep = np.ones(len(folds), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     if folds.shape != (stacked.shape[1],) or keep.shape != folds.shape:
@@ -115,11 +105,8 @@ def cross_fitted_weights(
     return {k: choose_weights(stacked[:, rows], labels[rows], objective, steps) for k, rows in fit_rows.items()}
 
 
-def cross_fitted_blend(
-    oof_probs: list[np.ndarray] | np.ndarray, folds: np.ndarray, fold_weights: dict[int, np.ndarray]
-) -> np.ndarray:
-    """Return the OOF probabilities (n, classes) with each fold's rows blended by that fold's weights in
-    `fold_weights` (`cross_fitted_weights`), so no row's blend was chosen on its own label."""
+def cross_fitted_blend(oof_probs: Probs, folds: np.ndarray, fold_weights: dict[int, np.ndarray]) -> np.ndarray:
+    """Return the OOF probabilities (n, classes), each fold's rows blended by its weights in `fold_weights`."""
     stacked, folds = stack_probs(oof_probs), np.asarray(folds)
     out = np.zeros(stacked.shape[1:], dtype=np.float32)
     for fold, weights in fold_weights.items():
@@ -128,14 +115,9 @@ def cross_fitted_blend(
 
 
 def left_out_blends(
-    oof_probs: list[np.ndarray] | np.ndarray,
-    labels: np.ndarray,
-    folds: np.ndarray,
-    objective: str = "log_loss",
-    keep: np.ndarray | None = None,
+    oof_probs: Probs, labels: np.ndarray, folds: np.ndarray, objective: str = "log_loss", keep: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """Return, for each model in `oof_probs`, the cross-fitted blend (n, classes) of the other models, with
-    weights chosen on the kept rows of the other folds as for the whole blend: the ensemble without it."""
+    """Return, for each model in `oof_probs`, the cross-fitted blend of the others: the ensemble without it."""
     stacked = stack_probs(oof_probs)
     rests = [np.delete(stacked, i, axis=0) for i in range(len(stacked))]
     return [cross_fitted_blend(r, folds, cross_fitted_weights(r, labels, folds, objective, keep=keep)) for r in rests]

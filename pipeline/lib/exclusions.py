@@ -1,10 +1,7 @@
-"""The reviewed list of training rows left out of training: data/exclude_rows.csv, tracked by git so the
-choice is the user's, visible and reproducible. Not a stage: train, predict and audit read it (each
-declares it as a dependency) and `python -m pipeline.audit --accept N` appends to it.
-
-Format: the header `row,note`, then one line per excluded row: its 0-based index among the training
-rows (train.csv's data rows in file order, so line row + 2 of train.csv) and an optional free-text note.
-Blank lines are ignored; anything else that is not such a line stops the stage with the file and line."""
+"""The reviewed list of training rows left out of training: data/exclude_rows.csv, tracked by git (the user's choice,
+visible and reproducible); train, predict and audit read it, `python -m pipeline.audit --accept N` appends to it.
+Format: the header `row,note`, then per excluded row its 0-based index among train.csv's data rows (line row + 2) and
+an optional note. Blank lines are ignored; any other line that is not such a row stops the stage with file and line."""
 
 from __future__ import annotations
 
@@ -28,38 +25,27 @@ def header_text() -> str:
     return ",".join(HEADER) + "\n"
 
 
-def parse_line(line: str, number: int, name: str) -> list[str]:
-    """Return the CSV fields of `line` (line `number` of the file `name`), raising InputError for a malformed one."""
-    try:
-        fields = next(csv.reader([line], strict=True))
-    except csv.Error as exc:
-        raise InputError(name, f"is not a well-formed CSV line ({exc}): {line!r}", line=number) from exc
-    if not 1 <= len(fields) <= len(HEADER):
-        raise InputError(name, f"expected 'row' or 'row,note', got {len(fields)} fields: {line!r}", line=number)
-    return fields
-
-
 def parse_exclusions(text: str, n_rows: int, name: str = str(paths.EXCLUDE_ROWS)) -> np.ndarray:
-    """Return the sorted row indices listed in exclusion-list `text`; raise InputError naming the file `name` and
-    the line of a wrong header, a malformed line, a row not among the `n_rows` training rows, or a duplicate."""
+    """Return the sorted rows listed in exclusion-list `text`; InputError names the file `name` and the line of a wrong
+    header, a malformed line, a row not among the `n_rows` training rows, or a duplicate."""
     lines = text.removeprefix("\ufeff").splitlines()
     if not lines or [f.strip() for f in next(csv.reader(lines[:1]), [])] != list(HEADER):
-        first = lines[0] if lines else ""
-        raise InputError(name, f"the header must be {','.join(HEADER)!r}, got {first!r}", line=1)
+        raise InputError(name, f"the header must be {','.join(HEADER)!r}, got {(lines or [''])[0]!r}", line=1)
     seen: dict[int, int] = {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        value = parse_line(line, number, name)[0].strip()
-        if not ROW_TEXT.fullmatch(value):
+        try:
+            fields = next(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            raise InputError(name, f"is not a well-formed CSV line ({exc}): {line!r}", line=number) from exc
+        if not 1 <= len(fields) <= len(HEADER):
+            raise InputError(name, f"expected 'row' or 'row,note', got {len(fields)} fields: {line!r}", line=number)
+        if not ROW_TEXT.fullmatch(value := fields[0].strip()):
             raise InputError(name, f"row {value!r} is not a row index (a whole number 0 or more)", line=number)
-        row = int(value)
-        if row >= n_rows:
-            raise InputError(
-                name,
-                f"row {row} does not exist: there are {n_rows} training rows (0-{n_rows - 1}) in {paths.TRAIN_NPZ}",
-                line=number,
-            )
+        if (row := int(value)) >= n_rows:
+            why = f"there are {n_rows} training rows (0-{n_rows - 1}) in {paths.TRAIN_NPZ}"
+            raise InputError(name, f"row {row} does not exist: {why}", line=number)
         if row in seen:
             raise InputError(name, f"row {row} is listed twice (first on line {seen[row]})", line=number)
         seen[row] = number
@@ -67,8 +53,7 @@ def parse_exclusions(text: str, n_rows: int, name: str = str(paths.EXCLUDE_ROWS)
 
 
 def read_exclusions(n_rows: int, path: Path = paths.EXCLUDE_ROWS) -> np.ndarray:
-    """Return the sorted training rows excluded by the list at `path` (none when the file does not exist),
-    validated against `n_rows` training rows (see parse_exclusions)."""
+    """Return the sorted training rows the list at `path` excludes (none without the file), checked against `n_rows`."""
     if not Path(path).is_file():
         return np.zeros(0, np.int64)
     try:
@@ -80,24 +65,19 @@ def read_exclusions(n_rows: int, path: Path = paths.EXCLUDE_ROWS) -> np.ndarray:
 
 def kept_mask(n_rows: int, excluded: np.ndarray) -> np.ndarray:
     """Return a boolean mask of the `n_rows` training rows that are not in `excluded`."""
-    keep = np.ones(n_rows, dtype=bool)
-    keep[np.asarray(excluded, np.int64)] = False
-    return keep
+    return ~np.isin(np.arange(n_rows), excluded)
 
 
 def append_exclusions(entries: list[tuple[int, str]], n_rows: int, path: Path = paths.EXCLUDE_ROWS) -> list[int]:
-    """Append the (row, note) `entries` not already listed to the exclusion list at `path` (created with its
-    header when missing), after validating the list as it stands; return the rows appended."""
+    """Append the (row, note) `entries` the valid list at `path` (created if missing) lacks; return the rows added."""
     listed = set(read_exclusions(n_rows, path).tolist())
     text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else header_text()
     added, out = [], io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     for row, note in entries:
-        if int(row) in listed:
-            continue
-        listed.add(int(row))
-        added.append(int(row))
-        writer.writerow([int(row), note])
+        if int(row) not in listed:
+            listed.add(int(row))
+            added.append(int(row))
+            csv.writer(out, lineterminator="\n").writerow([int(row), note])
     if added:
         write_text(Path(path), text + ("" if text.endswith("\n") else "\n") + out.getvalue())
     return added

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -45,52 +46,39 @@ def require(path: Path, stage: str) -> Path:
 
 def output_error(path: Path, exc: OSError) -> OutputError:
     """Return an OutputError naming `path`, the system's reason and what to do about it."""
-    reason = exc.strerror or str(exc)
     hint = HINTS.get(exc.errno or 0)
-    return OutputError(f"cannot write {path}: {reason}" + (f" ({hint})" if hint else ""))
-
-
-def remove_partials(folder: Path, name: str = "*") -> list[Path]:
-    """Delete the temporary files a killed writer of `name` (a glob) left in `folder`; return them."""
-    stale = sorted(Path(folder).glob(f".{name}.{PARTIAL}*")) if Path(folder).is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}" + (f" ({hint})" if hint else ""))
 
 
 def current_umask() -> int:
-    """Return the process's umask (from /proc/self/status where there is one, which leaves it untouched)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    """Return the process's umask, read from /proc/self/status where there is one (leaving it untouched)."""
+    status = Path("/proc/self/status")
+    found = re.search(r"^Umask:\s*([0-7]+)", status.read_text(), re.MULTILINE) if status.exists() else None
+    if found:
+        return int(found[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def umask_mode() -> int:
-    """Return the mode a plain new file gets under the current umask (0644 under umask 022)."""
-    return 0o666 & ~current_umask()
-
-
 @contextmanager
-def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path`, with the mode the umask gives a new file,
-    only if the block succeeds (mkstemp makes the temporary file 0600)."""
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; if the block succeeds, fsync it, give it the mode the umask gives a new
+    file (mkstemp makes it 0600) and rename it onto `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{PARTIAL}", suffix=suffix or ".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{PARTIAL}", suffix=suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise output_error(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, umask_mode())
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(path, exc) from exc
@@ -99,11 +87,9 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (fsynced before the rename)."""
+    """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def write_text(path: Path, text: str) -> None:
@@ -121,28 +107,24 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write `arrays` to a compressed .npz at `path` atomically."""
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Return `arrays` as the bytes of a compressed .npz file."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write `arrays` to a compressed .npz at `path` atomically."""
+    write_bytes(path, npz_bytes(arrays))
 
 
 def write_npz_set(outputs: dict[Path, dict[str, np.ndarray]]) -> None:
-    """Write several .npz files as one change: all are renamed into place only after every one is written,
-    so a failure keeps every previous file."""
+    """Write several .npz files as one change: none is renamed into place before every one is written."""
     with ExitStack() as stack:
         for path, arrays in outputs.items():
-            tmp = stack.enter_context(atomic_path(path, suffix=".npz"))
-            buf = io.BytesIO()
-            np.savez_compressed(buf, **arrays)
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(buf.getvalue())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as exc:
-                raise output_error(path, exc) from exc
+            with open(stack.enter_context(atomic_path(path, suffix=".npz")), "wb") as fh:
+                fh.write(npz_bytes(arrays))
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -205,7 +205,8 @@ def fit(
     if cfg.schedule == "plateau":
         floor = cfg.learning_rate * PLATEAU_FLOOR
         own.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", cfg.lr_decay, cfg.plateau_patience, min_lr=floor))
-    last = [] if checkpoint is None else [AtomicBackup(Path(checkpoint))]  # after the caller's: they record an epoch first
+    # the checkpoint goes after the caller's callbacks, which record an epoch before it is checkpointed
+    last = [] if checkpoint is None else [AtomicBackup(Path(checkpoint))]
     history = model.fit(
         batches,
         epochs=cfg.epochs,

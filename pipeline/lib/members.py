@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from pipeline.params import FitParams, ModelParams, TrainParams, fit_setting
+from pipeline.params import TUNABLE, FitParams, ModelParams, TrainParams, fit_setting
 
 SEED_MARK = "+"  # model.ensemble entry `bn_lite+2`: bn_lite again, from its own seeds (DVC stage names forbid "@")
-TUNABLE = ("learning_rate", "batch_size", "dropout_conv", "dropout_dense", "aug_prob")
 
 
 @dataclass(frozen=True)

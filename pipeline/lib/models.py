@@ -3,6 +3,7 @@ first layer, and returns class probabilities for the 10 digits."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import keras
@@ -12,9 +13,7 @@ from pipeline.lib.members import base_name
 
 INPUT_SHAPE = (28, 28, 1)
 N_CLASSES = 10
-# Keras' default 0.99 leaves the inference-time statistics near their initial values after a few
-# hundred steps (a 3-epoch CPU run of bn_cnn scored 37% held-out accuracy with it, 98% with 0.9).
-BN_MOMENTUM = 0.9
+BN_MOMENTUM = 0.9  # Keras' 0.99 leaves the moving statistics near their start after the few hundred steps of a run
 
 
 def inputs_scaled() -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -24,8 +23,8 @@ def inputs_scaled() -> tuple[keras.KerasTensor, keras.KerasTensor]:
 
 
 def head(x: keras.KerasTensor, batch_norm: bool = False) -> keras.KerasTensor:
-    """Return float32 class probabilities from features `x` (float32 even under mixed precision); with
-    `batch_norm`, the logits (a dense layer without bias) are batch-normalised before the softmax."""
+    """Return float32 class probabilities of features `x` (also under mixed precision), logits batch-normalised
+    (`batch_norm`: a dense layer without bias, then batch normalisation) or not."""
     if not batch_norm:
         return layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
     x = layers.Dense(N_CLASSES, use_bias=False, dtype="float32", name="logits")(x)
@@ -36,8 +35,7 @@ def head(x: keras.KerasTensor, batch_norm: bool = False) -> keras.KerasTensor:
 def mlp(dropout_conv: float, dropout_dense: float) -> keras.Model:
     """Return Flatten, Dense 128, Dense 32, softmax 10 (dropouts unused)."""
     inputs, x = inputs_scaled()
-    x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(128, activation="relu")(layers.Flatten()(x))
     x = layers.Dense(32, activation="relu")(x)
     return keras.Model(inputs, head(x), name="mlp")
 
@@ -45,24 +43,18 @@ def mlp(dropout_conv: float, dropout_dense: float) -> keras.Model:
 def cnn_basic(dropout_conv: float, dropout_dense: float) -> keras.Model:
     """Return conv 32 3x3, pool, conv 64 3x3, pool, dense 512, softmax 10 (dropouts unused)."""
     inputs, x = inputs_scaled()
-    x = layers.Conv2D(32, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(64, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(512, activation="relu")(x)
+    for filters in (32, 64):
+        x = layers.MaxPooling2D()(layers.Conv2D(filters, 3, activation="relu")(x))
+    x = layers.Dense(512, activation="relu")(layers.Flatten()(x))
     return keras.Model(inputs, head(x), name="cnn_basic")
 
 
 def cnn_small2x2(dropout_conv: float, dropout_dense: float) -> keras.Model:
     """Return conv 32 2x2, pool, conv 64 2x2, pool, dense 1024, dropout, softmax 10."""
     inputs, x = inputs_scaled()
-    x = layers.Conv2D(32, 2, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(64, 2, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(1024, activation="relu")(x)
+    for filters in (32, 64):
+        x = layers.MaxPooling2D()(layers.Conv2D(filters, 2, padding="same", activation="relu")(x))
+    x = layers.Dense(1024, activation="relu")(layers.Flatten()(x))
     x = layers.Dropout(dropout_dense)(x)
     return keras.Model(inputs, head(x), name="cnn_small2x2")
 
@@ -75,8 +67,7 @@ def dropout_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
         x = layers.Conv2D(filters, kernel, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(dropout_conv)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dense(256, activation="relu")(layers.Flatten()(x))
     x = layers.Dropout(dropout_dense)(x)
     return keras.Model(inputs, head(x), name="dropout_cnn")
 
@@ -84,15 +75,14 @@ def dropout_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
 def conv_bn(
     x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1, padding: str = "valid", norm: bool = True
 ) -> keras.KerasTensor:
-    """Return conv (relu) followed by batch normalisation (momentum 0.9: its moving statistics settle in ~50 steps),
-    or by nothing without `norm`."""
+    """Return a ReLU convolution of `x`, batch-normalised with `norm`."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, activation="relu")(x)
     return layers.BatchNormalization(momentum=BN_MOMENTUM)(x) if norm else x
 
 
 def strided_cnn(name: str, dropout_conv: float, dropout_dense: float, norm_all: bool) -> keras.Model:
-    """Return stacked 3x3 convs with a strided 5x5 instead of pooling, twice, then a 4x4 conv to 1x1x128; batch
-    normalisation after every conv (`norm_all`) or only after the strided ones and the last."""
+    """Return (3x3 conv x2, strided 5x5 conv) x2, a 4x4 conv to 128; batch norm after every conv or (not `norm_all`)
+    only after the strided ones and the last."""
     inputs, x = inputs_scaled()
     for filters in (32, 64):
         x = conv_bn(x, filters, 3, norm=norm_all)
@@ -111,8 +101,7 @@ def bn_cnn(dropout_conv: float, dropout_dense: float) -> keras.Model:
 
 
 def bn_lite(dropout_conv: float, dropout_dense: float) -> keras.Model:
-    """Return bn_cnn with 3 of its 7 batch normalisations: after the strided convs and the last. Keras' unfused
-    batch normalisation is most of bn_cnn's CPU time in bf16 (6.7-7.0 CPU-s per 8,192 images; 2.7 without any)."""
+    """Return bn_cnn with 3 of its 7 batch normalisations (after the strided convs and the last): for CPUs."""
     return strided_cnn("bn_lite", dropout_conv, dropout_dense, norm_all=False)
 
 
@@ -124,8 +113,7 @@ def bn_conv(x: keras.KerasTensor, filters: int, kernel: int) -> keras.KerasTenso
 
 
 def bn_plain(name: str, kernel: int, widths: tuple[int, ...]) -> keras.Model:
-    """Return a batch-normalised CNN without pooling or dropout: `bn_conv` blocks of `kernel` x `kernel` with
-    `widths` channels, flattened into a batch-normalised dense softmax (An et al. 2020, arXiv:2008.10400)."""
+    """Return An et al. 2020's (arXiv:2008.10400) CNN of `bn_conv` blocks `kernel` wide, `widths` channels, BN head."""
     inputs, x = inputs_scaled()
     for filters in widths:
         x = bn_conv(x, filters, kernel)
@@ -134,33 +122,23 @@ def bn_plain(name: str, kernel: int, widths: tuple[int, ...]) -> keras.Model:
 
 
 def bn_plain3(dropout_conv: float, dropout_dense: float) -> keras.Model:
-    """Return An et al.'s M3: ten 3x3 convs of 32, 48, ..., 176 channels (28 -> 8), BN head (dropouts unused).
-    1.13 M parameters, 173 M multiply-adds per image (5.4x dropout_cnn's 32 M; `multiply_adds`)."""
+    """Return An et al.'s M3: ten 3x3 convs of 32, 48, ..., 176 channels (28 -> 8), 1.13 M parameters."""
     return bn_plain("bn_plain3", 3, tuple(range(32, 177, 16)))
 
 
 def bn_plain5(dropout_conv: float, dropout_dense: float) -> keras.Model:
-    """Return An et al.'s M5: five 5x5 convs of 32, 64, 96, 128, 160 channels (28 -> 8), BN head (dropouts
-    unused). 1.13 M parameters, 137 M multiply-adds per image (4.2x dropout_cnn's)."""
+    """Return An et al.'s M5: five 5x5 convs of 32, 64, 96, 128, 160 channels (28 -> 8), 1.13 M parameters."""
     return bn_plain("bn_plain5", 5, (32, 64, 96, 128, 160))
 
 
 def bn_plain7(dropout_conv: float, dropout_dense: float) -> keras.Model:
-    """Return An et al.'s M7: four 7x7 convs of 48, 96, 144, 192 channels (28 -> 4), BN head (dropouts unused).
-    2.29 M parameters, 148 M multiply-adds per image (4.6x dropout_cnn's)."""
+    """Return An et al.'s M7: four 7x7 convs of 48, 96, 144, 192 channels (28 -> 4), 2.29 M parameters."""
     return bn_plain("bn_plain7", 7, (48, 96, 144, 192))
 
 
 MODELS: dict[str, Callable[[float, float], keras.Model]] = {
-    "mlp": mlp,
-    "cnn_basic": cnn_basic,
-    "cnn_small2x2": cnn_small2x2,
-    "dropout_cnn": dropout_cnn,
-    "bn_cnn": bn_cnn,
-    "bn_lite": bn_lite,
-    "bn_plain3": bn_plain3,
-    "bn_plain5": bn_plain5,
-    "bn_plain7": bn_plain7,
+    build.__name__: build
+    for build in (mlp, cnn_basic, cnn_small2x2, dropout_cnn, bn_cnn, bn_lite, bn_plain3, bn_plain5, bn_plain7)
 }
 
 
@@ -172,35 +150,23 @@ PUBLISHED: dict[str, str] = {
     "dropout_cnn": "99.5-99.67% public LB",
     "bn_cnn": "99.64% single, 99.75% ensemble",
     "bn_lite": "none published (bn_cnn with 3 of its 7 batch normalisations, for CPUs)",
-    "bn_plain3": "99.87% majority vote of M3+M5+M7, 99.91% two-level ensemble (MNIST test set)",
-    "bn_plain5": "99.87% majority vote of M3+M5+M7, 99.91% two-level ensemble (MNIST test set)",
-    "bn_plain7": "99.87% majority vote of M3+M5+M7, 99.91% two-level ensemble (MNIST test set)",
+    **dict.fromkeys(("bn_plain3", "bn_plain5", "bn_plain7"), "99.87% M3+M5+M7 vote, 99.91% 2-level (MNIST test)"),
 }
 
 # The dropout settings each builder reads; tuning the others would only add noise to the study.
 DROPOUTS_USED: dict[str, tuple[str, ...]] = {
-    "mlp": (),
-    "cnn_basic": (),
+    **dict.fromkeys(MODELS, ()),
     "cnn_small2x2": ("dropout_dense",),
-    "dropout_cnn": ("dropout_conv", "dropout_dense"),
-    "bn_cnn": ("dropout_conv", "dropout_dense"),
-    "bn_lite": ("dropout_conv", "dropout_dense"),
-    "bn_plain3": (),
-    "bn_plain5": (),
-    "bn_plain7": (),
+    **dict.fromkeys(("dropout_cnn", "bn_cnn", "bn_lite"), ("dropout_conv", "dropout_dense")),
 }
 
 
 def multiply_adds(model: keras.Model) -> int:
     """Return the multiply-adds one image costs in `model`'s convolution and dense layers (the bulk of its compute)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
-            height, width, channels = layer.output.shape[1:]
-            total += height * width * channels * layer.input.shape[-1] * layer.kernel_size[0] * layer.kernel_size[1]
-        elif isinstance(layer, layers.Dense):
-            total += layer.input.shape[-1] * layer.units
-    return int(total)
+    costly = [layer for layer in model.layers if isinstance(layer, layers.Conv2D | layers.Dense)]  # a dense: a 1x1 conv
+    return sum(
+        math.prod(c.output.shape[1:]) * c.input.shape[-1] * math.prod(getattr(c, "kernel_size", ())) for c in costly
+    )
 
 
 def search_space(name: str, space: dict) -> dict:
@@ -215,14 +181,12 @@ def build_model(name: str, dropout_conv: float = 0.25, dropout_dense: float = 0.
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a trained `.keras` model with safe_mode on (no arbitrary code from the file), computing in the global
-    precision policy (`in_global_policy`)."""
+    """Load a trained `.keras` model in safe mode (no code from the file), computing in the global dtype policy."""
     return in_global_policy(keras.saving.load_model(path, safe_mode=True, compile=False))
 
 
 def in_global_policy(model: keras.Model) -> keras.Model:
-    """Return `model` computing in the global dtype policy: a zoo model saved under another policy (its layers keep
-    the one they were trained in) is rebuilt under the current one with the same weights; others are returned as is."""
+    """Return `model`, a zoo model saved under another dtype policy rebuilt under the global one with its weights."""
     policy = keras.config.dtype_policy().name
     if model.name not in MODELS or model.get_layer("scale").dtype_policy.name == policy:
         return model

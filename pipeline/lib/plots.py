@@ -34,8 +34,7 @@ def augmentation_grid(originals: np.ndarray, augmented: dict[str, np.ndarray], r
         images = [originals[r], *augmented["x"][augmented["source"] == r]]
         for c, ax in enumerate(axes[r]):
             ax.imshow(images[c], cmap="gray_r", vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if r == 0:
                 ax.set_title("original" if c == 0 else f"copy {c}", fontsize=8)
     fig.suptitle("Training images (left) and their augmented copies", fontsize=10)
@@ -43,79 +42,57 @@ def augmentation_grid(originals: np.ndarray, augmented: dict[str, np.ndarray], r
 
 
 def image_grid(
-    images: np.ndarray, captions: list[str], path: Path, title: str, cols: int = 8, color: str = "black"
+    images: np.ndarray, captions: list[str], path: Path, title: str, color: str = "black", empty: str = ""
 ) -> None:
-    """Draw uint8 `images` (n, 28, 28) in a grid of `cols` columns, each with its caption, and save to `path`."""
+    """Draw uint8 `images` (n, 28, 28), 8 a row, captioned, under `title` (`empty` without images); save to `path`."""
     n = len(images)
-    cols = max(1, min(cols, n))
+    cols = max(1, min(8, n))
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.65 * rows + 0.5), squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= n:
-            ax.axis("off")
-            continue
-        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(captions[i], fontsize=8, color=color)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.ravel()[:n], images, captions, strict=True):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(caption, fontsize=8, color=color)
     if n == 0:
         axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=12)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(empty if empty and not n else title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def wrong_grid(
-    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
-) -> None:
-    """Save the grid of misclassified `images` captioned `true T → pred P (confidence)` to `path`."""
-    captions = [
-        f"true {int(t)} → pred {int(p)}\n({c:.0%} sure)" for t, p, c in zip(labels, predicted, confidence, strict=True)
-    ]
+def wrong_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probs: np.ndarray, path: Path) -> None:
+    """Save the grid of misclassified `images` captioned `true T → pred P (probability)` to `path`."""
+    captions = [f"true {t} → pred {p}\n({c:.0%} sure)" for t, p, c in zip(labels, predicted, probs, strict=True)]
     title = f"The {len(images)} most confidently wrong out-of-fold predictions (true label → predicted label)"
-    if len(images) == 0:
-        title = "No out-of-fold prediction is wrong"
-    image_grid(images, captions, path, title, color="firebrick")
+    image_grid(images, captions, path, title, "firebrick", "No out-of-fold prediction is wrong")
 
 
-def prediction_grid(
-    images: np.ndarray, ids: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path
-) -> None:
-    """Save the grid of test `images` captioned `#ImageId → P (confidence)` to `path`."""
-    captions = [f"#{int(i)} → {int(p)}\n({c:.0%} sure)" for i, p, c in zip(ids, predicted, confidence, strict=True)]
-    span = f" {int(ids[0])}-{int(ids[-1])}" if len(ids) else ""
+def prediction_grid(images: np.ndarray, ids: np.ndarray, predicted: np.ndarray, probs: np.ndarray, path: Path) -> None:
+    """Save the grid of test `images` captioned `#ImageId → P (probability)` to `path`."""
+    captions = [f"#{i} → {p}\n({c:.0%} sure)" for i, p, c in zip(ids, predicted, probs, strict=True)]
+    span = f" {ids[0]}-{ids[-1]}" if len(ids) else ""
     image_grid(images, captions, path, f"Test images{span}: ImageId → predicted label")
 
 
 def label_issue_grid(
     images: np.ndarray, rows: np.ndarray, given: np.ndarray, suggested: np.ndarray, quality: np.ndarray, path: Path
 ) -> None:
-    """Save the grid of likely label issues captioned `given G → S` over `row R, p(G)=Q` to `path`, where Q is the
-    label quality score (the OOF probability of the given label G)."""
+    """Save the grid of likely label issues captioned `given G → S` over `row R, p=Q` (label quality) to `path`."""
     captions = [
-        f"given {int(g)} → {int(s)}\nrow {int(r)}, p={q:.2g}"
-        for r, g, s, q in zip(rows, given, suggested, quality, strict=True)
+        f"given {g} → {s}\nrow {r}, p={q:.2g}" for r, g, s, q in zip(rows, given, suggested, quality, strict=True)
     ]
     title = (
         f"The {len(images)} most likely label issues (cleanlab): given label → suggested label\n"
         "row = training row (0-based), p = out-of-fold probability of the given label"
     )
-    if len(images) == 0:
-        title = "cleanlab found no likely label issue"
-    image_grid(images, captions, path, title, color="darkblue")
+    image_grid(images, captions, path, title, "darkblue", "cleanlab found no likely label issue")
 
 
 def submission_diff_grid(
-    images: np.ndarray,
-    ids: np.ndarray,
-    old: np.ndarray,
-    new: np.ndarray,
-    confidence: np.ndarray,
-    path: Path,
-    title: str,
+    images: np.ndarray, ids: np.ndarray, old: np.ndarray, new: np.ndarray, probs: np.ndarray, path: Path, title: str
 ) -> None:
     """Save the grid of test `images` whose label changed, captioned `#ImageId old → new (probability)`, to `path`."""
-    captions = [
-        f"#{int(i)}: {int(o)} → {int(n)}\n({c:.0%} sure)" for i, o, n, c in zip(ids, old, new, confidence, strict=True)
-    ]
-    image_grid(images, captions, path, title, color="darkgreen")
+    captions = [f"#{i}: {o} → {n}\n({c:.0%} sure)" for i, o, n, c in zip(ids, old, new, probs, strict=True)]
+    image_grid(images, captions, path, title, "darkgreen")

@@ -1,13 +1,12 @@
-"""Progress for long stages: a tqdm bar with rate and ETA on a terminal, a few plain lines (or
-nothing) when stdout is a log file or CI, a one-line summary when a stage finishes, and the
-stage's wall time recorded in reports/timings/<stage>.json for reports/summary.md."""
+"""Progress for long stages: a tqdm bar with rate and ETA on a terminal, a few plain lines in a log, a one-line summary
+when a stage finishes, and the stage's wall time in reports/timings/<stage>.json (reports/summary.md reads it)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
@@ -16,13 +15,6 @@ from pipeline import paths
 from pipeline.lib.files import write_json
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-
-
-def is_terminal(stream: TextIO | None = None) -> bool:
-    """Return True when `stream` (default stdout) is an interactive terminal."""
-    stream = sys.stdout if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -37,9 +29,8 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class LineProgress:
-    """A progress counter for logs: one full line (count, rate, ETA) each time another quarter is
-    done, never a carriage return; with `lines=False` it prints nothing at all."""
+class LineProgress(AbstractContextManager):
+    """A progress counter for logs: a line (count, rate, ETA) per quarter, no carriage return (none: `lines=False`)."""
 
     def __init__(
         self, total: int, desc: str, unit: str, stream: TextIO, lines: bool = True, clock=time.monotonic
@@ -67,32 +58,18 @@ class LineProgress:
             f"{rate:.3g} {self.unit}/s, ETA {format_seconds(left)}"
         )
 
-    def close(self) -> None:
-        """Finish the counter (nothing to clear in a log)."""
-
-    def __enter__(self) -> LineProgress:
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Finish the counter (nothing to clear in a log)."""
 
 
 def progress(
-    total: int, desc: str, unit: str = "it", stream: TextIO | None = None, lines: bool = True, leave: bool = True
+    total: int, desc: str, unit: str = "it", stream: TextIO | None = None, lines: bool = True
 ) -> tqdm | LineProgress:
-    """Return a progress bar over `total` units: tqdm with rate and ETA on a terminal, else a LineProgress
-    (quarter lines, or silent with `lines=False` where the stage already logs each step)."""
+    """Return a progress bar over `total` units: tqdm on a terminal, else a LineProgress (silent with `lines=False`)."""
     stream = sys.stdout if stream is None else stream
-    if is_terminal(stream):
-        return tqdm(
-            total=total, desc=desc, unit=unit, file=stream, bar_format=BAR_FORMAT, leave=leave, dynamic_ncols=True
-        )
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, bar_format=BAR_FORMAT, dynamic_ncols=True)
     return LineProgress(total, desc, unit, stream, lines=lines)
-
-
-def silent(total: int = 0) -> LineProgress:
-    """Return a progress counter that prints nothing (for callers that want no progress output)."""
-    return LineProgress(total, "", "it", sys.stdout, lines=False)
 
 
 def note(message: str, stream: TextIO | None = None) -> None:
@@ -101,18 +78,15 @@ def note(message: str, stream: TextIO | None = None) -> None:
     (sys.stdout if stream is None else stream).flush()
 
 
-def record_timing(stage: str, seconds: float, device: str | None = None) -> Path:
-    """Write `stage`'s wall seconds to reports/timings/<stage>.json (a DVC metric: numbers only) and its device and
-    finish time (UTC) to reports/runs/<stage>.json, atomically; return the timing's path."""
+def record_timing(stage: str, seconds: float, device: str | None = None) -> None:
+    """Write `stage`'s wall seconds (a DVC metric) and its device and finish time to paths.stage_timing/stage_run."""
     finished = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(paths.stage_run(stage), {"stage": stage, "device": device, "finished_at": finished})
     write_json(paths.stage_timing(stage), {"seconds": round(float(seconds), 3)})
-    return paths.stage_timing(stage)
 
 
 def finish(stage: str, start: float, device: str | None, result: str, stream: TextIO | None = None) -> float:
-    """Record the wall time since `start` (time.perf_counter) for `stage`, print its one-line summary
-    (`stage: done in T on DEVICE: RESULT`), and return the seconds."""
+    """Record `stage`'s seconds since `start`, print `STAGE: done in T on DEVICE: RESULT`; return them."""
     seconds = time.perf_counter() - start
     record_timing(stage, seconds, device)
     where = f" on {device}" if device else ""

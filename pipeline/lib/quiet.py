@@ -1,14 +1,9 @@
-"""Keeps TensorFlow's and absl's C++ log lines off stderr unless asked for (DIGIT_VERBOSE=1, or --verbose on the
-command line): sets TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow loads (a TF_CPP_MIN_LOG_LEVEL already set is kept)
-and TensorFlow's Python logger to errors only, and drops the lines its libraries print while they load, before
-absl's logging starts, which no setting silences (`WARNING: All log messages before absl::InitializeLog() ...`,
-`I0000 ... port.cc:153] oneDNN custom operations ...`). Everything else written to stderr meanwhile (Python
-warnings, errors) is passed on. Not a stage: pipeline/__init__.py installs it for entry points only, so every
-`python -m pipeline.<module>` is quiet before it imports Keras."""
+"""Keeps TensorFlow's and absl's C++ log lines off stderr unless asked for (DIGIT_VERBOSE=1 or --verbose): sets
+TF_CPP_MIN_LOG_LEVEL=3 (unless set), TensorFlow's Python logger to errors, and drops the lines its libraries print while
+loading (no setting silences those), passing on all else. pipeline/__init__.py installs it for entry points only."""
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import logging
 import os
@@ -17,10 +12,8 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from types import ModuleType
 
 VERBOSE_ENV = "DIGIT_VERBOSE"
-QUIETED = ("tensorflow",)  # top-level packages whose loading is filtered
 NATIVE_LOG = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] .*"
@@ -33,22 +26,14 @@ def wants_verbose(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     if environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     for i, arg in enumerate(argv):
-        if arg == "--verbose":
-            following = argv[i + 1] if i + 1 < len(argv) else ""
-            return following != "0"
-        if arg.startswith("--verbose="):
-            return arg.split("=", 1)[1] != "0"
+        if arg == "--verbose" or arg.startswith("--verbose="):
+            return (arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")) != "0"
     return False
 
 
-def is_native_log(line: str) -> bool:
-    """Return whether `line` is one of the C++ log lines (glog/absl format) that quiet mode drops."""
-    return NATIVE_LOG.match(line.rstrip("\r\n")) is not None
-
-
 def kept_lines(text: str) -> str:
-    """Return `text` without its native log lines."""
-    return "".join(line for line in text.splitlines(keepends=True) if not is_native_log(line))
+    """Return `text` without its native log lines (glog/absl format)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not NATIVE_LOG.match(line.rstrip("\r\n")))
 
 
 @contextmanager
@@ -65,41 +50,18 @@ def filtered_stderr() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            rest = kept_lines(capture.read().decode("utf-8", errors="replace"))
-            if rest:
-                os.write(2, rest.encode("utf-8"))
+            os.write(2, kept_lines(capture.read().decode("utf-8", errors="replace")).encode("utf-8"))
 
 
-class QuietLoader(importlib.abc.Loader):
-    """Wraps a package's loader so that executing the package runs inside filtered_stderr()."""
-
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        """Return the wrapped loader's module (or None for the default)."""
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        """Execute `module` with the native log lines of its loading dropped."""
-        with filtered_stderr():
-            self.loader.exec_module(module)
-
-
-class QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds the packages in QUIETED through the other finders and wraps their loaders in QuietLoader (once)."""
+class QuietFinder:
+    """A meta path finder: finds tensorflow as the path finder does, its loading run inside filtered_stderr()."""
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        """Return the spec of `name` with a QuietLoader, for the packages in QUIETED; None for every other module."""
-        if name not in QUIETED:
-            return None
-        others = [finder for finder in sys.meta_path if not isinstance(finder, QuietFinder)]
-        for finder in others:
-            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None and spec.loader is not None:
-                spec.loader = QuietLoader(spec.loader)
-                return spec
-        return None
+        """Return the spec of `name` with its loading quieted for tensorflow; None for every other module."""
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target) if name == "tensorflow" else None
+        if spec is not None and spec.loader is not None:
+            spec.loader.exec_module = filtered_stderr()(spec.loader.exec_module)  # a ContextDecorator
+        return spec
 
 
 def install(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> bool:
@@ -108,9 +70,8 @@ def install(argv: Sequence[str] | None = None, environ: MutableMapping[str, str]
     if wants_verbose(sys.argv[1:] if argv is None else argv, environ):
         return False
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    python_logger = logging.getLogger("tensorflow")  # TensorFlow's Python warnings (tf.function retracing, ...)
-    if python_logger.level == logging.NOTSET:
-        python_logger.setLevel(logging.ERROR)
+    logger = logging.getLogger("tensorflow")  # TensorFlow's Python warnings (tf.function retracing, ...)
+    logger.setLevel(logger.level or logging.ERROR)
     if not any(isinstance(finder, QuietFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, QuietFinder())
     return True

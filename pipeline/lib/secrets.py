@@ -1,11 +1,7 @@
-"""Keeps secrets out of logs: the one masking routine for every URL and error message the pipeline
-prints. A URL is shown with its password and password-like query values (password=, token=, ...)
-replaced by ***; an error message gets every URL in it masked and, when the URL it concerns is
-known, that URL's secrets removed wherever they appear (plain or percent-encoded).
-
-Hand-written for a measured reason: SQLAlchemy's make_url(url).render_as_string(hide_password=True) leaves
-`?password=` and `token=` query values in clear, and raises on the URLs a typo makes unparsable (a raw @, / or # in
-the password, a bad port), which must still be printed without their secret (tests/test_safety.py's URLS)."""
+"""Keeps secrets out of logs: the one masker of every URL and error message the pipeline prints (a URL's password and
+password-like query values become ***; an error message gets every URL in it masked and the secrets of the URLs it
+concerns removed, plain or percent-encoded). Not SQLAlchemy's render_as_string(hide_password=True): it leaves
+`?password=` and `token=` in clear and raises on the URLs a typo makes unparsable (tests/test_safety.py's URLS)."""
 
 from __future__ import annotations
 
@@ -15,28 +11,20 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 MASK = "***"
 WITHHELD = "<URL withheld: it may hold a password>"
 SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token", "key", "api_key", "apikey", "access_token"}
-# scheme://user:<anything up to the last @>@rest: used when a raw / ? or # in the password breaks URL parsing
-USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/?#]*:)(.*)@")
-URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*://[^\s'\"<>`]+")
-TRAILING = ".,;:)]}!"  # punctuation that ends a sentence rather than the URL quoted in it
-
-
-def is_secret_key(name: str) -> bool:
-    """Return True when the query parameter `name` holds a secret (password, token, key, ...)."""
-    return name.lower() in SECRET_KEYS
+USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/?#]*:)(.*)@")  # scheme://user:<up to the last @>@ (when unparsable)
+URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:)\]}!]")  # not the sentence's end: .,;:)]}!
 
 
 def mask_query(query: str) -> str:
     """Return the URL `query` string with the values of password-like parameters replaced by ***."""
     pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(is_secret_key(k) for k, _ in pairs):
+    if not any(k.lower() in SECRET_KEYS for k, _ in pairs):
         return query
-    return urlencode([(k, MASK if is_secret_key(k) else v) for k, v in pairs], safe="*")
+    return urlencode([(k, MASK if k.lower() in SECRET_KEYS else v) for k, v in pairs], safe="*")
 
 
 def split(url: str) -> tuple[str, str, str, str, str] | None:
-    """Return `url` split into its five parts, or None when it cannot be parsed reliably (a raw @, / ? or # in
-    the password, a broken IPv6 host)."""
+    """Return `url` split into its five parts, or None when it is unreliable (a raw @ / ? # in the password)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError on a malformed host or port)
@@ -49,9 +37,7 @@ def split(url: str) -> tuple[str, str, str, str, str] | None:
 
 def mask_url(url: str | None) -> str:
     """Return `url` safe to print: its password and password-like query values replaced by ***."""
-    if not url:
-        return ""
-    parts = split(url)
+    parts = split(url := url or "")
     if parts is None:
         masked = USERINFO.sub(rf"\1{MASK}@", url)  # parsing is unreliable: cut out everything that may be secret
         return mask_url(masked) if masked != url and split(masked) is not None else WITHHELD
@@ -65,33 +51,21 @@ def mask_url(url: str | None) -> str:
 
 def url_secrets(url: str | None) -> set[str]:
     """Return the secrets `url` holds (its password, password-like query values) as written and decoded."""
-    if not url:
-        return set()
-    parts = split(url)
-    found: list[str] = []
+    parts = split(url := url or "")
     if parts is None:
         match = USERINFO.match(url)
-        found += [match.group(2)] if match else []
-        query = url.partition("?")[2]
+        found, query = [match.group(2)] if match else [], url.partition("?")[2]
     else:
         userinfo, at, _ = parts.netloc.rpartition("@")
-        found += [userinfo.partition(":")[2]] if at and ":" in userinfo else []
-        query = parts.query
-    found += [v for k, v in parse_qsl(query, keep_blank_values=True) if is_secret_key(k)]
+        found, query = [userinfo.partition(":")[2]] if at and ":" in userinfo else [], parts.query
+    found += [v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() in SECRET_KEYS]
     variants = {form for secret in found for form in (secret, unquote(secret), quote(unquote(secret), safe=""))}
     return {v for v in variants if v}
 
 
-def mask_quoted(found: str) -> str:
-    """Return a URL `found` in a message masked, keeping the punctuation that followed it."""
-    url = found.rstrip(TRAILING)
-    return mask_url(url) + found[len(url) :]
-
-
 def scrub(text: object, *urls: str | None) -> str:
-    """Return `text` (an error message) safe to print: every URL in it masked, and the secrets of `urls` (the
-    URLs it may concern) replaced by *** wherever they appear."""
-    out = URL_IN_TEXT.sub(lambda match: mask_quoted(match.group(0)), str(text))
+    """Return the error message `text` safe to print: its URLs masked, and the secrets of `urls` replaced by ***."""
+    out = URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), str(text))
     for secret in sorted({s for url in urls for s in url_secrets(url)}, key=len, reverse=True):
         out = out.replace(secret, MASK)
     return out

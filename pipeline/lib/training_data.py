@@ -58,17 +58,6 @@ def training_digest(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> str:
     return arrays_digest({"x": x, "y": y, "fold": fold})
 
 
-def collect_oof(member: str, n_rows: int, n_folds: int) -> np.ndarray:
-    """Return `member`'s (n_rows, 10) out-of-fold probabilities assembled from every fold's oof.npz."""
-    probs = np.full((n_rows, 10), np.nan, dtype=np.float32)
-    for fold in range(n_folds):
-        part = read_npz(require(paths.fold_oof(member, fold), "train"))
-        probs[part["rows"]] = part["probs"]
-    if np.isnan(probs).any():
-        raise ValueError(f"some rows have no out-of-fold prediction of {member} in {paths.model_dir(member)}")
-    return probs
-
-
 def read_fold_metas(member: str, n_folds: int) -> list[dict]:
     """Return the meta.json of each of `member`'s folds (scores, seconds, epochs, history, settings, train_data)."""
     return [read_json(require(paths.fold_meta(member, fold), "train")) for fold in range(n_folds)]

@@ -10,15 +10,9 @@ import numpy as np
 
 # (rotation degrees, zoom, shift x px, shift y px), in the order views are added.
 VIEWS: tuple[tuple[float, float, float, float], ...] = (
-    (0.0, 1.0, 1.0, 0.0),
-    (0.0, 1.0, -1.0, 0.0),
-    (0.0, 1.0, 0.0, 1.0),
-    (0.0, 1.0, 0.0, -1.0),
-    (8.0, 1.0, 0.0, 0.0),
-    (-8.0, 1.0, 0.0, 0.0),
-    (0.0, 1.08, 0.0, 0.0),
-    (0.0, 0.93, 0.0, 0.0),
-)
+    (0.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, 0.0), (0.0, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, -1.0),  # one-pixel shifts
+    (8.0, 1.0, 0.0, 0.0), (-8.0, 1.0, 0.0, 0.0), (0.0, 1.08, 0.0, 0.0), (0.0, 0.93, 0.0, 0.0),  # rotations, zooms
+)  # fmt: skip
 
 
 def view_matrix(view: tuple[float, float, float, float], side: int = 28) -> list[float]:
@@ -39,9 +33,7 @@ def is_shift(view: tuple[float, float, float, float]) -> bool:
 
 
 def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """Return float32 images (n, h, w, 1) moved `dx` px right and `dy` px down, zero fill, in one pass.
-
-    Bit-identical to the bilinear affine view of a whole-pixel shift (every weight is 0 or 1)."""
+    """Return float32 images (n, h, w, 1) moved `dx` px right and `dy` px down, zero fill (= the bilinear view)."""
     n, h, w = images.shape[:3]
     out = np.zeros((n, h, w, 1), np.float32)
     if abs(dx) < w and abs(dy) < h:
@@ -52,8 +44,7 @@ def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 
 def affine_view(images: np.ndarray, view: tuple[float, float, float, float], chunk: int = 4096) -> np.ndarray:
-    """Return float32 images (n, 28, 28, 1) transformed by `view` with keras.ops (bilinear, zero fill), `chunk`
-    at a time."""
+    """Return float32 images (n, 28, 28, 1) transformed by `view` with keras.ops (bilinear, zero fill)."""
     x = images.astype(np.float32)[..., None]
     matrix = np.asarray(view_matrix(view, images.shape[1]), np.float32)
     out = np.empty_like(x)
@@ -66,8 +57,7 @@ def affine_view(images: np.ndarray, view: tuple[float, float, float, float], chu
 
 
 def apply_view(images: np.ndarray, view: tuple[float, float, float, float]) -> np.ndarray:
-    """Return float32 images (n, 28, 28, 1) transformed by `view` (bilinear, zero fill): whole-pixel shifts
-    (the identity included) as plain NumPy copies, other views through keras.ops."""
+    """Return float32 images (n, 28, 28, 1) transformed by `view`: whole-pixel shifts in NumPy, others by keras.ops."""
     return shifted(images, int(view[2]), int(view[3])) if is_shift(view) else affine_view(images, view)
 
 
@@ -77,12 +67,8 @@ def views_for(count: int) -> list[tuple[float, float, float, float]]:
 
 
 def predict_views(model: keras.Model, images: np.ndarray, views: int, batch_size: int, bar=None) -> np.ndarray:
-    """Return probabilities (views + 1, n, 10) of `images` for the original and each view, advancing progress `bar`
-    (if given) by each batch's images.
-
-    One batch of `batch_size` images at a time: its views are made and predicted with
-    model.predict_on_batch right away (the batches model.predict would form, without its per-call
-    set-up of a data pipeline, which costs as much as a few batches)."""
+    """Return probabilities (views + 1, n, 10) of `images` for the original and each view, one batch at a time through
+    model.predict_on_batch (no per-call data pipeline, as model.predict sets up), advancing progress `bar` if given."""
     chosen = views_for(views)
     if len(images) == 0:
         return np.zeros((len(chosen), 0, model.output_shape[-1]), np.float32)

@@ -242,10 +242,12 @@ def stage_core(stage: str, setup: BenchSetup, x: np.ndarray, y: np.ndarray, aug:
 
         source = RawSource(Path(zip_path), None, None)
         return lambda: (parse_train(read_member(source, "train.csv")), parse_test(read_member(source, "test.csv")))
-    if stage == "augment":
+    if stage == "augment":  # joblib's workers shut down with it, as the stage's do when it exits (and so are counted)
+        from joblib.externals.loky import get_reusable_executor
+
         from pipeline.lib.transforms import augment
 
-        return lambda: augment(x, setup.augment, setup.seed, workers)
+        return lambda: (augment(x, setup.augment, setup.seed, workers), get_reusable_executor().shutdown(wait=True))
     if stage == "train":
         from pipeline.lib.device import configure
         from pipeline.lib.fitting import EpochSampler, fit

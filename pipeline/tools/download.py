@@ -1,9 +1,8 @@
-"""Makes sure the competition data is in data/raw/: keeps what is there, else copies the CSVs of a Kaggle
-notebook's input (/kaggle/input/digit-recognizer/, or under $DIGIT_KAGGLE_ROOT), else downloads the zip with
-the kaggle package when credentials are configured, else exits 2 naming every way to get it.
-`--zip PATH` copies a zip you already have into place.
-Exit status: 0 the data is there, 2 no data and no way to get it (or a file could not be copied or written),
-3 Kaggle refused the download or could not be reached (one line says why and what to do)."""
+"""Makes sure the competition data is in data/raw/: keeps what is there, else copies the CSVs of a Kaggle notebook's
+input (/kaggle/input/digit-recognizer/, or under $DIGIT_KAGGLE_ROOT), else downloads the zip with the kaggle package
+when credentials are configured, else exits 2 naming every way to get it. `--zip PATH` copies a zip you have.
+Exit status: 0 the data is there, 2 no data and no way to get it (or a file could not be copied or written), 3 Kaggle
+refused the download or could not be reached (one line says why and what to do)."""
 
 from __future__ import annotations
 
@@ -14,16 +13,15 @@ import tempfile
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.lib import kaggle_auth
 from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.competition_csv import locate_raw, missing_data_message
 from pipeline.lib.files import OutputError, write_with
-from pipeline.lib.kaggle_auth import (
-    COMPETITION,
-    KaggleFailure,
-    authenticated_api,
-    explain_failure,
-    exposure_warnings,
-    find_credentials,
+from pipeline.lib.kaggle_auth import COMPETITION, KaggleFailure, exposure_warnings, find_credentials
+
+OFFLINE_ADVICE = (
+    "turn the notebook's internet on (Kaggle: Settings > Internet), or add the Digit Recognizer competition as the "
+    "notebook's input, or copy a zip you have: .venv/bin/python -m pipeline.tools.download --zip PATH"
 )
 
 
@@ -36,44 +34,24 @@ def have_data(raw_dir: Path = paths.RAW_DIR) -> bool:
     return True
 
 
-def copy_zip(source: Path) -> None:
-    """Copy the competition zip at `source` to data/raw/ atomically."""
+def copy(source: Path, target: Path) -> None:
+    """Copy the file at `source` to `target` atomically; raise FileNotFoundError when there is none."""
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such file")
-    write_with(paths.RAW_ZIP, lambda tmp: shutil.copyfile(source, tmp), suffix=".zip")
-
-
-def copy_kaggle_input(folder: Path) -> bool:
-    """Copy train.csv and test.csv from a Kaggle notebook's input `folder` to data/raw/; return whether it had both."""
-    sources = [folder / paths.RAW_TRAIN_CSV.name, folder / paths.RAW_TEST_CSV.name]
-    if not all(source.is_file() for source in sources):
-        return False
-    for source, target in zip(sources, (paths.RAW_TRAIN_CSV, paths.RAW_TEST_CSV), strict=True):
-        write_with(target, lambda tmp, source=source: shutil.copyfile(source, tmp), suffix=".csv")
-    return True
-
-
-OFFLINE_ADVICE = (
-    "turn the notebook's internet on (Kaggle: Settings > Internet), or add the Digit Recognizer competition as the "
-    "notebook's input, or copy a zip you have: .venv/bin/python -m pipeline.tools.download --zip PATH"
-)
+    write_with(target, lambda tmp: shutil.copyfile(source, tmp), suffix=target.suffix)
 
 
 def download(source: str) -> None:
-    """Download the competition zip into data/raw/ with the kaggle package and the credentials from `source`
-    (into a temporary folder there, then renamed into place); raise KaggleFailure saying why it failed."""
-    api = authenticated_api(source, COMPETITION, OFFLINE_ADVICE)
+    """Download the competition zip into data/raw/ with the credentials from `source`; raise KaggleFailure if not."""
+    api = kaggle_auth.authenticated_api(source, COMPETITION, OFFLINE_ADVICE)
     paths.RAW_DIR.mkdir(parents=True, exist_ok=True)
     print(f"getdata: kaggle competitions download -c {COMPETITION} -p {paths.RAW_DIR}", flush=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=paths.RAW_DIR) as folder:
-        try:
+        with kaggle_auth.explained(source, COMPETITION, OFFLINE_ADVICE):
             api.competition_download_files(COMPETITION, path=folder, quiet=False)
-        except (Exception, SystemExit) as exc:  # requests' ConnectionError, HTTPError, ...
-            raise KaggleFailure(explain_failure(exc, source, COMPETITION, OFFLINE_ADVICE)) from None
-        got = Path(folder) / paths.RAW_ZIP.name
-        if not got.is_file():
-            raise KaggleFailure(f"the kaggle download wrote no {got.name}: {OFFLINE_ADVICE}")
-        os.replace(got, paths.RAW_ZIP)
+        if not (Path(folder) / paths.RAW_ZIP.name).is_file():
+            raise KaggleFailure(f"the kaggle download wrote no {paths.RAW_ZIP.name}: {OFFLINE_ADVICE}")
+        os.replace(Path(folder) / paths.RAW_ZIP.name, paths.RAW_ZIP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,25 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for warning in exposure_warnings(os.environ, Path.home()):
         print(f"getdata: warning: {warning}", file=sys.stderr, flush=True)
+    notebook = [(paths.kaggle_input() / csv.name, csv) for csv in (paths.RAW_TRAIN_CSV, paths.RAW_TEST_CSV)]
     try:
         if args.zip:
-            copy_zip(args.zip)
+            copy(args.zip, paths.RAW_ZIP)
+        if have_data():
+            print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}", flush=True)
+            return 0
+        if all(source.is_file() for source, _ in notebook):  # a Kaggle notebook's input
+            for source, target in notebook:
+                copy(source, target)
+            print(f"getdata: copied train.csv and test.csv from the Kaggle notebook input {paths.kaggle_input()}")
+            return 0
     except (FileNotFoundError, OutputError) as exc:
         return fail("getdata", exc)
-    if have_data():
-        print(f"getdata: using {locate_raw().zip_path or paths.RAW_DIR}", flush=True)
-        return 0
-    try:
-        if copy_kaggle_input(paths.kaggle_input()):
-            print(
-                f"getdata: copied train.csv and test.csv from the Kaggle notebook input {paths.kaggle_input()}",
-                flush=True,
-            )
-            return 0
-    except OutputError as exc:
-        return fail("getdata", exc)
-    source = find_credentials(os.environ, Path.home())
-    if source is None:
+    if (source := find_credentials(os.environ, Path.home())) is None:
         return fail("getdata", missing_data_message())
     print(f"getdata: downloading with the Kaggle credentials from {source}", flush=True)
     try:

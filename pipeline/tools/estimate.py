@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,16 +49,14 @@ CALIBRATION_BATCHES = 16  # images per timed model.fit epoch: this many batches 
 
 
 def calibrate(settings: FitSettings, predict_batch: int, budget: float = 3.0) -> Rates:
-    """Return the rates of `settings` (inference also at `predict_batch`) timed on random images for about `budget` s."""
+    """Return the rates of `settings` (inference also at `predict_batch`) on random images, timed for `budget` s."""
     from pipeline.lib.device import configure
     from pipeline.lib.fitting import as_input, compiled_model, one_hot
 
     net = compiled_model(settings, 100, configure(params.load("device").precision).jit_compile)
-    rng = np.random.default_rng(0)
-    batch = settings.batch_size
+    rng, batch = np.random.default_rng(0), settings.batch_size
     n = batch * CALIBRATION_BATCHES
-    x = as_input(rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
-    y = one_hot(rng.integers(0, 10, size=n))
+    x, y = as_input(rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)), one_hot(rng.integers(0, 10, size=n))
     start = time.perf_counter()
     net.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
     startup = time.perf_counter() - start
@@ -76,10 +75,8 @@ def calibration_kinds(*groups: list[FitSettings]) -> dict[tuple[str, int], FitSe
 def combined(group: list[FitSettings], measured: dict[tuple[str, int], Rates]) -> Rates:
     """Return the mean `measured` rates of the ensemble `group`, with the first member's (model.name's) as `tune`."""
     rates = [measured[(base_name(m.model), m.batch_size)] for m in group]
-    train, infer, startup, predict = (
-        float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup", "predict")
-    )
-    return Rates(train, infer, startup, tune=rates[0], predict=predict)
+    mean = {k: float(np.mean([getattr(r, k) for r in rates])) for k in ("train", "infer", "startup", "predict")}
+    return Rates(**mean, tune=rates[0])
 
 
 def per_image(step: Callable[[], object], batch: int, budget: float, least: int = 3) -> float:
@@ -163,23 +160,15 @@ def profile_docs(current: str, conf: Path = paths.CONF_DIR) -> dict[str, dict]:
     return {name: yaml.safe_load(compose([f"profile={name}"], conf)) for name in names}
 
 
-@dataclass(frozen=True)
-class Option:
-    """A command the hint may name: its estimated seconds here and what it changes (`note`)."""
-
-    command: str
-    seconds: float
-    note: str = ""
+Option = namedtuple("Option", "command seconds note", defaults=("",))  # a command the hint may name: its estimate
 
 
 def options(doc: dict, rates: Rates, others: dict[str, tuple[dict, Rates]], minutes: float,
             budgeted: bool = False) -> list[Option]:  # fmt: skip
     """Return the other profiles (`others`: settings, rates) and, unless `budgeted`, `make run BUDGET=minutes` (when
     fewer epochs fit), each with its estimate here, longest first."""
-    out = [
-        Option(COMMANDS.get(name, f"make run PROFILE={name}"), estimate(other, at, workers(other))["total"])
-        for name, (other, at) in others.items()
-    ]
+    out = [Option(COMMANDS.get(name, f"make run PROFILE={name}"), estimate(other, at, workers(other))["total"])
+           for name, (other, at) in others.items()]  # fmt: skip
     profile, epochs = doc["profile"], doc["train"]["epochs"]
     fits = 0 if budgeted or profile == "quick" else epochs_within(doc, rates, minutes * 60, workers(doc))
     if 0 < fits < epochs:
@@ -197,34 +186,20 @@ def workers(doc: dict) -> int:
 def advice(profile: str, total: float, alternatives: list[Option], minutes: float) -> str:
     """Return the hint: whether `profile` fits `minutes` here and which alternatives do (or the shortest)."""
     limit, budget = minutes * 60, progress.format_seconds(minutes * 60)
-
-    def named(option: Option) -> str:
-        note = f"{option.note}, " if option.note else ""
-        return f"`{option.command}` ({note}about {progress.format_seconds(option.seconds)})"
-
+    named = {o: f"`{o.command}` ({f'{o.note}, ' if o.note else ''}about {progress.format_seconds(o.seconds)})"
+             for o in alternatives}  # fmt: skip
     fitting = [o for o in alternatives if o.seconds <= limit]
-    shorter = [o for o in fitting if o.seconds < total]
+    least = min(alternatives, key=lambda o: o.seconds, default=None)
     if total <= limit:
-        head = f"estimate: profile {profile} fits {budget} here"
-        tail = f"; shorter: {', '.join(named(o) for o in shorter)}" if shorter else ""
+        head, listed = f"fits {budget} here", [named[o] for o in fitting if o.seconds < total]
+        tail = f"; shorter: {', '.join(listed)}" if listed else ""
     elif fitting:
-        head = f"estimate: profile {profile} does not fit {budget} here"
-        tail = f"; what fits {budget} here: {', '.join(named(o) for o in fitting)}"
+        head, tail = f"does not fit {budget} here", f"; what fits {budget} here: {', '.join(named[o] for o in fitting)}"
     else:
-        head = f"estimate: profile {profile} does not fit {budget} here, nor does any alternative"
-        least = min(alternatives, key=lambda o: o.seconds, default=None)
-        tail = f"; the shortest: {named(least)}" if least and least.seconds < total else ""
+        head = f"does not fit {budget} here, nor does any alternative"
+        tail = f"; the shortest: {named[least]}" if least and least.seconds < total else ""
     stop = " (stop now with Ctrl-C to run one of them)" if tail else ""
-    return f"{head}{tail}{stop}; the run proceeds"
-
-
-def describe(seconds: dict[str, float], profile: str, rates: Rates) -> str:
-    """Return the line printed before the run: the estimate per stage."""
-    parts = ", ".join(f"{stage} {progress.format_seconds(s)}" for stage, s in seconds.items() if stage != "total")
-    return (
-        f"estimate: profile {profile} on this machine (no GPU): about {progress.format_seconds(seconds['total'])} "
-        f"({parts}; measured {rates.train * 1e3:.2f} ms per training image, {rates.infer * 1e3:.2f} ms per inference)"
-    )
+    return f"estimate: profile {profile} {head}{tail}{stop}; the run proceeds"
 
 
 @reports_errors("estimate")
@@ -247,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     measured = {key: calibrate(s, predict_batch, args.seconds / len(kinds)) for key, s in kinds.items()}
     rates = combined(own, measured)
     seconds = estimate(doc, rates, workers(doc))
-    print(describe(seconds, profile, rates), flush=True)
+    parts = ", ".join(f"{stage} {progress.format_seconds(s)}" for stage, s in seconds.items() if stage != "total")
+    print(f"estimate: profile {profile} on this machine (no GPU): about {progress.format_seconds(seconds['total'])} "
+          f"({parts}; measured {rates.train * 1e3:.2f} ms per training image, {rates.infer * 1e3:.2f} ms per "
+          "inference)", flush=True)  # fmt: skip
     record = {"profile": profile, "seconds": seconds, "train_seconds_per_image": rates.train,
               "infer_seconds_per_image": rates.infer, "predict_seconds_per_image": rates.predict,
               "startup_seconds_per_model": rates.startup}  # fmt: skip

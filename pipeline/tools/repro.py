@@ -1,7 +1,6 @@
-"""`dvc repro` as `make run` and `make quick` run it: DVC's own command (its arguments are dvc repro's), less DVC's
-reminder to `git add dvc.lock` (this machine's record, never committed here: README, "Settings"), then, in a Kaggle
-notebook, submissions/latest.csv copied to <root>/working/submission.csv, the file the notebook's Submit takes: also
-when DVC found every stage cached and predict did not run (a rerun of the notebook). Exits with dvc repro's status."""
+"""`dvc repro` as `make run` and `make quick` run it (dvc repro's arguments and exit status), less DVC's reminder to
+`git add dvc.lock` (never committed here: README, "Settings"); in a Kaggle notebook it then copies
+submissions/latest.csv to <root>/working/submission.csv (the Submit file), also when all was cached."""
 
 from __future__ import annotations
 
@@ -15,18 +14,13 @@ from pipeline.lib.cli import fail
 from pipeline.lib.files import OutputError, write_with
 
 
-class DropGitAddReminder(logging.Filter):
-    """Drop DVC's "To track the changes with git, run: git add dvc.lock" and its autostage hint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Return False for the two hint records DVC logs after a run that changed dvc.lock."""
-        text = str(record.msg)
-        return not ("To track the changes with git" in text or "core.autostage" in text)
+def keep_record(record: logging.LogRecord) -> bool:
+    """Return False for DVC's "To track the changes with git, run: git add dvc.lock" and its autostage hint."""
+    return not ("To track the changes with git" in str(record.msg) or "core.autostage" in str(record.msg))
 
 
 def publish_submission(source: Path = paths.LATEST_SUBMISSION) -> Path | None:
-    """Copy `source` to a Kaggle notebook's working folder atomically; return the copy, or None when there is no
-    such folder (not a notebook) or no submission yet."""
+    """Copy `source` atomically into a Kaggle notebook's working folder; return the copy (None: no folder or source)."""
     target = paths.kaggle_submission()
     if not target.parent.is_dir() or not source.is_file():
         return None
@@ -35,12 +29,11 @@ def publish_submission(source: Path = paths.LATEST_SUBMISSION) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run dvc repro with `argv` without the git-add reminder; publish the submission to a notebook; return its
-    status."""
+    """Run dvc repro with `argv` without the git-add reminder, publish the submission to a notebook; return its code."""
     from dvc.cli import main as dvc_main
     from dvc.repo import scm_context
 
-    scm_context.logger.addFilter(DropGitAddReminder())
+    scm_context.logger.addFilter(keep_record)
     code = dvc_main(["repro", *(sys.argv[1:] if argv is None else argv)])
     if code != 0:
         return code

@@ -1,10 +1,9 @@
 """Submit submissions/latest.csv to Kaggle's Digit Recognizer.
 
-Validates the file first (header ImageId,Label, ids 1..N once each, labels 0-9, N rows) and shows how
-it differs from the previous submission in submissions/ (or from --compare FILE, any earlier one), then
-uploads it with the kaggle package's Python API (the same as `kaggle competitions submit`).
-Exit status: 0 submitted, 1 the file (or the --compare file) is invalid, 2 no Kaggle credentials, 3 Kaggle
-refused or could not be reached."""
+Validates the file first (header ImageId,Label, ids 1..N once each, labels 0-9, N rows) and shows how it differs from
+the previous submission in submissions/ (or from --compare FILE, any earlier one), then uploads it with the kaggle
+package's Python API (the same as `kaggle competitions submit`). Exit status: 0 submitted, 1 the file (or the --compare
+file) is invalid, 2 no Kaggle credentials, 3 Kaggle refused or could not be reached."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from typing import Any
 from pipeline import params, paths
 from pipeline.lib.cli import fail, reports_errors, stage_parser
 from pipeline.lib.competition_csv import InputError
-from pipeline.lib.kaggle_auth import COMPETITION, KaggleFailure, authenticated_api, explain_failure, find_credentials
+from pipeline.lib.kaggle_auth import COMPETITION, KaggleFailure, authenticated_api, explained, find_credentials
 from pipeline.lib.submission_file import (
     compare_submissions,
     describe_diff,
@@ -28,10 +27,8 @@ from pipeline.lib.submission_file import (
 )
 
 UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
-
-
-class SubmitError(RuntimeError):
-    """Kaggle did not accept the submission; the message says why."""
+OFFLINE_ADVICE = "check the connection (in a notebook: its internet setting is on) and run this command again"
+FIX = "fix the file (or rerun `make run`, or `.venv/bin/dvc repro predict`) and try again"
 
 
 def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str:
@@ -40,8 +37,7 @@ def cli_command(path: Path, message: str, competition: str = COMPETITION) -> str
 
 
 def setup_help(home: Path) -> str:
-    """Return the instructions for configuring Kaggle credentials, as they work in a shell and in a notebook's
-    `!` cells (where each line runs in a shell of its own: a variable is set with %env)."""
+    """Return how to set up Kaggle credentials, in a shell and in a notebook's `!` cells (each its own shell: %env)."""
     folder = home / ".kaggle"
     return (
         "no Kaggle credentials found. Set them up one of these ways, then run this command again:\n"
@@ -55,30 +51,16 @@ def setup_help(home: Path) -> str:
     )
 
 
-OFFLINE_ADVICE = "check the connection (in a notebook: its internet setting is on) and run this command again"
-
-
 def submit_file(
     api: Any, path: Path, message: str, competition: str = COMPETITION, source: str = "the configured credentials"
 ) -> str:
-    """Submit `path` with `message` through the kaggle `api` (credentials from `source`); return Kaggle's reply or
-    raise SubmitError."""
-    try:
+    """Submit `path` with `message` through the kaggle `api`; return Kaggle's reply, or raise KaggleFailure."""
+    with explained(source, competition, OFFLINE_ADVICE):  # requests' HTTPError, ConnectionError, ValueError, ...
         response = api.competition_submit(str(path), message, competition, quiet=False)
-    except Exception as exc:  # the kaggle package raises requests' HTTPError, ConnectionError, ValueError, ...
-        raise SubmitError(explain_failure(exc, source, competition, OFFLINE_ADVICE)) from exc
     reply = str(getattr(response, "message", "") or "")
     if reply == UPLOAD_FAILED:
-        raise SubmitError(f"the upload of {path} failed ({reply}): check your connection and try again")
+        raise KaggleFailure(f"the upload of {path} failed ({reply}): check your connection and try again")
     return reply or "submitted"
-
-
-def diff_summary(path: Path, compare: Path | None) -> str:
-    """Return how the submission at `path` differs from `compare` (a path or a name in submissions/), or from the
-    previous submission when `compare` is None; raise InputError naming a file that cannot be compared."""
-    if compare is None:
-        return describe_diff(diff_with_previous(path))
-    return describe_diff(compare_submissions(resolve_earlier(compare), path))
 
 
 @reports_errors("submit")
@@ -87,51 +69,38 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, ho
     rows = params.load("ingest").expected_test_rows
     parser = stage_parser("submit", __doc__)
     parser.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
-    parser.add_argument(
-        "-f", "--file", type=Path, default=paths.LATEST_SUBMISSION, help="submission CSV (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--rows", type=int, default=rows, help="expected rows (default: ingest.expected_test_rows = %(default)s)"
-    )
+    parser.add_argument("-f", "--file", type=Path, default=paths.LATEST_SUBMISSION, help="default: %(default)s")
+    parser.add_argument("--rows", type=int, default=rows, help="expected rows (default: ingest.expected_test_rows)")
     parser.add_argument("-c", "--competition", default=COMPETITION, help="competition (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the command, do not submit")
-    parser.add_argument(
-        "--compare",
-        type=Path,
-        metavar="FILE",
-        help="compare with this earlier submission (a path, or a file name in submissions/) instead of the previous",
-    )
+    parser.add_argument("--compare", type=Path, metavar="FILE", help="an earlier submission, or its submissions/ name")
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
     home = Path.home() if home is None else home
     try:
         frame = validate_submission_file(args.file, args.rows)
     except InputError as exc:
-        return fail(
-            "submit",
-            f"{exc}\nsubmit: fix the file (or rerun `make run`, or `.venv/bin/dvc repro predict`) and try again",
-            1,
-        )
+        return fail("submit", f"{exc}\nsubmit: {FIX}", 1)
     print(f"submit: {args.file} is valid ({len(frame)} rows)", flush=True)
     try:
-        print(f"submit: {diff_summary(args.file, args.compare)}", flush=True)
+        earlier = None if args.compare is None else resolve_earlier(args.compare)
+        diff = diff_with_previous(args.file) if earlier is None else compare_submissions(earlier, args.file)
+        print(f"submit: {describe_diff(diff)}", flush=True)
     except InputError as exc:
         return fail("submit", f"cannot compare: {exc}", 1)
     print(f"submit: equivalent command: {cli_command(args.file, args.message, args.competition)}", flush=True)
     if args.dry_run:
         return 0
-    source = find_credentials(env, home)
-    if source is None:
+    if (source := find_credentials(env, home)) is None:
         return fail("submit", setup_help(home))
     print(f"submit: using Kaggle credentials from {source}", flush=True)
     try:
         api = authenticated_api(source, args.competition, OFFLINE_ADVICE)
         reply = submit_file(api, args.file, args.message, args.competition, source)
-    except (KaggleFailure, SubmitError) as exc:
+    except KaggleFailure as exc:
         return fail("submit", exc, 3)
-    print(
-        f"submit: {reply}\nsubmit: see https://www.kaggle.com/competitions/{args.competition}/submissions", flush=True
-    )
+    print(f"submit: {reply}", flush=True)
+    print(f"submit: see https://www.kaggle.com/competitions/{args.competition}/submissions", flush=True)
     return 0
 
 
