@@ -167,7 +167,7 @@ def outputs(root: Path) -> dict[str, str]:
 
 def stages_run(log: str) -> set[str]:
     """Return the stages DVC's output says it ran."""
-    return set(re.findall(r"Running stage '(\w+)'", log))
+    return set(re.findall(r"Running stage '(\w+)(?:@[^']*)?'", log))  # a train unit (train@m-k) counts as train
 
 
 def assert_refused(done: subprocess.CompletedProcess, key: str) -> None:
