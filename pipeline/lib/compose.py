@@ -14,19 +14,21 @@ import yaml
 from pipeline import params, paths
 from pipeline.lib.cli import fail, stage_parser
 from pipeline.lib.files import write_text
-from pipeline.params import ModelParams, ParamsError, TrainParams, checked, yaml_error
+from pipeline.params import ParamsError, checked, yaml_error
 
 RESOLVER = "digit_derived"  # conf/config.yaml: derived: ${digit_derived:${train},${model}}
 
 
 def derived_of(train: dict, model: dict) -> dict:
-    """Return lib/members.derived of `train` and `model`; when invalid, no member (the settings stage names why)."""
+    """Return lib/members.derived of `train` and `model`; raise ParamsError naming the first bad value, so that neither
+    `python -m pipeline.params` nor `dvc exp run -S` composes train units that are not the settings' (under `dvc exp
+    run` a stage set changed by a bad value would have DVC remove the units it no longer names)."""
     from pipeline.lib.members import derived  # lib/members builds on the schema too
+    from pipeline.params import build, check_model
 
-    try:
-        return derived(TrainParams(**train), ModelParams(**model))
-    except (TypeError, ValueError):  # pydantic's ValidationError and ParamsError are ValueErrors
-        return {"members": [], "folds": [], "settings": {}}
+    checked = build("model", model, paths.PARAMS)
+    check_model(checked)
+    return derived(build("train", train, paths.PARAMS), checked)
 
 
 def resolve_derived(train: Any, model: Any) -> Any:
@@ -77,14 +79,19 @@ def compose(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
     except yaml.YAMLError as exc:  # a file of conf/ that is not YAML: Hydra passes PyYAML's error on
         raise ParamsError(yaml_error(marked_file(exc, Path(conf) / paths.CONF_CONFIG.name), exc)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, ParamsError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # a bad value, named while `derived:` was resolved
+            raise ParamsError(str(cause)) from None
         raise ParamsError(f"cannot compose {Path(conf) / paths.CONF_CONFIG.name} with {overrides}: {exc}") from exc
     return OmegaConf.to_yaml(cfg)
 
 
 def composed(overrides: list[str], conf: Path = paths.CONF_DIR) -> str:
     """Return `compose`'s text, validated before anything is written (not after DVC removed outputs)."""
-    text = compose(overrides, conf)
     try:
+        text = compose(overrides, conf)
         checked(text, paths.PARAMS)
     except ParamsError as exc:
         raise ParamsError(f"{exc} (composed with {' '.join(overrides)}; {paths.PARAMS} is left as it was)") from None
