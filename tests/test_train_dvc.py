@@ -58,16 +58,21 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_adding_a_member_trains_only_the_new_member(clone: Path) -> None:
     before = unit_files(clone, "dropout_cnn")
-    compose(clone, "train.epochs=2", "model.ensemble=[dropout_cnn+1]")
+    compose(clone, "train.epochs=2", "model.ensemble=[dropout_cnn+1]")  # a seed member: its own units
     log = repro(clone)
     assert trained_units(log) == {f"train@dropout_cnn+1-{k}" for k in range(3)}
     assert "Running stage 'predict'" in log  # the blend takes the new member in
     assert unit_files(clone, "dropout_cnn") == before
     assert set(read_json(clone / paths.PREDICT_JSON)["weights"]) == {"dropout_cnn", "dropout_cnn+1"}
+    seeds = {**before, **unit_files(clone, "dropout_cnn+1")}
+    compose(clone, "train.epochs=2", "model.ensemble=[dropout_cnn+1,bn_lite]")
+    assert trained_units(repro(clone)) == {f"train@bn_lite-{k}" for k in range(3)}
+    # one member's own settings: only its units (the seed member takes dropout_cnn's overrides, not bn_lite's)
     compose(
-        clone, "train.epochs=2", "model.ensemble=[dropout_cnn+1]", "++model.overrides.dropout_cnn.learning_rate=0.002"
+        clone, "train.epochs=2", "model.ensemble=[dropout_cnn+1,bn_lite]", "model.overrides.bn_lite.learning_rate=0.002"
     )
-    assert trained_units(repro(clone)) == {f"train@dropout_cnn-{k}" for k in range(3)}  # its own only
+    assert trained_units(repro(clone)) == {f"train@bn_lite-{k}" for k in range(3)}
+    assert {**unit_files(clone, "dropout_cnn"), **unit_files(clone, "dropout_cnn+1")} == seeds
 
 
 def checkpoint_epoch(root: Path, fold: int) -> int:
