@@ -171,9 +171,11 @@ def test_the_cpu_profile_fits_its_2_h_30_min_on_the_cpu_it_is_offered_for():
 
 
 def test_make_quick_from_a_fresh_clone_fits_15_minutes_on_a_cpu_without_amx():
-    # issue 35: 16 min 33 s there (install about 2 min, stages 14 min 32 s); the stages are sized to about 11.5 min
+    # issue 35: 16 min 33 s there (install about 2 min, stages 14 min 32 s). 15 minutes less the install (1 min 19 s
+    # measured) and about a minute for ingest, augment, audit, report and the estimate's error leave 12.5 minutes for
+    # tune, train and predict (12 epochs with 4 views: 12.0 estimated, reports/ablation.md)
     doc = profile_doc("quick")
-    assert estimate.estimate(doc, priced(doc, EPYC), estimate.workers(doc))["total"] <= 11.5 * 60
+    assert estimate.estimate(doc, priced(doc, EPYC), estimate.workers(doc))["total"] <= 12.5 * 60
 
 
 def run_main_at(monkeypatch, capsys, by_model: dict[str, estimate.Rates], argv: list[str]) -> tuple[str, dict]:
