@@ -85,8 +85,8 @@ def train_unit(
     train_rows, val_rows = fold_rows(data, fold, read_exclusions(len(data.y)))
     sampler = EpochSampler(data.x, data.y, train_rows, data.aug.x, data.aug.source, seed + 1000 * fold)
     watch = monitor_subset(val_rows, data.y, monitor, seed + fold)
-    done = read_json(checkpoint / "history.json")["rows"] if resumed_epochs(checkpoint) else []
-    done = done[: resumed_epochs(checkpoint)]
+    epochs = resumed_epochs(checkpoint)
+    done = read_json(checkpoint / "history.json")["rows"][:epochs] if epochs else []
     if done:
         progress.note(f"train: {cfg.model} fold {fold} resumes after epoch {len(done)}/{cfg.epochs} ({checkpoint})")
     history = HistoryFile(checkpoint, done, f"{cfg.model} fold {fold}")
