@@ -123,13 +123,12 @@ class HistoryFile(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Record epoch `epoch`'s metrics and learning rate."""
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row = {**history_row(epoch, {**(logs or {}), "learning_rate": lr}), "seconds": time.perf_counter() - self.start}
+        row = {**history_row(epoch, logs or {}), "seconds": time.perf_counter() - self.start}
         self.rows = [*self.rows[:epoch], row]
         write_json(self.folder / "history.json", {"rows": self.rows})
         progress.note(
             f"  {self.unit} epoch {epoch + 1}/{self.params['epochs']}: loss {row['loss']:.4f} "
-            f"acc {row['accuracy']:.4f} val_acc {row['val_accuracy']:.4f} lr {lr:.2e} ({row['seconds']:.1f}s)"
+            f"acc {row['accuracy']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} ({row['seconds']:.1f}s)"
         )
         self.start = time.perf_counter()
 

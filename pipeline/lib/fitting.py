@@ -201,7 +201,12 @@ def fit(
     batches = EpochBatches(sampler, cfg.batch_size, cfg.aug_prob)
     model = compiled_model(cfg, len(batches), bool(device and device.jit_compile))
     model.build((None, 28, 28, 1))
-    own = [EpochSeeds(batches, sampler.seed)]
+    rate = keras.callbacks.LambdaCallback(  # every schedule's rate in the epoch logs (Keras adds it only on plateau)
+        on_epoch_end=lambda _, logs: logs.setdefault(
+            "learning_rate", keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+        )
+    )
+    own = [EpochSeeds(batches, sampler.seed), rate]
     if cfg.schedule == "plateau":
         floor = cfg.learning_rate * PLATEAU_FLOOR
         own.append(keras.callbacks.ReduceLROnPlateau("val_accuracy", cfg.lr_decay, cfg.plateau_patience, min_lr=floor))

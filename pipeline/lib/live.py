@@ -32,9 +32,8 @@ class LiveEpochs(keras.callbacks.Callback):
         self.live.next_step()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Log the epoch just finished with the optimizer's learning rate."""
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.log({**(logs or {}), "lr": lr})
+        """Log the epoch just finished (its `learning_rate`, which lib/fitting puts in the logs, as `lr`)."""
+        self.log({"lr" if k == "learning_rate" else k: v for k, v in (logs or {}).items()})
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Close the DVCLive run."""
