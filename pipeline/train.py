@@ -9,8 +9,7 @@ probabilities, and the record of what trained it: the rows whose images and whos
 meta.json (scores, settings, seconds, per-epoch history and the digest of the training data, which predict checks);
 its per-epoch metrics go through DVCLive's Keras callback to reports/live/<member>/fold<k>/. A killed unit resumes
 from its last finished epoch (models/checkpoints/<member>/fold<k>/, Keras' BackupAndRestore), with the result it
-would have had; a second trainer of the same unit stops at once, and a trainer ends when the process that started it
-(dvc) ends."""
+would have had; a second trainer of the same unit stops at once, and a trainer that dvc ran ends when that dvc ends."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import psutil
 
 from pipeline import params, paths
 from pipeline.lib import progress
@@ -61,16 +61,42 @@ def claim(folder: Path) -> Any:
     return handle
 
 
-def end_with_parent() -> None:
-    """End this process when the process that started it ends (dvc killed: this one is re-parented)."""
-    parent = os.getppid()
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"})
+
+
+def dvc_chain() -> list[psutil.Process]:
+    """Return the processes from this one's parent up to the dvc that ran this stage (DVC runs each command in `$SHELL
+    -c`, and dash keeps itself between them), or [] when dvc did not start it (no DVC_STAGE in the environment)."""
+    if "DVC_STAGE" not in os.environ:
+        return []
+    chain = []
+    for proc in psutil.Process().parents():
+        chain.append(proc)
+        if proc.name() not in SHELLS:
+            break
+    return chain
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Return whether `proc` still runs (not ended, not a zombie, its pid not reused)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def end_with_dvc() -> None:
+    """End this process within a fifth of a second of the dvc that ran it (or a shell between them) ending: killed,
+    it would otherwise train on beside the rerun. Started by hand (`nohup python -m pipeline.train`), it trains on."""
+    chain = dvc_chain()
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
+        while all(alive(proc) for proc in chain):
+            time.sleep(0.2)
         os._exit(1)
 
-    threading.Thread(target=watch, daemon=True).start()
+    if chain:
+        threading.Thread(target=watch, daemon=True).start()
 
 
 def train_unit(
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{paths.TRAIN_NPZ} holds {data.n_folds} folds but train.folds is {cfg.folds}")
     except (OutputError, ValueError, FileNotFoundError) as exc:
         return fail("train", exc)
-    end_with_parent()
+    end_with_dvc()
     device = configure(params.load("device").precision)
     for member, fold in todo:
         print(f"train: {member} fold {fold} of {cfg.folds}, {cfg.epochs} epochs on {device.describe()}")

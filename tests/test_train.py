@@ -5,6 +5,7 @@ trainer of the same unit is refused; a trainer ends with the process that starte
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -203,25 +204,35 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_a_trainer_ends_when_the_process_that_started_it_ends(prepared):
-    """The parent (standing in for dvc) starts a unit of many epochs and dies once it trains; the unit stops within
-    seconds rather than train on beside a rerun (its output goes to a file: no broken pipe ends it)."""
-    set_epochs(prepared, 10_000)
+def orphan_unit(by_dvc: bool) -> int:
+    """Start unit (dropout_cnn, 0) of many epochs through `/bin/sh -c` (as dvc runs a stage with SHELL=/bin/sh: dash
+    stays between them) from a parent that stands in for dvc (DVC_STAGE set when `by_dvc`) and dies once the unit
+    trains; return the orphaned unit's pid (its output goes to a file: no broken pipe ends it)."""
+    env = {k: v for k, v in stage_env().items() if k != "DVC_STAGE"}
+    if by_dvc:
+        env["DVC_STAGE"] = "train@dropout_cnn-0"
     starter = (
-        "import subprocess, sys, time\n"
-        f"p = subprocess.Popen({unit_command(0)!r}, stdout=open('unit.log', 'w'), stderr=subprocess.STDOUT)\n"
+        "import psutil, shlex, subprocess, sys, time\n"
+        f"p = subprocess.Popen(['/bin/sh', '-c', {shlex.join(unit_command(0))!r}], stdout=open('unit.log', 'w'),"
+        " stderr=subprocess.STDOUT)\n"
         "while ' epoch 1/' not in open('unit.log').read(): time.sleep(0.1)\n"
-        "print(p.pid, flush=True)\n"
+        "print(psutil.Process(p.pid).children()[0].pid if p.poll() is None else p.pid, flush=True)\n"
     )
-    parent = subprocess.run(
-        [sys.executable, "-c", starter], env=stage_env(), capture_output=True, text=True, timeout=300
-    )
-    pid = int(parent.stdout)
+    parent = subprocess.run([sys.executable, "-c", starter], env=env, capture_output=True, text=True, timeout=300)
+    return int(parent.stdout)
+
+
+@pytest.mark.parametrize("by_dvc", [True, False], ids=["run-by-dvc", "run-by-hand"])
+def test_a_trainer_dvc_ran_ends_with_that_dvc_and_one_run_by_hand_trains_on(prepared, by_dvc):
+    """Killed dvc: its unit stops within a second rather than train on beside a rerun, a shell between them or not.
+    Started by hand (`nohup python -m pipeline.train &`, then log out): the unit trains on."""
+    set_epochs(prepared, 10_000)
+    pid = orphan_unit(by_dvc)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + (60 if by_dvc else 5)
         while running(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not running(pid), "the orphaned trainer is still running"
+        assert running(pid) != by_dvc, "the orphaned trainer is still running" if by_dvc else "the trainer ended"
     finally:
         if running(pid):
             os.kill(pid, signal.SIGKILL)
