@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 # make, printing "make: ***" and no "Entering directory" lines, as a user's shell would.
 LEAKY_ENV = ("DIGIT_TUNE_STORAGE", "KERAS_BACKEND", "DIGIT_VERBOSE", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
 # The tests' own home: no ~/.keras/keras.json (which picks the backend when KERAS_BACKEND is unset), no
-# ~/.kaggle, and a Kaggle notebook root that does not exist, so that in a notebook (/kaggle/working) no test
-# writes the user's submission.csv. Set for the whole run and again around every test.
+# ~/.kaggle, a git identity of its own, and a Kaggle notebook root that does not exist, so that in a notebook
+# (/kaggle/working) no test writes the user's submission.csv. Set for the whole run and again around every test.
 WORLD = Path(tempfile.mkdtemp(prefix="digit-tests-"))
 atexit.register(shutil.rmtree, WORLD, ignore_errors=True)
 PINNED_ENV = {
@@ -54,6 +54,9 @@ for _name in leaky_names():
     del os.environ[_name]
 os.environ.update(PINNED_ENV)
 (WORLD / "home").mkdir()
+# The home's git identity: `dvc exp run` commits (DVC refuses "Git user name and email must be configured" without
+# one), and the user's ~/.gitconfig is not the tests' to read.
+(WORLD / "home" / ".gitconfig").write_text("[user]\n\tname = digit-pipeline tests\n\temail = tests@example.invalid\n")
 
 
 @pytest.fixture(autouse=True)
