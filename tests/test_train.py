@@ -1,6 +1,6 @@
 """Train: one unit (member, fold) writes its model, OOF probabilities with the record of its training rows, meta and
 DVCLive series; a unit killed by SIGKILL resumes from its last epoch to exactly the uninterrupted result; a second
-trainer of the same unit is refused; a trainer ends with the process that started it."""
+trainer of the same unit is refused; a trainer dvc ran ends with that dvc, one run by hand trains on."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def orphan_unit(by_dvc: bool) -> int:
     if by_dvc:
         env["DVC_STAGE"] = "train@dropout_cnn-0"
     starter = (
-        "import psutil, shlex, subprocess, sys, time\n"
+        "import psutil, subprocess, time\n"
         f"p = subprocess.Popen(['/bin/sh', '-c', {shlex.join(unit_command(0))!r}], stdout=open('unit.log', 'w'),"
         " stderr=subprocess.STDOUT)\n"
         "while ' epoch 1/' not in open('unit.log').read(): time.sleep(0.1)\n"
