@@ -22,10 +22,14 @@ from tests.test_experiments import run, tiny_clone
 pytestmark = pytest.mark.slow
 
 
+def dvc_env() -> dict[str, str]:
+    """Return the environment dvc runs in: the test interpreter's bin folder first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def repro(root: Path) -> str:
-    """Run `dvc repro` in `root` (the test interpreter's bin first on PATH); return its stdout and stderr."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    """Run `dvc repro` in `root` (dvc_env); return its stdout and stderr."""
+    done = subprocess.run(["dvc", "repro"], cwd=root, env=dvc_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"dvc repro failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
 
@@ -87,8 +91,8 @@ def checkpoint_epoch(root: Path, fold: int) -> int:
 def test_kill_9_of_dvc_repro_mid_fold_keeps_finished_folds_and_resumes_the_fold(tmp_path: Path) -> None:
     tiny_clone(tmp_path)
     compose(tmp_path, "train.epochs=8")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env["SHELL"] = "/bin/sh"  # dvc runs `$SHELL -c <cmd>`; dash (Debian's sh) stays between dvc and the unit
+    # dvc runs `$SHELL -c <cmd>`; dash (Debian's sh) stays between dvc and the unit
+    env = {**dvc_env(), "SHELL": "/bin/sh"}
     dvc = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
